@@ -1,0 +1,153 @@
+"""The ``whisper-tune`` command: a thin layer that parses arguments, calls one library
+function per subcommand and prints its result. Problems the user can fix end as one line
+on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+DEMO_DIR = "demo-output"
+
+
+def _prepare_options(args):
+    from .prepare import PrepareOptions
+
+    return PrepareOptions(language=args.language, task=args.task, processor=args.processor,
+                          max_seconds=args.max_seconds)
+
+
+def _print_prepared(result, split: str | None) -> None:
+    from .prepare import REASONS
+
+    if result.reused:
+        print(f"{split or 'all'}: already prepared in {result.out} ({result.prepared} clips); nothing to do")
+        return
+    print(f"{split or 'all'}: prepared {result.prepared} clips ({result.audio_seconds / 60:.1f} min of audio) "
+          f"into {result.out} in {result.seconds:.1f} s ({result.clips_per_s:.1f} clips/s)")
+    if result.rejected_total:
+        print(f"  rejected {result.rejected_total}, listed in {result.out / 'rejected.jsonl'}:")
+        for reason, n in result.rejected.items():
+            print(f"    {n:6d}  {reason}: {REASONS.get(reason, '')}")
+
+
+def cmd_prepare(args) -> int:
+    """Decode, check and tokenize one split of a corpus into a reusable Arrow folder."""
+    from .prepare import prepare
+    from .sources import open_source
+
+    options = _prepare_options(args)
+    source = open_source(args.data, language=options.language, audio_column=args.audio_column,
+                         text_column=args.text_column, streaming=args.streaming, config_name=args.config_name)
+    result = prepare(source, args.split, args.out, options, num_proc=args.num_proc)
+    _print_prepared(result, args.split)
+    return 0
+
+
+def cmd_make_demo_data(args) -> int:
+    """Speak the demo sentences with espeak-ng into a Common Voice style folder."""
+    from .demo_data import DemoDataOptions, make_demo_data
+
+    opts = DemoDataOptions(sentences=args.sentences, train_repeats=args.train_repeats, seed=args.seed)
+    result = make_demo_data(args.out, args.language, opts)
+    state = "reused" if result.reused else "wrote"
+    counts = ", ".join(f"{k} {v}" for k, v in result.clips.items())
+    print(f"{state} demo corpus in {result.folder} ({counts} clips)")
+    return 0
+
+
+def cmd_make_processor(args) -> int:
+    """Write a Whisper processor (tokenizer + feature extractor) built offline."""
+    from .processor import build_processor
+
+    out = build_processor(args.out, n_mels=args.n_mels, num_languages=args.num_languages)
+    print(f"wrote Whisper processor ({args.n_mels} mel bins, {args.num_languages} languages) to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Make the demo corpus and prepare its train, dev and test splits."""
+    from .demo_data import make_demo_data
+    from .prepare import PrepareOptions, prepare
+    from .sources import open_source
+
+    out = Path(args.out)
+    corpus = make_demo_data(out / "corpus", "mr")
+    print(f"demo corpus: {corpus.folder} ({', '.join(f'{k} {v}' for k, v in corpus.clips.items())} clips)")
+    source = open_source(str(corpus.folder), language="mr")
+    for split in ("train", "dev", "test"):
+        result = prepare(source, split, out / "prepared" / split, PrepareOptions(language="mr"))
+        _print_prepared(result, split)
+    return 0
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder "
+                   "or hub id; force a kind with cv:, manifest: or hf:")
+    g.add_argument("--split", default=None, help="split name; combine with + (train+dev); manifests without a "
+                   "split column are one split")
+    g.add_argument("--language", default="mr", help="Whisper language code or name (default: mr)")
+    g.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
+    g.add_argument("--audio-column", default=None, help="audio column of a manifest or dataset (default: guess)")
+    g.add_argument("--text-column", default=None, help="transcript column (default: guess)")
+    g.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset instead of downloading")
+    g.add_argument("--config-name", default=None, help="Hugging Face dataset configuration name")
+    g.add_argument("--processor", default="bundled", help="tokenizer: 'bundled' (offline, multilingual v1/v2 "
+                   "vocabulary), a model folder or hub id")
+    g.add_argument("--max-seconds", type=float, default=30.0, help="reject clips longer than this (default: 30)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whisper-tune", description="Fine-tune Whisper with a quantized base "
+                                     "and LoRA adapters, then evaluate, transcribe and export it.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="folder for the prepared split (re-runs skip finished work)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: cores, at most 8)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("make-demo-data", help=cmd_make_demo_data.__doc__, description=cmd_make_demo_data.__doc__)
+    p.add_argument("--out", required=True, help="folder to write <language>/ into")
+    p.add_argument("--language", default="mr", help="language of the sentences (only mr ships)")
+    p.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
+    p.add_argument("--train-repeats", type=int, default=2, help="voices per training sentence (default: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_demo_data)
+
+    p = sub.add_parser("make-processor", help=cmd_make_processor.__doc__, description=cmd_make_processor.__doc__)
+    p.add_argument("--out", required=True, help="folder to save the processor into (save_pretrained layout)")
+    p.add_argument("--n-mels", type=int, default=80, choices=(80, 128), help="80 (up to large-v2) or 128 (large-v3)")
+    p.add_argument("--num-languages", type=int, default=99, choices=(99, 100), help="99 (up to v2) or 100 (v3)")
+    p.set_defaults(func=cmd_make_processor)
+
+    p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
+    p.add_argument("--out", default=DEMO_DIR, help=f"working folder (default: {DEMO_DIR})")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"whisper-tune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("whisper-tune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

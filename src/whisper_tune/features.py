@@ -1,0 +1,65 @@
+"""From prepared clips to model inputs: label ids with the language/task prefix, log-mel
+features, and the batch collator.
+
+Prepared data keeps 16 kHz audio, not log-mel: a clip of average Common Voice length
+(5 s) is 320 kB of float32 audio against 960 kB of 80 x 3000 float32 log-mel, and the
+same cache then serves 80-bin (large-v2, base) and 128-bin (large-v3) models. Log-mel is
+computed per batch by the model's own ``WhisperFeatureExtractor`` (torch STFT), in one
+function shared by training, evaluation and transcription.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE
+
+IGNORE_INDEX = -100  # label positions the loss skips
+
+
+def set_prefix(tokenizer, language: str, task: str = "transcribe") -> None:
+    """Make the tokenizer start every label with <|sot|><|lang|><|task|><|notimestamps|>."""
+    tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+
+
+def label_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with the prefix already set on ``tokenizer`` and <|endoftext|>."""
+    return tokenizer(text).input_ids
+
+
+def log_mel(feature_extractor, audios: Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
+    """Whisper log-mel features [batch, n_mels, 3000] for 16 kHz mono clips (padded to 30 s)."""
+    out = feature_extractor(
+        [np.asarray(a, dtype=np.float32) for a in audios],
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="pt",
+        device=str(device),
+    )
+    return out.input_features
+
+
+@dataclass
+class SpeechCollator:
+    """Pads a list of prepared examples ({"audio", "labels"}) into a training batch.
+
+    Label padding becomes -100 so the loss ignores it. The leading
+    <|startoftranscript|> is dropped when every row has it, because the model prepends
+    ``decoder_start_token_id`` itself when it shifts labels right.
+    """
+
+    feature_extractor: object
+    decoder_start_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        features = log_mel(self.feature_extractor, [e["audio"] for e in examples])
+        longest = max(len(e["labels"]) for e in examples)
+        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+        for i, e in enumerate(examples):
+            labels[i, : len(e["labels"])] = torch.as_tensor(e["labels"], dtype=torch.long)
+        if (labels[:, 0] == self.decoder_start_token_id).all():
+            labels = labels[:, 1:]
+        return {"input_features": features, "labels": labels}

@@ -1,0 +1,273 @@
+"""The prepare stage: decode, check, resample and tokenize a split into an Arrow cache.
+
+Layout of a prepared folder::
+
+    OUT/shards/shard-00000.arrow     # id, audio (16 kHz float32), text, labels, duration
+    OUT/shards/shard-00000.rejected.jsonl
+    OUT/rejected.jsonl               # every skipped clip: id, audio, reason, detail
+    OUT/prepared.json                # source, split, language, counts, fingerprint
+
+Work is committed shard by shard (a shard's Arrow file is renamed into place last), so a
+re-run after an interruption skips finished shards, and a re-run of a finished folder
+does nothing. Nothing is dropped silently: each skipped row is listed with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from .audio import SILENCE_DB, AudioError, duration, load_audio, rms_db
+from .errors import UserError
+from .features import label_ids, set_prefix
+from .processor import MAX_LABEL_TOKENS, load_tokenizer, processor_path, resolve_language
+from .sources import DataSource, Row
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAX_SECONDS = 30.0  # Whisper sees at most one 30 s window per training example
+REASONS = {
+    "missing": "audio file not found",
+    "undecodable": "audio cannot be decoded",
+    "empty": "audio has no samples",
+    "silent": f"audio is silent (RMS below {SILENCE_DB:g} dBFS)",
+    "too_long": f"audio longer than {MAX_SECONDS:g} s",
+    "labels_too_long": f"transcript longer than {MAX_LABEL_TOKENS} tokens",
+    "missing_text": "transcript missing",
+    "empty_text": "transcript empty",
+}
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What a prepared split depends on besides its source."""
+
+    language: str = "mr"  # Whisper language code or English name
+    task: str = "transcribe"  # or "translate"
+    processor: str = "bundled"  # tokenizer source: bundled offline build, a model folder or hub id
+    max_seconds: float = MAX_SECONDS  # longer clips are rejected, never truncated
+    silence_db: float = SILENCE_DB  # clips quieter than this are rejected as silent
+    max_label_tokens: int = MAX_LABEL_TOKENS  # Whisper's decoder length limit
+
+    def __post_init__(self):
+        object.__setattr__(self, "language", resolve_language(self.language))
+        if self.task not in ("transcribe", "translate"):
+            raise UserError(f"unknown task {self.task!r}: use 'transcribe' or 'translate'")
+        if not 0 < self.max_seconds <= MAX_SECONDS:
+            raise UserError(f"max_seconds must be in (0, {MAX_SECONDS:g}], got {self.max_seconds}")
+
+
+@dataclass
+class PrepareResult:
+    """Counts of one prepare run (or of the finished folder it found)."""
+
+    out: Path
+    prepared: int
+    rejected: dict[str, int]
+    audio_seconds: float
+    seconds: float
+    reused: bool = False
+    processed_now: int = 0  # rows decoded in this run (0 when everything was cached)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.processed_now / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+# ---- per-row work, run in worker processes -------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(processor: str, options: PrepareOptions) -> None:
+    tokenizer = load_tokenizer(processor)
+    set_prefix(tokenizer, options.language, options.task)
+    _WORKER.update(tokenizer=tokenizer, options=options)
+
+
+def _reject(row: Row, reason: str, detail: str = "") -> tuple[str, dict]:
+    audio = row.audio if isinstance(row.audio, str) or row.audio is None else f"<{len(row.audio)} bytes>"
+    return "rejected", {"id": row.id, "audio": audio, "reason": reason, "detail": detail or REASONS[reason]}
+
+
+def process_row(row: Row) -> tuple[str, dict]:
+    """("ok", example) or ("rejected", {id, audio, reason, detail}) for one row."""
+    options: PrepareOptions = _WORKER["options"]
+    if row.text is None:
+        return _reject(row, "missing_text")
+    text = " ".join(row.text.split())
+    if not text:
+        return _reject(row, "empty_text")
+    if row.audio is None:
+        return _reject(row, "missing", "no audio path in this row")
+    try:
+        audio = load_audio(row.audio)
+    except AudioError as e:
+        return _reject(row, e.reason, e.detail)
+    if audio.size == 0:
+        return _reject(row, "empty")
+    seconds = duration(audio)
+    if seconds > options.max_seconds:
+        return _reject(row, "too_long", f"{seconds:.1f} s > {options.max_seconds:g} s")
+    level = rms_db(audio)
+    if level < options.silence_db:
+        return _reject(row, "silent", f"RMS {level:.1f} dBFS < {options.silence_db:g} dBFS")
+    labels = label_ids(_WORKER["tokenizer"], text)
+    if len(labels) > options.max_label_tokens:
+        return _reject(row, "labels_too_long", f"{len(labels)} tokens > {options.max_label_tokens}")
+    return "ok", {"id": row.id, "audio": audio, "text": text, "labels": labels, "duration": seconds}
+
+
+# ---- the stage -----------------------------------------------------------------------
+
+
+def _features():
+    from datasets import Features, List, Value
+
+    return Features({"id": Value("string"), "audio": List(Value("float32")), "text": Value("string"),
+                     "labels": List(Value("int32")), "duration": Value("float32")})
+
+
+def _fingerprint(source: DataSource, split: str | None, options: PrepareOptions, tokenizer) -> dict:
+    """What the cache depends on; the prefix ids pin the tokenizer's language-token layout."""
+    set_prefix(tokenizer, options.language, options.task)
+    return {
+        "format": FORMAT_VERSION,
+        "source": source.describe(),
+        "split": split,
+        "options": asdict(options) | {"processor": None},
+        "tokenizer": {"size": len(tokenizer), "prefix": tokenizer.prefix_tokens},
+    }
+
+
+def _write_shard(shards: Path, index: int, results: list[tuple[str, dict]]) -> None:
+    from datasets.arrow_writer import ArrowWriter
+
+    name = f"shard-{index:05d}"
+    rejected = [r for kind, r in results if kind == "rejected"]
+    tmp_rej = shards / f".{name}.rejected.jsonl.tmp"
+    tmp_rej.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
+    tmp_rej.rename(shards / f"{name}.rejected.jsonl")
+    tmp = shards / f".{name}.arrow.tmp"
+    writer = ArrowWriter(features=_features(), path=str(tmp))
+    for kind, example in results:
+        if kind == "ok":
+            writer.write(example)
+    writer.finalize()
+    writer.close()
+    tmp.rename(shards / f"{name}.arrow")  # the commit point of the shard
+
+
+def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    it = iter(rows)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _summarize(out: Path) -> tuple[int, Counter, float]:
+    """Counts from the shards on disk, so a resumed run reports the whole split."""
+    from datasets import Dataset
+
+    prepared, seconds, reasons = 0, 0.0, Counter()
+    for arrow in sorted((out / "shards").glob("shard-*.arrow")):
+        ds = Dataset.from_file(str(arrow))
+        prepared += len(ds)
+        seconds += float(sum(ds["duration"])) if len(ds) else 0.0
+    lines = []
+    for rej in sorted((out / "shards").glob("shard-*.rejected.jsonl")):
+        for line in rej.read_text(encoding="utf-8").splitlines():
+            lines.append(line)
+            reasons[json.loads(line)["reason"]] += 1
+    (out / "rejected.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return prepared, reasons, seconds
+
+
+def prepare(source: DataSource, split: str | None, out_dir: str | Path, options: PrepareOptions | None = None,
+            num_proc: int | None = None, shard_size: int = 256, progress: bool = True) -> PrepareResult:
+    """Prepare ``split`` of ``source`` into ``out_dir`` (see the module docstring).
+
+    ``num_proc`` worker processes decode and tokenize (default: all cores, at most 8);
+    ``num_proc=1`` works in-process, which is easiest to debug.
+    """
+    from tqdm.auto import tqdm
+
+    options = options or PrepareOptions()
+    start = time.perf_counter()
+    out = Path(out_dir)
+    shards = out / "shards"
+    meta_path = out / "prepared.json"
+    processor = processor_path(options.processor)
+    fingerprint = _fingerprint(source, split, options, load_tokenizer(processor))
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("fingerprint") != fingerprint:
+            raise UserError(f"{out} holds a different preparation ({meta.get('source', {}).get('location')}, "
+                            f"split {meta.get('split')}): choose another --out or delete that folder")
+        if meta.get("complete"):
+            return PrepareResult(out, meta["prepared"], meta["rejected"], meta["audio_seconds"],
+                                 time.perf_counter() - start, reused=True)
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a prepared folder: choose another --out or empty it")
+    shards.mkdir(parents=True, exist_ok=True)
+    meta = {"fingerprint": fingerprint, "source": fingerprint["source"], "split": split,
+            "language": options.language, "task": options.task, "processor": options.processor, "complete": False}
+    meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    num_proc = num_proc or min(os.cpu_count() or 1, 8)
+    bar = tqdm(total=source.count(split), unit="clip", desc=f"prepare {split or 'all'}", disable=not progress)
+    processed = 0
+    pool = None
+    if num_proc > 1:
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(processor, options))
+    else:
+        _init_worker(processor, options)
+    try:
+        for index, chunk in enumerate(_chunks(source.rows(split), shard_size)):
+            if (shards / f"shard-{index:05d}.arrow").exists():
+                bar.update(len(chunk))
+                continue
+            results = []
+            mapped = pool.imap(process_row, chunk, chunksize=4) if pool else map(process_row, chunk)
+            for result in mapped:
+                results.append(result)
+                bar.update(1)
+            _write_shard(shards, index, results)
+            processed += len(chunk)
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    prepared, reasons, audio_seconds = _summarize(out)
+    meta |= {"complete": True, "prepared": prepared, "rejected": dict(sorted(reasons.items())),
+             "audio_seconds": round(audio_seconds, 3)}
+    meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    return PrepareResult(out, prepared, meta["rejected"], audio_seconds, time.perf_counter() - start,
+                         processed_now=processed)
+
+
+def load_prepared(out_dir: str | Path):
+    """The prepared examples of a finished folder as one memory-mapped ``datasets.Dataset``."""
+    from datasets import Dataset, concatenate_datasets
+
+    out = Path(out_dir)
+    meta_path = out / "prepared.json"
+    if not meta_path.exists() or not json.loads(meta_path.read_text(encoding="utf-8")).get("complete"):
+        raise UserError(f"{out} is not a finished prepared folder: run 'whisper-tune prepare --out {out}' first")
+    parts = [Dataset.from_file(str(p)) for p in sorted((out / "shards").glob("shard-*.arrow"))]
+    parts = [p for p in parts if len(p)] or parts[:1]
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]

@@ -1,0 +1,317 @@
+"""Where speech comes from: Common Voice release folders, manifests, Hugging Face datasets.
+
+Every source yields the same :class:`Row` (an id, the audio as a path or encoded bytes,
+the transcript), so decoding, validation and feature extraction happen once, in
+``prepare``, whatever the corpus. Hugging Face audio columns are read undecoded
+(``Audio(decode=False)``) for the same reason: datasets would otherwise decode through
+torchcodec with its own resampler, and our front end must be the same in training and
+inference.
+
+``open_source(spec)`` picks the source from one string:
+
+* ``cv:PATH`` or a folder holding Common Voice TSVs (``train.tsv``, ``dev.tsv``,
+  ``test.tsv``, ``validated.tsv``, ``clips/``), or its parent holding ``<language>/``;
+* ``manifest:PATH`` or a ``.csv``/``.tsv``/``.jsonl``/``.json`` file of audio path + text;
+* ``hf:ID_OR_FOLDER``, a ``save_to_disk``/parquet folder, or a hub id like ``owner/name``.
+
+Splits combine with ``+`` (``train+dev``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
+CV_SPLIT_ALIASES = {"validation": "dev"}  # the names the Hub's Common Voice used
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+AUDIO_COLUMN_GUESSES = ("audio", "path", "audio_path", "audio_filepath", "file", "filename")
+TEXT_COLUMN_GUESSES = ("text", "sentence", "transcription", "transcript", "normalized_text")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One utterance before decoding: ``audio`` is a file path or encoded bytes."""
+
+    id: str
+    audio: str | bytes | None
+    text: str | None
+
+
+def split_names(split: str) -> list[str]:
+    """``"train+dev"`` -> ``["train", "dev"]``."""
+    names = [s.strip() for s in split.split("+") if s.strip()]
+    if not names:
+        raise UserError(f"empty split {split!r}: name one, such as 'train' or 'train+dev'")
+    return names
+
+
+def _pick_column(columns: list[str], wanted: str | None, guesses: tuple[str, ...], what: str, where: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise UserError(
+                f"{where} has no {what} column {wanted!r}; its columns are {', '.join(columns)} "
+                f"(set --{what}-column)"
+            )
+        return wanted
+    for guess in guesses:
+        if guess in columns:
+            return guess
+    raise UserError(
+        f"{where} has no {what} column among {', '.join(guesses)}; its columns are "
+        f"{', '.join(columns)} (set --{what}-column)"
+    )
+
+
+def _clean_text(value) -> str | None:
+    """Missing values (None, NaN from pandas-made files) become None, not the string 'nan'."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return str(value)
+
+
+class DataSource:
+    """A corpus that yields :class:`Row` for named splits."""
+
+    kind = "source"
+
+    def splits(self) -> list[str] | None:
+        """Split names, or None when the source is a single unsplit list."""
+        raise NotImplementedError
+
+    def _rows(self, split: str | None) -> Iterator[Row]:
+        raise NotImplementedError
+
+    def count(self, split: str | None) -> int | None:
+        """Number of rows when known without reading the audio (for progress bars)."""
+        return None
+
+    def describe(self) -> dict:
+        """What identifies this source in a prepared cache's fingerprint."""
+        raise NotImplementedError
+
+    def check_split(self, split: str | None) -> list[str | None]:
+        available = self.splits()
+        if available is None or split is None:
+            return [None] if available is None else list(available)
+        names = [CV_SPLIT_ALIASES.get(n, n) if self.kind == "common_voice" else n for n in split_names(split)]
+        for name in names:
+            if name not in available:
+                raise UserError(
+                    f"split {name!r} is not in {self.describe()['location']}; "
+                    f"available: {', '.join(available)} (combine with '+', e.g. train+dev)"
+                )
+        return names
+
+    def rows(self, split: str | None) -> Iterator[Row]:
+        """Rows of ``split`` (``a+b`` concatenates), in a stable order."""
+        for name in self.check_split(split):
+            yield from self._rows(name)
+
+
+class CommonVoiceSource(DataSource):
+    """A Common Voice release folder: ``<lang>/{train,dev,test,...}.tsv`` and ``clips/``."""
+
+    kind = "common_voice"
+
+    def __init__(self, folder: Path, language: str | None = None):
+        folder = Path(folder)
+        if not (folder / "clips").is_dir() and language and (folder / language / "clips").is_dir():
+            folder = folder / language
+        if not (folder / "clips").is_dir():
+            raise UserError(
+                f"{folder} is not a Common Voice release folder: it needs clips/ and train.tsv/dev.tsv/"
+                f"test.tsv (or a <language>/ subfolder holding them)"
+            )
+        self.folder = folder
+
+    def splits(self) -> list[str]:
+        return [s for s in CV_SPLITS if (self.folder / f"{s}.tsv").is_file()]
+
+    def _read(self, split: str) -> list[dict]:
+        with open(self.folder / f"{split}.tsv", encoding="utf-8", newline="") as f:
+            # Sentences carry quotes of every kind; Common Voice does not quote fields.
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+        for needed in ("path", "sentence"):
+            if needed not in columns:
+                raise UserError(f"{self.folder / (split + '.tsv')} has no {needed!r} column: not a Common Voice TSV")
+        return rows
+
+    def count(self, split: str | None) -> int:
+        return sum(len(self._read(s)) for s in self.check_split(split))
+
+    def _rows(self, split: str) -> Iterator[Row]:
+        for r in self._read(split):
+            path = r["path"] or ""
+            yield Row(id=Path(path).stem or f"{split}/?", audio=str(self.folder / "clips" / path), text=_clean_text(r.get("sentence")))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "location": str(self.folder.resolve())}
+
+
+class ManifestSource(DataSource):
+    """A CSV/TSV/JSONL/JSON list of ``audio path, text``; relative paths are resolved
+    against the manifest's own folder so a corpus folder can move as a whole. A ``split``
+    column, when present, names the splits."""
+
+    kind = "manifest"
+
+    def __init__(self, path: Path, audio_column: str | None = None, text_column: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"manifest {self.path} not found: give an existing .csv, .tsv or .jsonl file")
+        self.records = self._load()
+        columns = list(self.records[0].keys()) if self.records else []
+        if not columns:
+            raise UserError(f"manifest {self.path} is empty: it needs a header and one row per clip")
+        self.audio_column = _pick_column(columns, audio_column, AUDIO_COLUMN_GUESSES, "audio", f"manifest {self.path}")
+        self.text_column = _pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", f"manifest {self.path}")
+
+    def _load(self) -> list[dict]:
+        suffix = self.path.suffix.lower()
+        try:
+            if suffix in (".csv", ".tsv"):
+                with open(self.path, encoding="utf-8", newline="") as f:
+                    return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+            if suffix == ".jsonl":
+                with open(self.path, encoding="utf-8") as f:
+                    return [json.loads(line) for line in f if line.strip()]
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"manifest {self.path} cannot be parsed as {suffix[1:]}: {e}") from None
+        if not isinstance(data, list):
+            raise UserError(f"manifest {self.path} must hold a JSON list of objects")
+        return data
+
+    def splits(self) -> list[str] | None:
+        if "split" not in self.records[0]:
+            return None
+        return sorted({str(r.get("split")) for r in self.records})
+
+    def count(self, split: str | None) -> int:
+        names = self.check_split(split)
+        return sum(1 for r in self.records if names == [None] or str(r.get("split")) in names)
+
+    def _rows(self, split: str | None) -> Iterator[Row]:
+        for i, r in enumerate(self.records):
+            if split is not None and str(r.get("split")) != split:
+                continue
+            value = _clean_text(r.get(self.audio_column))
+            audio = str(self.path.parent / value) if value else None
+            yield Row(id=Path(value).stem if value else f"row{i}", audio=audio, text=_clean_text(r.get(self.text_column)))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "location": str(self.path.resolve()), "audio": self.audio_column, "text": self.text_column}
+
+
+class HFSource(DataSource):
+    """A Hugging Face dataset: hub id, ``save_to_disk`` folder or a folder of data files.
+
+    ``streaming=True`` reads rows as they arrive, for corpora that do not fit on disk.
+    """
+
+    kind = "hf"
+
+    def __init__(self, spec: str, audio_column: str | None = None, text_column: str | None = None,
+                 streaming: bool = False, config_name: str | None = None):
+        self.spec, self.streaming, self.config_name = spec, streaming, config_name
+        self.local = Path(spec).exists()
+        self.dataset = self._load()
+        first = next(iter(self.dataset.values()))
+        columns = list(first.column_names or first.features or [])
+        self.audio_column = _pick_column(columns, audio_column, AUDIO_COLUMN_GUESSES, "audio", f"dataset {spec}")
+        self.text_column = _pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", f"dataset {spec}")
+
+    def _load(self) -> dict:
+        import datasets
+
+        try:
+            if self.local and ((Path(self.spec) / "dataset_dict.json").exists() or (Path(self.spec) / "state.json").exists()):
+                loaded = datasets.load_from_disk(self.spec)
+                if self.streaming:
+                    loaded = (loaded.to_iterable_dataset() if isinstance(loaded, datasets.Dataset)
+                              else datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()}))
+            else:
+                loaded = datasets.load_dataset(self.spec, self.config_name, streaming=self.streaming)
+        except UserError:
+            raise
+        except Exception as e:
+            where = "folder" if self.local else "hub dataset (and no such local path)"
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"could not load {where} {self.spec!r}: {first_line}") from None
+        if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
+            loaded = {"train": loaded}
+        return dict(loaded)
+
+    def splits(self) -> list[str]:
+        return list(self.dataset)
+
+    def count(self, split: str | None) -> int | None:
+        if self.streaming:
+            return None
+        return sum(len(self.dataset[s]) for s in self.check_split(split))
+
+    def _rows(self, split: str) -> Iterator[Row]:
+        import datasets
+
+        ds = self.dataset[split]
+        feature = (ds.features or {}).get(self.audio_column)
+        if isinstance(feature, datasets.Audio):
+            ds = ds.cast_column(self.audio_column, datasets.Audio(decode=False))
+        base = Path(self.spec) if self.local else None
+        for i, r in enumerate(ds):
+            audio, key = r.get(self.audio_column), f"{split}/{i}"
+            if isinstance(audio, dict):
+                key = Path(audio.get("path") or key).stem or key
+                audio = audio.get("bytes") or audio.get("path")
+            if isinstance(audio, str):
+                key = Path(audio).stem
+                if base is not None and not Path(audio).is_absolute():
+                    audio = str(base / audio)
+            yield Row(id=key, audio=audio, text=_clean_text(r.get(self.text_column)))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "location": self.spec, "config": self.config_name,
+                "audio": self.audio_column, "text": self.text_column}
+
+
+def _looks_like_common_voice(folder: Path, language: str | None) -> bool:
+    candidates = [folder] + ([folder / language] if language else [])
+    return any((c / "clips").is_dir() and any((c / f"{s}.tsv").is_file() for s in CV_SPLITS) for c in candidates)
+
+
+def open_source(spec: str, language: str | None = None, audio_column: str | None = None,
+                text_column: str | None = None, streaming: bool = False, config_name: str | None = None) -> DataSource:
+    """Open a data source from one string (see the module docstring for the forms)."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("cv", "manifest", "hf") and rest:
+        if kind == "cv":
+            return CommonVoiceSource(Path(rest), language)
+        if kind == "manifest":
+            return ManifestSource(Path(rest), audio_column, text_column)
+        return HFSource(rest, audio_column, text_column, streaming, config_name)
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        return ManifestSource(path, audio_column, text_column)
+    if path.is_dir():
+        if _looks_like_common_voice(path, language):
+            return CommonVoiceSource(path, language)
+        return HFSource(spec, audio_column, text_column, streaming, config_name)
+    if path.exists():
+        raise UserError(f"data source {spec!r} is a file but not a manifest: use .csv, .tsv, .jsonl or .json")
+    if len(path.parts) == 2 and not spec.startswith((".", "/")):
+        return HFSource(spec, audio_column, text_column, streaming, config_name)
+    raise UserError(
+        f"data source {spec!r} not found: give a Common Voice folder, a manifest (.csv/.tsv/.jsonl), "
+        f"a dataset folder, or a hub id like owner/name"
+    )
