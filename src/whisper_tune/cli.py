@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 DEMO_DIR = "demo-output"
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisper-tune", description="Fine-tune Whisper with a quantized base "
                                      "and LoRA adapters, then evaluate, transcribe and export it.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    parser.add_argument("--version", action="version", version=f"whisper-tune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)

@@ -69,6 +69,11 @@ def _coerce(value: Any, tp, key: str):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 (no dot) as a string: the classic learning-rate trap
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float) and isinstance(value, bool):
         raise UserError(f"{key}: expected {tp.__name__}, got {value!r}")
     if not isinstance(value, tp):

@@ -155,6 +155,9 @@ def build_processor(out_dir: str | Path, n_mels: int = 80, num_languages: int = 
         tokenizer=build_tokenizer(num_languages=num_languages),
     )
     processor.save_pretrained(out)
+    # transformers 5 nests the feature extractor in processor_config.json; older readers
+    # (transformers 4, faster-whisper, ctranslate2's converter) look for preprocessor_config.json.
+    processor.feature_extractor.save_pretrained(out)
     return out
 
 

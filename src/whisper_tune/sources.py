@@ -227,9 +227,13 @@ class HFSource(DataSource):
         self.spec, self.streaming, self.config_name = spec, streaming, config_name
         self.local = Path(spec).exists()
         self.dataset = self._load()
+        import datasets
+
         first = next(iter(self.dataset.values()))
-        columns = list(first.column_names or first.features or [])
-        self.audio_column = _pick_column(columns, audio_column, AUDIO_COLUMN_GUESSES, "audio", f"dataset {spec}")
+        features = first.features or {}
+        columns = list(first.column_names or features)
+        typed = tuple(c for c in columns if isinstance(features.get(c), datasets.Audio))  # Audio-typed first
+        self.audio_column = _pick_column(columns, audio_column, typed + AUDIO_COLUMN_GUESSES, "audio", f"dataset {spec}")
         self.text_column = _pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", f"dataset {spec}")
 
     def _load(self) -> dict:

@@ -1,0 +1,100 @@
+"""Shared fixtures: the offline processor, a tiny random Whisper with the real vocabulary,
+small demo corpora spoken by espeak-ng, and generated tones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# No hub on these machines: fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Keep the processor build in a per-session cache so tests never reuse a stale one."""
+    os.environ["WHISPER_TUNE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def processor_dir(_cache_dir) -> Path:
+    from whisper_tune.processor import offline_processor_dir
+
+    return offline_processor_dir()
+
+
+@pytest.fixture(scope="session")
+def processor(processor_dir):
+    from transformers import WhisperProcessor
+
+    return WhisperProcessor.from_pretrained(processor_dir)
+
+
+@pytest.fixture()
+def tokenizer(processor_dir):
+    from transformers import WhisperTokenizer
+
+    return WhisperTokenizer.from_pretrained(processor_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A randomly initialised Whisper (d_model 64, 2+2 layers) with the real vocabulary."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=51865, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_source_positions=1500, max_target_positions=448, pad_token_id=50257, bos_token_id=50257,
+        eos_token_id=50257, decoder_start_token_id=50258,
+    )
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def need_espeak():
+    if shutil.which("espeak-ng") is None:
+        if os.environ.get("CI"):
+            pytest.fail("espeak-ng is missing in CI: scripts/setup.sh must install it")
+        pytest.skip("espeak-ng not installed (scripts/setup.sh installs it)")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A 20-sentence demo corpus (train 16, dev 2, test 2 clips), read-only for tests."""
+    need_espeak()
+    from whisper_tune.demo_data import DemoDataOptions, make_demo_data
+
+    out = tmp_path_factory.mktemp("corpus")
+    return make_demo_data(out, "mr", DemoDataOptions(sentences=20, train_repeats=1), progress=False).folder
+
+
+@pytest.fixture()
+def corpus_copy(small_corpus, tmp_path) -> Path:
+    """A writable copy of the small corpus, for tests that plant bad clips in it."""
+    dst = tmp_path / "mr"
+    shutil.copytree(small_corpus, dst)
+    return dst
+
+
+def tone(seconds: float, sr: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, **kw) -> Path:
+    import soundfile as sf
+
+    x = tone(seconds, sr, **kw)
+    if channels == 2:
+        x = np.stack([x, np.zeros_like(x)], axis=1)
+    fmt = {".mp3": "MP3"}.get(path.suffix.lower())
+    sf.write(str(path), x, sr, format=fmt) if fmt else sf.write(str(path), x, sr)
+    return path

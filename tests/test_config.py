@@ -1,0 +1,56 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from whisper_tune.config import DataConfig, apply_overrides, from_dict, load_yaml
+from whisper_tune.errors import UserError
+
+
+@dataclass
+class Inner:
+    rate: float = 1.0
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outer:
+    data: DataConfig = field(default_factory=DataConfig)
+    inner: Inner = field(default_factory=Inner)
+    steps: int | None = None
+
+
+def test_nested_values_and_int_for_float():
+    cfg = from_dict(Outer, {"data": {"language": "hi", "streaming": True}, "inner": {"rate": 2, "names": ["a"]}})
+    assert cfg.data.language == "hi" and cfg.data.streaming is True
+    assert cfg.inner.rate == 2.0 and isinstance(cfg.inner.rate, float) and cfg.inner.names == ["a"]
+    assert cfg.steps is None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"data": {"langauge": "mr"}}, "data.langauge: unknown key"),
+    ({"inner": {"rate": "fast"}}, "inner.rate: expected float"),
+    ({"steps": True}, "steps: expected int or null"),
+    ({"inner": {"names": "a"}}, "inner.names: expected a list"),
+    ({"data": 3}, "data: expected a mapping"),
+])
+def test_errors_name_the_key(data, message):
+    with pytest.raises(UserError, match=message):
+        from_dict(Outer, data)
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({"data": {"language": "mr"}}, ["data.language=hi", "inner.rate=3e-4", "steps=10"])
+    cfg = from_dict(Outer, data)
+    assert (cfg.data.language, cfg.inner.rate, cfg.steps) == ("hi", 3e-4, 10)
+    with pytest.raises(UserError, match="not key=value"):
+        apply_overrides({}, ["steps"])
+
+
+def test_load_yaml_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_yaml(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "ok.yaml").write_text("data:\n  language: mr\n")
+    assert from_dict(Outer, load_yaml(tmp_path / "ok.yaml")).data.language == "mr"
