@@ -87,6 +87,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Fine-tune LoRA adapters on a (quantized) Whisper base, as a recipe YAML file says."""
+    from .config import load_train_config
+    from .training import train
+
+    cfg = load_train_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    if result.stopped_early:
+        print(f"stopped after step {result.steps} as asked; continue with --resume "
+              f"(checkpoints in {result.run_dir / 'checkpoints'})")
+    else:
+        print(f"trained {result.steps} steps in {result.wall_s / 60:.1f} min ({result.samples_per_s:.2f} samples/s); "
+              f"adapter: {result.adapter_dir}")
+    if result.best:
+        print(f"best eval: WER {result.best['wer']:.2f} %, CER {result.best['cer']:.2f} % at step "
+              f"{result.best['step']} ({result.run_dir / 'best'})")
+    print(f"metrics: {result.run_dir / 'metrics.jsonl'}, plot: {result.run_dir / 'training.png'}")
+    return 0
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder "
@@ -116,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the prepared split (re-runs skip finished work)")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: cores, at most 8)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    p.add_argument("--config", default=None, help="recipe YAML file (see recipes/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe values, e.g. "
+                   "train.batch_size=16 model.quantization=nf4")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                   help="end after this many steps in total (resume later); the schedule is unchanged")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("make-demo-data", help=cmd_make_demo_data.__doc__, description=cmd_make_demo_data.__doc__)
     p.add_argument("--out", required=True, help="folder to write <language>/ into")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,120 @@ class DataConfig:
     streaming: bool = False  # read a Hugging Face dataset as it downloads
     config_name: str | None = None  # Hugging Face dataset configuration (e.g. a language code)
     max_seconds: float = 30.0  # longer clips are rejected and listed, never truncated
+
+
+    def __post_init__(self):
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"data.task must be 'transcribe' or 'translate', got {self.task!r}")
+
+
+QUANTIZATIONS = ("int8", "nf4", "none")
+LORA_PRESETS = {
+    "qv": ["q_proj", "v_proj"],  # the reference recipe
+    "attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "all-linear": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+
+
+@dataclass
+class ModelConfig:
+    """The base checkpoint and how it is held in memory."""
+
+    base: str = "openai/whisper-large-v2"  # hub id or local folder
+    quantization: str = "int8"  # int8 (LLM.int8) | nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
+    int8_threshold: float = 6.0  # LLM.int8 outlier threshold; 0 = all-int8 matmuls (faster, less exact)
+    gradient_checkpointing: bool = True  # recompute activations: less memory, about 30 % slower
+    attn_implementation: str = "sdpa"  # "sdpa" or "eager"
+
+    def __post_init__(self):
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA adapters: what is trained."""
+
+    r: int = 32  # rank
+    alpha: int = 64  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.05
+    targets: str | list[str] = "qv"  # preset (qv, attn, all-linear) or module names
+    freeze_encoder: bool = False  # adapters in the decoder only: faster, for text-domain shifts
+
+    def __post_init__(self):
+        if isinstance(self.targets, str) and self.targets not in LORA_PRESETS:
+            raise ValueError(f"lora.targets must be one of {', '.join(LORA_PRESETS)} or a list of module names, "
+                             f"got {self.targets!r}")
+        if self.r <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
+
+    def target_modules(self) -> list[str]:
+        return LORA_PRESETS[self.targets] if isinstance(self.targets, str) else list(self.targets)
+
+
+@dataclass
+class TrainSettings:
+    """The optimisation loop."""
+
+    output_dir: str = "runs/whisper-tune"  # the run folder: checkpoints, adapter, metrics, plot
+    epochs: float = 3.0
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 8  # clips per device per step
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    mixed_precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | no
+    group_by_length: bool = True  # batches of similar length: less padding in the labels
+    num_workers: int = 2  # DataLoader workers computing log-mel features
+    seed: int = 42
+    log_every: int = 10  # steps between metric lines
+    save_every: int = 200  # steps between checkpoints (and at the end of each epoch)
+    keep_last: int = 2  # checkpoints kept besides the best one
+    on_nan: str = "stop"  # stop (keep the last good checkpoint) | skip (drop the batch and go on)
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
+            raise ValueError(f"train.mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
+        if self.on_nan not in ("stop", "skip"):
+            raise ValueError(f"train.on_nan must be stop or skip, got {self.on_nan!r}")
+        if self.batch_size <= 0 or self.grad_accum <= 0 or self.save_every <= 0 or self.log_every <= 0:
+            raise ValueError("train.batch_size, grad_accum, save_every and log_every must be positive")
+        if self.epochs <= 0 and not self.max_steps:
+            raise ValueError("train.epochs must be positive (or set train.max_steps)")
+
+
+@dataclass
+class EvalSettings:
+    """Word error rate while training: generation on the eval split."""
+
+    every: int = 0  # steps between evaluations; 0 = at the end of each epoch; -1 = never
+    max_samples: int | None = None  # evaluate on the first N clips only (faster)
+    batch_size: int = 16
+    max_new_tokens: int = 128  # the recipe's generation_max_length
+    metric: str = "wer"  # wer | cer: picks the best adapter
+
+    def __post_init__(self):
+        if self.metric not in ("wer", "cer"):
+            raise ValueError(f"eval.metric must be wer or cer, got {self.metric!r}")
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run, as written in a recipe YAML file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """A recipe file plus ``key=value`` overrides, validated."""
+    data = load_yaml(path) if path else {}
+    return from_dict(TrainConfig, apply_overrides(data, list(overrides)))
 
 
 def _type_name(tp) -> str:
@@ -135,4 +249,3 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
-__all__ = ["DataConfig", "apply_overrides", "from_dict", "load_yaml", "to_dict"]

@@ -1,0 +1,175 @@
+"""Model loading: the base checkpoint (quantized or not), its processor and generation
+settings, and the LoRA adapters.
+
+``quantization`` is one value: ``int8`` (bitsandbytes LLM.int8, the reference recipe),
+``nf4`` (4-bit NormalFloat with double quantization) or ``none`` (bf16 on GPUs that have
+it, fp16 on older GPUs, fp32 on the CPU). bitsandbytes serves int8 and nf4 on CUDA and,
+since 0.46, on the CPU, which is what the tests use.
+
+Language and task go into ``generation_config`` (``language``/``task`` plus the lookup
+tables Whisper's ``generate`` needs), never into ``forced_decoder_ids``, which
+transformers 5 deprecates.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .config import LoraSettings, ModelConfig
+from .errors import UserError
+from .processor import BUNDLED, CONTROL_TOKENS, MAX_LABEL_TOKENS, languages, processor_path
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model(name: str) -> str:
+    """A local folder (must hold config.json) or a hub id, as a string for from_pretrained."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model folder (no config.json): give a transformers Whisper "
+                            f"checkpoint folder or a hub id such as openai/whisper-large-v2")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise UserError(f"model {name!r} not found: give an existing checkpoint folder or a hub id like "
+                        f"openai/whisper-large-v2")
+    return name
+
+
+def pick_device(local_rank: int | None = None) -> torch.device:
+    """The local GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank or 0)
+    return torch.device("cpu")
+
+
+def amp_dtype(device: torch.device, mixed_precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: bf16 where the GPU supports it, fp16 otherwise, none on the CPU."""
+    if mixed_precision == "no":
+        return None
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "fp16":
+        return torch.float16
+    if device.type != "cuda":
+        return None  # CPU autocast is slower than fp32 on most CPUs without AMX
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def require_bitsandbytes(quantization: str, device: torch.device) -> None:
+    """Fail early, with the fix, where bitsandbytes cannot serve the asked quantization."""
+    if quantization == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # ImportError, or a missing native library
+        raise UserError(f"quantization {quantization} needs bitsandbytes, which cannot load here ({e}): "
+                        f"pip install bitsandbytes, or set model.quantization=none") from None
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"bitsandbytes {quantization} does not run on {device.type}: "
+                        f"set model.quantization=none")
+
+
+def quantization_config(quantization: str, int8_threshold: float, compute_dtype: torch.dtype):
+    """The BitsAndBytesConfig for a quantization name (None for ``none``)."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    return None
+
+
+def base_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of unquantized weights: half precision on GPUs, fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_base(cfg: ModelConfig, device: torch.device):
+    """The base Whisper model on ``device``, held as ``cfg.quantization`` says."""
+    from transformers import WhisperForConditionalGeneration
+
+    require_bitsandbytes(cfg.quantization, device)
+    name = resolve_model(cfg.base)
+    dtype = base_dtype(device)
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(
+            name,
+            quantization_config=quantization_config(cfg.quantization, cfg.int8_threshold, dtype),
+            dtype=dtype,
+            device_map={"": device},
+            attn_implementation=cfg.attn_implementation,
+        )
+    except OSError as e:
+        raise UserError(f"cannot load model {cfg.base!r}: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def load_processor(base: str):
+    """The processor saved with the model, or the bundled offline build when the folder has
+    none (the multilingual vocabulary is the same for every v1/v2 checkpoint)."""
+    from transformers import WhisperProcessor
+
+    try:
+        return WhisperProcessor.from_pretrained(resolve_model(base))
+    except (OSError, ValueError, TypeError):
+        log.warning("no processor in %s: using the bundled offline Whisper processor", base)
+        return WhisperProcessor.from_pretrained(processor_path(BUNDLED))
+
+
+def set_generation_language(model, tokenizer, language: str, task: str, max_length: int = MAX_LABEL_TOKENS) -> None:
+    """Write language/task and the token tables Whisper's generate needs into generation_config."""
+    gc = model.generation_config
+    codes = [c for c in languages() if f"<|{c}|>" in tokenizer.get_vocab()]
+    gc.lang_to_id = {f"<|{c}|>": tokenizer.convert_tokens_to_ids(f"<|{c}|>") for c in codes}
+    gc.task_to_id = {t: tokenizer.convert_tokens_to_ids(f"<|{t}|>") for t in ("transcribe", "translate")}
+    gc.no_timestamps_token_id = tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[-1])
+    gc.decoder_start_token_id = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    gc.pad_token_id = gc.eos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    gc.is_multilingual = True
+    gc.language, gc.task = language, task
+    gc.forced_decoder_ids = None
+    gc.max_length = max_length
+    if getattr(gc, "begin_suppress_tokens", None) is None:
+        gc.begin_suppress_tokens = [tokenizer.encode(" ", add_special_tokens=False)[0], gc.eos_token_id]
+    model.config.forced_decoder_ids = None
+    model.config.suppress_tokens = []
+
+
+def add_lora(model, lora: LoraSettings, cfg: ModelConfig):
+    """Wrap ``model`` with trainable LoRA adapters; the base stays frozen.
+
+    Quantized bases go through PEFT's ``prepare_model_for_kbit_training`` as in the
+    recipe (layer norms in fp32, input gradients on, checkpointing).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    ckpt_kwargs = {"use_reentrant": False}
+    if cfg.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+    targets = lora.target_modules()
+    if lora.freeze_encoder:
+        names = "|".join(targets)
+        targets = rf".*decoder\.layers\.\d+\.(self_attn|encoder_attn|)\.?({names})$"
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                        bias="none")
+    return get_peft_model(model, config)
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters, counting 4-bit packed weights at their real size."""
+    trainable, total = model.get_nb_trainable_parameters()
+    return int(trainable), int(total)
