@@ -98,3 +98,39 @@ def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int 
     fmt = {".mp3": "MP3"}.get(path.suffix.lower())
     sf.write(str(path), x, sr, format=fmt) if fmt else sf.write(str(path), x, sr)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model, processor) -> Path:
+    """The tiny model saved with its processor, as a model folder users would pass.
+
+    Its token embeddings (tied to the output layer) are drawn with std 0.5 instead of
+    0.02, so that logits can move far enough for a LoRA on q/v to overfit a batch; with
+    the default init, the best reachable loss is barely below uniform guessing.
+    """
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(tiny_model)
+    torch.manual_seed(1)
+    model.model.decoder.embed_tokens.weight.data.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def four_clips(small_corpus, tmp_path_factory) -> Path:
+    """A manifest of four training clips labelled with their first word: one small batch."""
+    import csv
+    import json
+
+    with open(small_corpus / "train.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:4]
+    out = tmp_path_factory.mktemp("four") / "four.jsonl"
+    out.write_text("".join(json.dumps({"audio": str(small_corpus / "clips" / r["path"]),
+                                       "text": r["sentence"].split()[0]}, ensure_ascii=False) + "\n" for r in rows),
+                   encoding="utf-8")
+    return out

@@ -102,7 +102,7 @@ class TrainSettings:
     num_workers: int = 2  # DataLoader workers computing log-mel features
     seed: int = 42
     log_every: int = 10  # steps between metric lines
-    save_every: int = 200  # steps between checkpoints (and at the end of each epoch)
+    save_every: int = 200  # steps between checkpoints (and one at the end)
     keep_last: int = 2  # checkpoints kept besides the best one
     on_nan: str = "stop"  # stop (keep the last good checkpoint) | skip (drop the batch and go on)
 

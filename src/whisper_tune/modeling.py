@@ -127,7 +127,8 @@ def load_processor(base: str):
 def set_generation_language(model, tokenizer, language: str, task: str, max_length: int = MAX_LABEL_TOKENS) -> None:
     """Write language/task and the token tables Whisper's generate needs into generation_config."""
     gc = model.generation_config
-    codes = [c for c in languages() if f"<|{c}|>" in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()  # a fresh dict per call: fetch it once
+    codes = [c for c in languages() if f"<|{c}|>" in vocab]
     gc.lang_to_id = {f"<|{c}|>": tokenizer.convert_tokens_to_ids(f"<|{c}|>") for c in codes}
     gc.task_to_id = {t: tokenizer.convert_tokens_to_ids(f"<|{t}|>") for t in ("transcribe", "translate")}
     gc.no_timestamps_token_id = tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[-1])

@@ -135,6 +135,17 @@ def _barrier(world: int) -> None:
 # ---- the loop ------------------------------------------------------------------------
 
 
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then linear decay to zero (the recipe's schedule)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps  # as transformers: the first step runs at lr 0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -159,7 +170,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     checkpoint to ``resume`` from, with the schedule of the full run unchanged.
     """
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     world, rank, local_rank = _dist_setup()
     main_rank = rank == 0
@@ -212,7 +222,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, total_steps)
+    scheduler = linear_schedule(optimizer, cfg.train.warmup_steps, total_steps)
     amp = amp_dtype(device, cfg.train.mixed_precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
@@ -323,9 +333,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                     metrics.log({"step": step} | record)
                 if end_of_epoch:
                     epoch, micro_done = epoch + 1, 0
-                if main_rank and (step % cfg.train.save_every == 0 or end_of_epoch or step == target):
+                if main_rank and (step % cfg.train.save_every == 0 or step == target):
                     save_checkpoint()
                 _barrier(world)
+                if end_of_epoch:
+                    break  # a new epoch needs a new batch order and loader
             del loader_iter, loader
     except torch.OutOfMemoryError:
         raise TrainingStopped(_oom_message(cfg)) from None

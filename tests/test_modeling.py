@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+
+from whisper_tune.config import LoraSettings, ModelConfig
+from whisper_tune.errors import UserError
+from whisper_tune.features import SpeechCollator
+from whisper_tune.modeling import (
+    add_lora, load_base, load_processor, parameter_counts, resolve_model, set_generation_language,
+)
+from whisper_tune.prepare import load_prepared, prepare
+from whisper_tune.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def one_batch(four_clips, tiny_model_dir, tmp_path_factory):
+    ds = load_prepared(prepare(open_source(str(four_clips)), None, tmp_path_factory.mktemp("p") / "four",
+                               num_proc=1, progress=False).out).with_format("numpy")
+    processor = load_processor(str(tiny_model_dir))
+    return SpeechCollator(processor.feature_extractor, 50258)([ds[i] for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4", "none"])
+def test_lora_overfits_one_batch_and_base_stays_frozen(quantization, tiny_model_dir, one_batch):
+    torch.manual_seed(0)
+    cfg = ModelConfig(base=str(tiny_model_dir), quantization=quantization, gradient_checkpointing=False)
+    model = add_lora(load_base(cfg, torch.device("cpu")), LoraSettings(r=16, alpha=32, dropout=0.0), cfg)
+    if quantization != "none":
+        import bitsandbytes as bnb
+
+        kind = bnb.nn.Linear8bitLt if quantization == "int8" else bnb.nn.Linear4bit
+        assert isinstance(model.base_model.model.model.encoder.layers[0].fc1, kind)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    optimizer = torch.optim.AdamW(lora_params := [p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    model.train()
+    for _ in range(15):
+        loss = model(**one_batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] <= losses[0] / 2, losses
+    assert losses[-1] < math.log(51865), losses  # better than guessing uniformly
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n].detach(), v) for n, v in frozen.items())
+    assert any(not torch.equal(after[n].detach(), v) for n, v in lora.items())
+    assert len(lora_params) == len(lora)
+
+
+def test_large_v2_parameter_count_matches_the_recipe():
+    """15,728,640 trainable of 1,559,033,600 for LoRA r=32 on q/v of large-v2 (built on 'meta')."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=1280, encoder_layers=32, decoder_layers=32,
+                           encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120,
+                           decoder_ffn_dim=5120, max_source_positions=1500, max_target_positions=448)
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    model = add_lora(model, LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"),
+                     ModelConfig(quantization="none", gradient_checkpointing=False))
+    assert parameter_counts(model) == (15_728_640, 1_559_033_600)
+
+
+def test_generation_language_is_forced(tiny_model_dir):
+    processor = load_processor(str(tiny_model_dir))
+    cfg = ModelConfig(base=str(tiny_model_dir), quantization="none")
+    model = load_base(cfg, torch.device("cpu"))
+    set_generation_language(model, processor.tokenizer, "mr", "transcribe")
+    assert model.generation_config.lang_to_id["<|mr|>"] == 50320
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Spy(LogitsProcessor):
+        prompts = []
+
+        def __call__(self, input_ids, scores):
+            self.prompts.append(input_ids[0].tolist())
+            return scores
+
+    model.generate(input_features=torch.zeros(1, 80, 3000), max_new_tokens=2,
+                   logits_processor=LogitsProcessorList([Spy()]))
+    assert Spy.prompts[0] == [50258, 50320, 50359, 50363]  # <|sot|><|mr|><|transcribe|><|notimestamps|>
+
+
+def test_model_errors(tmp_path):
+    with pytest.raises(UserError, match="not a model folder"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(UserError, match="not found"):
+        resolve_model("./missing-model")
+    assert resolve_model("openai/whisper-large-v2") == "openai/whisper-large-v2"
