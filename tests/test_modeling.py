@@ -91,3 +91,14 @@ def test_model_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         resolve_model("./missing-model")
     assert resolve_model("openai/whisper-large-v2") == "openai/whisper-large-v2"
+
+
+def test_quantization_without_bitsandbytes_says_so(monkeypatch):
+    import sys
+
+    from whisper_tune.modeling import require_bitsandbytes
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import now raises ImportError
+    with pytest.raises(UserError, match="quantization nf4 needs bitsandbytes.*model.quantization=none"):
+        require_bitsandbytes("nf4", torch.device("cpu"))
+    require_bitsandbytes("none", torch.device("cpu"))
