@@ -171,7 +171,7 @@ def offline_processor_dir(n_mels: int = 80, num_languages: int = N_LANGUAGES_V2)
     digest = hashlib.sha256(_bundled_tiktoken().read_bytes()).hexdigest()[:12]
     out = root / f"processor-{digest}-mel{n_mels}-lang{num_languages}"
     if not (out / "tokenizer_config.json").exists():
-        log.info("building the Whisper processor offline in %s", out)
+        log.debug("building the Whisper processor offline in %s", out)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         build_processor(tmp, n_mels=n_mels, num_languages=num_languages)
         try:
