@@ -60,10 +60,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def plot_run(run_dir: Path) -> Path | None:
     """Training loss and eval WER/CER against step, as ``training.png`` in the run folder."""
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no %s (pip install matplotlib)", PLOT_FILE)
+        return None
 
     records = read_metrics(run_dir)
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
