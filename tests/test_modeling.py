@@ -102,3 +102,21 @@ def test_quantization_without_bitsandbytes_says_so(monkeypatch):
     with pytest.raises(UserError, match="quantization nf4 needs bitsandbytes.*model.quantization=none"):
         require_bitsandbytes("nf4", torch.device("cpu"))
     require_bitsandbytes("none", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("targets, freeze, expected", [
+    ("qv", False, {"encoder.self_attn.q_proj", "encoder.self_attn.v_proj", "decoder.self_attn.q_proj",
+                   "decoder.self_attn.v_proj", "decoder.encoder_attn.q_proj", "decoder.encoder_attn.v_proj"}),
+    ("all-linear", True, {f"decoder.{a}.{m}" for a in ("self_attn", "encoder_attn")
+                          for m in ("q_proj", "k_proj", "v_proj", "out_proj")} | {"decoder.fc1", "decoder.fc2"}),
+    (["fc1"], False, {"encoder.fc1", "decoder.fc1"}),
+])
+def test_lora_targets_and_encoder_freezing(tiny_model_dir, targets, freeze, expected):
+    import re
+
+    cfg = ModelConfig(base=str(tiny_model_dir), quantization="none", gradient_checkpointing=False)
+    model = add_lora(load_base(cfg, torch.device("cpu")), LoraSettings(r=2, alpha=4, targets=targets,
+                                                                       freeze_encoder=freeze), cfg)
+    adapted = {re.sub(r".*model\.(encoder|decoder)\.layers\.\d+\.", r"\1.", n.rsplit(".lora_A", 1)[0])
+               for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted == expected
