@@ -134,3 +134,15 @@ def test_epoch_batches_are_deterministic_and_sharded():
     r0 = epoch_batches(durations, 8, 1, 0, True, world=2, rank=0)
     r1 = epoch_batches(durations, 8, 1, 0, True, world=2, rank=1)
     assert len(r0) == len(r1) and not {i for b in r0 for i in b} & {i for b in r1 for i in b}
+
+
+def test_out_of_memory_names_the_knobs(tiny_model_dir, small_corpus, tmp_path, monkeypatch):
+    import whisper_tune.training as training
+
+    class Exhausted(training.SpeechCollator):
+        def __call__(self, examples):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(training, "SpeechCollator", Exhausted)
+    with pytest.raises(TrainingStopped, match="lower train.batch_size.*gradient_checkpointing=true.*nf4"):
+        train(_cfg(tiny_model_dir, small_corpus, tmp_path / "oom"), progress=False)
