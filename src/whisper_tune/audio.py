@@ -50,7 +50,8 @@ def _ffmpeg_decode(source: AudioSource, sr: int) -> np.ndarray:
     cmd += ["-f", "f32le", "-ac", "1", "-ar", str(sr), "pipe:1"]
     run = subprocess.run(cmd, input=source if isinstance(source, bytes) else None, capture_output=True)
     if run.returncode != 0:
-        raise RuntimeError(run.stderr.decode(errors="replace").strip().splitlines()[-1:] or "ffmpeg failed")
+        lines = run.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"ffmpeg exited with {run.returncode}")
     return np.frombuffer(run.stdout, dtype=np.float32).copy()
 
 
@@ -75,11 +76,11 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
         samples, orig_sr = _soundfile_decode(source)
     except Exception as first:  # libsndfile raises several types for unknown formats
         if shutil.which("ffmpeg") is None:
-            raise AudioError("undecodable", f"{_describe(source)}: {first}") from None
+            raise AudioError("undecodable", f"not a readable audio file ({first})") from None
         try:
             return _ffmpeg_decode(source, sr)
-        except Exception as second:
-            raise AudioError("undecodable", f"{_describe(source)}: {first}; ffmpeg: {second}") from None
+        except Exception as second:  # ffmpeg's reason is the clearer one (libsndfile's misleads)
+            raise AudioError("undecodable", f"not a readable audio file (ffmpeg: {second})") from None
     return resample(samples, orig_sr, sr)
 
 

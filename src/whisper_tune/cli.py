@@ -104,15 +104,102 @@ def cmd_train(args) -> int:
         print(f"best eval: WER {result.best['wer']:.2f} %, CER {result.best['cer']:.2f} % at step "
               f"{result.best['step']} ({result.run_dir / 'best'})")
     print(f"metrics: {result.run_dir / 'metrics.jsonl'}, plot: {result.run_dir / 'training.png'}")
+    if args.push_to_hub and not result.stopped_early:
+        from .export import push_to_hub
+
+        print(f"pushed: {push_to_hub(result.adapter_dir, args.push_to_hub)}")
     return 0
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def cmd_evaluate(args) -> int:
+    """WER and CER (orthographic and normalized) of a base model, or base + adapter, on a split."""
+    from .config import DataConfig
+    from .evaluation import evaluate
+
+    if not args.model and not args.adapter:
+        from .errors import UserError
+
+        raise UserError("evaluate needs --model BASE, --adapter DIR, or both")
+    data = DataConfig(source=args.data, language=args.language, task=args.task, audio_column=args.audio_column,
+                      text_column=args.text_column, streaming=args.streaming, config_name=args.config_name,
+                      max_seconds=args.max_seconds)
+    if args.out:
+        out = args.out
+    elif args.adapter:  # beside the run's other outputs
+        suffix = "-exact" if args.exact else ""
+        out = str(Path(args.adapter).resolve().parent / f"eval-{Path(args.adapter).name}-{args.split}{suffix}")
+    else:
+        out = f"eval-{Path(args.model).name}-{args.split}"
+    summary, folder = evaluate(args.model, args.adapter, data, args.split, out, exact=args.exact,
+                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                               max_samples=args.max_samples)
+    print(f"{summary.model['mode']} on {args.split} ({summary.n} clips, {summary.clips_per_s:.2f} clips/s):")
+    print(f"  WER {summary.wer:6.2f} %   CER {summary.cer:6.2f} %   (orthographic)")
+    print(f"  WER {summary.normalized_wer:6.2f} %   CER {summary.normalized_cer:6.2f} %   (normalized)")
+    if summary.flagged:
+        print("  flagged clips: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.flagged.items())))
+    print(f"report: {folder / 'summary.json'}, per clip: {folder / 'clips.jsonl'}")
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    """Transcribe audio files, folders or globs of any length to txt, srt, vtt or json."""
+    from .modeling import load_for_inference, pick_device
+    from .transcription import expand_inputs, get_writer, transcribe_files
+
+    files, problems = expand_inputs(args.inputs)
+    for item, why in problems:
+        print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
+    if not files:
+        return 2
+    loaded = load_for_inference(args.model, args.adapter, pick_device(), exact=args.exact, language=args.language,
+                                task=args.task)
+    language = None if args.language == "auto" else loaded.language
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    failed = len(problems)
+    for item in transcribe_files(loaded.model, loaded.processor, files, language, loaded.task):
+        if isinstance(item, tuple):
+            print(f"whisper-tune: error: {item[0]}: {item[1]}", file=sys.stderr)
+            failed += 1
+            continue
+        if out_dir is None:
+            print(f"{item.path} [{item.language}]: {item.text}")
+            continue
+        written = [get_writer(fmt).write(item, out_dir) for fmt in args.format]
+        print(f"{item.path} [{item.language}, {item.duration:.1f} s in {item.seconds:.1f} s] -> "
+              + ", ".join(str(w) for w in written))
+    return 2 if failed else 0
+
+
+def cmd_merge(args) -> int:
+    """Merge an adapter into its base and save a plain transformers checkpoint."""
+    from .export import merge, push_to_hub
+
+    out = merge(args.model, args.adapter, args.out, dtype=args.dtype)
+    print(f"merged {args.adapter} into {out} ({args.dtype}); load it with "
+          f"pipeline('automatic-speech-recognition', model='{out}')")
+    if args.push_to_hub:
+        print(f"pushed: {push_to_hub(out, args.push_to_hub)}")
+    return 0
+
+
+def cmd_export_ct2(args) -> int:
+    """Convert a merged model (or base + adapter) to CTranslate2 for faster-whisper."""
+    from .export import export_ct2
+
+    out = export_ct2(args.model, args.out, quantization=args.quantization, adapter=args.adapter)
+    print(f"wrote CTranslate2 model ({args.quantization}) to {out}; load it with faster_whisper.WhisperModel('{out}')")
+    return 0
+
+
+def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder "
                    "or hub id; force a kind with cv:, manifest: or hf:")
-    g.add_argument("--split", default=None, help="split name; combine with + (train+dev); manifests without a "
-                   "split column are one split")
+    g.add_argument("--split", default=split_default, help="split name; combine with + (train+dev); manifests "
+                   "without a split column are one split")
     g.add_argument("--language", default="mr", help="Whisper language code or name (default: mr)")
     g.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
     g.add_argument("--audio-column", default=None, help="audio column of a manifest or dataset (default: guess)")
@@ -144,7 +231,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                    help="end after this many steps in total (resume later); the schedule is unchanged")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the final adapter to this Hub repo")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
+    _add_data_args(p, split_default="test")
+    p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder (a run's adapter/ or best/)")
+    p.add_argument("--exact", action="store_true", help="keep the quantized base the adapter was trained on "
+                   "(slower, faithful to training) instead of merging into a half-precision copy")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=255, help="default: 255, as the recipe's evaluation")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N clips only")
+    p.add_argument("--out", default=None, help="report folder (default: eval-SPLIT beside the adapter)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("transcribe", help=cmd_transcribe.__doc__, description=cmd_transcribe.__doc__)
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files, folders or glob patterns")
+    p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder")
+    p.add_argument("--language", default=None, help="language code or name; 'auto' detects (default: the "
+                   "adapter's language, else detected)")
+    p.add_argument("--task", default=None, choices=("transcribe", "translate"))
+    p.add_argument("--exact", action="store_true", help="keep the quantized base (see evaluate)")
+    p.add_argument("--format", nargs="+", default=["txt", "srt"], choices=("txt", "srt", "vtt", "json"))
+    p.add_argument("--out", default=None, help="folder for the output files (default: print the text)")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("merge", help=cmd_merge.__doc__, description=cmd_merge.__doc__)
+    p.add_argument("--model", default=None, help="base model (default: the adapter's base)")
+    p.add_argument("--adapter", required=True, help="LoRA adapter folder")
+    p.add_argument("--out", required=True, help="folder for the merged checkpoint")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("export-ct2", help=cmd_export_ct2.__doc__, description=cmd_export_ct2.__doc__)
+    p.add_argument("--model", required=True, help="merged model folder (or the base, with --adapter)")
+    p.add_argument("--adapter", default=None, help="merge this adapter first")
+    p.add_argument("--out", required=True, help="folder for the CTranslate2 model")
+    p.add_argument("--quantization", default="float16", help="float16 (default), int8_float16, int8, float32, ...")
+    p.set_defaults(func=cmd_export_ct2)
 
     p = sub.add_parser("make-demo-data", help=cmd_make_demo_data.__doc__, description=cmd_make_demo_data.__doc__)
     p.add_argument("--out", required=True, help="folder to write <language>/ into")

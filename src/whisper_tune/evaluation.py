@@ -1,21 +1,31 @@
 """Error rates of a model on prepared clips: batched greedy generation with the language
 and task forced, decoded without special tokens, scored with jiwer.
 
-Clips are generated longest first so each batch pads little and the first batch shows
-the worst-case memory at once.
+Clips are generated longest first, so each batch pads little and the first batch shows
+the worst-case memory at once. Every clip's reference, hypothesis, edit counts and flags
+go into a per-clip report: repetition loops and runaway hypotheses, the two ways a
+fine-tuned Whisper fails that a corpus-level WER hides.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .features import log_mel
 from .metrics import error_rates
+from .normalizers import normalize, orthographic
+
+LOOP_REPEATS = {1: 4, 2: 3, 3: 3, 4: 3}  # n-gram length -> consecutive repeats that make a loop
+_CHAR_LOOP = re.compile(r"(\S{1,10}?)\1{7,}")  # loops inside a word (scripts written without spaces)
+TOO_LONG_RATIO = 2.0  # a hypothesis this many times the reference's length (plus slack) is runaway
 
 
 @dataclass
@@ -38,10 +48,10 @@ def input_dtype(model) -> torch.dtype:
     return model.get_encoder().conv1.weight.dtype
 
 
-def generate_on(model, processor, dataset, language: str, task: str = "transcribe", batch_size: int = 16,
+def generate_on(model, processor, dataset, language: str | None, task: str = "transcribe", batch_size: int = 16,
                 max_new_tokens: int = 128, amp: torch.dtype | None = None, max_samples: int | None = None,
                 progress: bool = False) -> GenerationResult:
-    """Transcribe every clip of a prepared dataset (in its own order in the result)."""
+    """Transcribe every clip of a prepared dataset (results in the dataset's order)."""
     from tqdm.auto import tqdm
 
     device = next(p for p in model.parameters()).device
@@ -57,13 +67,127 @@ def generate_on(model, processor, dataset, language: str, task: str = "transcrib
     with torch.inference_mode(), autocast:
         for i in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
             idx = order[i:i + batch_size].tolist()
-            audios = [data[j]["audio"] for j in idx]
-            features = log_mel(processor.feature_extractor, audios, device=device)
+            features = log_mel(processor.feature_extractor, [data[j]["audio"] for j in idx], device=device)
             out = model.generate(input_features=features.to(device=device, dtype=input_dtype(model)),
                                  language=language, task=task, max_new_tokens=max_new_tokens)
             for j, text in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 hyps[j] = text.strip()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     model.train(was_training)
     meta = dataset.select_columns(["id", "text"])[:n]
     return GenerationResult(meta["id"], meta["text"], hyps, seconds)
+
+
+# ---- per-clip analysis ---------------------------------------------------------------
+
+
+def has_loop(text: str) -> bool:
+    """True when some word n-gram repeats back to back (``LOOP_REPEATS``) or a piece of a
+    word repeats eight times or more: Whisper's classic failure after fine-tuning."""
+    words = text.split()
+    for n, repeats in LOOP_REPEATS.items():
+        for start in range(len(words) - n * repeats + 1):
+            gram = words[start:start + n]
+            if all(words[start + k * n:start + (k + 1) * n] == gram for k in range(1, repeats)):
+                return True
+    return bool(_CHAR_LOOP.search(text))
+
+
+def flags(reference: str, hypothesis: str) -> list[str]:
+    """Why a clip deserves a look: ``repetition``, ``too_long``, ``empty``."""
+    out = []
+    if not hypothesis.strip():
+        out.append("empty")
+    if has_loop(hypothesis):
+        out.append("repetition")
+    ref_words, hyp_words = len(reference.split()), len(hypothesis.split())
+    if hyp_words > TOO_LONG_RATIO * ref_words + 3 or len(hypothesis) > TOO_LONG_RATIO * len(reference) + 10:
+        out.append("too_long")
+    return out
+
+
+def clip_report(clip_id: str, reference: str, hypothesis: str) -> dict:
+    """One line of the per-clip JSONL: texts, word edit counts, error rates, flags."""
+    import jiwer
+
+    norm_ref, norm_hyp = normalize(reference), normalize(hypothesis)
+    words = jiwer.process_words(reference, hypothesis)
+    return {
+        "id": clip_id, "reference": reference, "hypothesis": hypothesis,
+        "errors": {"substitutions": words.substitutions, "deletions": words.deletions,
+                   "insertions": words.insertions, "reference_words": words.hits + words.substitutions + words.deletions},
+        "wer": 100.0 * words.wer,
+        "normalized_wer": 100.0 * jiwer.wer(norm_ref, norm_hyp) if norm_ref else None,
+        "flags": flags(reference, hypothesis),
+    }
+
+
+@dataclass
+class EvalSummary:
+    """What ``evaluate`` writes to summary.json."""
+
+    wer: float
+    cer: float
+    normalized_wer: float
+    normalized_cer: float
+    n: int
+    seconds: float
+    clips_per_s: float
+    flagged: dict[str, int] = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+
+
+def summarize(result: GenerationResult, model_info: dict | None = None) -> tuple[EvalSummary, list[dict]]:
+    """Corpus-level rates (orthographic and normalized) and the per-clip reports."""
+    refs = [orthographic(r) for r in result.references]
+    hyps = [orthographic(h) for h in result.hypotheses]
+    ortho = error_rates(refs, hyps)
+    pairs = [(normalize(r), normalize(h)) for r, h in zip(refs, hyps)]
+    kept = [(r, h) for r, h in pairs if r]  # a reference of only punctuation has no words to score
+    norm = error_rates([r for r, _ in kept], [h for _, h in kept])
+    clips = [clip_report(i, r, h) for i, r, h in zip(result.ids, refs, hyps)]
+    flagged: dict[str, int] = {}
+    for clip in clips:
+        for flag in clip["flags"]:
+            flagged[flag] = flagged.get(flag, 0) + 1
+    summary = EvalSummary(wer=ortho["wer"], cer=ortho["cer"], normalized_wer=norm["wer"], normalized_cer=norm["cer"],
+                          n=len(clips), seconds=result.seconds, clips_per_s=result.clips_per_s, flagged=flagged,
+                          model=model_info or {})
+    return summary, clips
+
+
+def write_report(out_dir: Path, summary: EvalSummary, clips: list[dict]) -> Path:
+    """``summary.json`` and ``clips.jsonl`` (worst clips first) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, ensure_ascii=False), encoding="utf-8")
+    ordered = sorted(clips, key=lambda c: -(c["wer"] or 0))
+    (out_dir / "clips.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in ordered),
+                                         encoding="utf-8")
+    return out_dir
+
+
+def evaluate(base: str | None, adapter: str | None, data, split: str, out_dir: str | Path, exact: bool = False,
+             batch_size: int = 16, max_new_tokens: int = 255, max_samples: int | None = None,
+             progress: bool = True) -> tuple[EvalSummary, Path]:
+    """Measure WER/CER of base (+ adapter) on ``split`` of ``data`` (a ``DataConfig``); writes
+    ``summary.json`` and ``clips.jsonl`` into ``out_dir`` (the prepared split is cached in
+    ``out_dir/prepared``). Without ``adapter`` this is the zero-shot baseline."""
+    from .modeling import amp_dtype, load_for_inference, pick_device
+    from .prepare import prepare_split
+
+    device = pick_device()
+    loaded = load_for_inference(base, adapter, device, exact=exact, language=data.language, task=data.task)
+    out = Path(out_dir)
+    processor_dir = out / "processor"
+    loaded.processor.save_pretrained(processor_dir)
+    dataset = prepare_split(data, split, out / "prepared", str(processor_dir), progress=progress)
+    amp = amp_dtype(device) if loaded.mode.startswith("exact") else None  # 8-bit matmuls want autocast
+    result = generate_on(loaded.model, loaded.processor, dataset, loaded.language, loaded.task, batch_size,
+                         max_new_tokens, amp, max_samples, progress=progress)
+    info = {"base": loaded.base, "adapter": loaded.adapter, "mode": loaded.mode, "language": loaded.language,
+            "task": loaded.task, "data": data.source, "split": split, "device": str(device)}
+    summary, clips = summarize(result, info)
+    return summary, write_report(out, summary, clips)

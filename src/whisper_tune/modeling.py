@@ -14,6 +14,7 @@ transformers 5 deprecates.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -118,7 +119,8 @@ def load_processor(base: str):
     from transformers import WhisperProcessor
 
     try:
-        return WhisperProcessor.from_pretrained(resolve_model(base))
+        has_processor = (Path(base) / "tokenizer_config.json").is_file()  # an adapter folder holds one too
+        return WhisperProcessor.from_pretrained(base if has_processor else resolve_model(base))
     except (OSError, ValueError, TypeError):
         log.warning("no processor in %s: using the bundled offline Whisper processor", base)
         return WhisperProcessor.from_pretrained(processor_path(BUNDLED))
@@ -174,3 +176,82 @@ def parameter_counts(model) -> tuple[int, int]:
     """(trainable, total) parameters, counting 4-bit packed weights at their real size."""
     trainable, total = model.get_nb_trainable_parameters()
     return int(trainable), int(total)
+
+
+ADAPTER_META = "whisper_tune.json"  # written beside adapter_config.json: what evaluate/merge need
+
+
+def write_adapter_meta(folder: Path, cfg: ModelConfig, language: str, task: str) -> None:
+    """Record base, quantization and language next to an adapter, so later commands need
+    only the adapter folder."""
+    import json
+
+    meta = {"base": cfg.base, "quantization": cfg.quantization, "int8_threshold": cfg.int8_threshold,
+            "language": language, "task": task}
+    (Path(folder) / ADAPTER_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def read_adapter_meta(folder: str | Path) -> dict:
+    """The adapter's whisper-tune record, or what PEFT's adapter_config.json says of its base."""
+    import json
+
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"{folder} is not a LoRA adapter folder (no adapter_config.json): give a run's adapter/ "
+                        f"or best/ folder")
+    if (folder / ADAPTER_META).is_file():
+        return json.loads((folder / ADAPTER_META).read_text(encoding="utf-8"))
+    peft_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    return {"base": peft_config.get("base_model_name_or_path"), "quantization": "none"}
+
+
+@dataclass
+class InferenceModel:
+    """A model ready to generate, and how it was put together."""
+
+    model: object
+    processor: object
+    base: str
+    adapter: str | None
+    mode: str  # "base", "merged" or "exact (int8 base + adapter)"
+    language: str | None
+    task: str
+
+
+def load_for_inference(base: str | None, adapter: str | None, device: torch.device, exact: bool = False,
+                       language: str | None = None, task: str | None = None) -> InferenceModel:
+    """Base (+ adapter) for generation.
+
+    The fast path merges the adapter into a half-precision copy of the base (fp32 on the
+    CPU): merged generation costs what the plain model costs. ``exact=True`` keeps the
+    quantized base the adapter was trained on, with the adapter unmerged, for a figure
+    faithful to training (8-bit weights cannot take a merge).
+    """
+    from peft import PeftModel
+
+    meta = read_adapter_meta(adapter) if adapter else {}
+    base = base or meta.get("base")
+    if not base:
+        raise UserError("no base model: pass --model (the adapter folder does not name its base)")
+    quantization = meta.get("quantization", "none") if exact else "none"
+    cfg = ModelConfig(base=base, quantization=quantization, int8_threshold=meta.get("int8_threshold", 6.0),
+                      gradient_checkpointing=False)
+    model = load_base(cfg, device)
+    mode = "base"
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+        if quantization == "none":
+            model = model.merge_and_unload()
+            mode = "merged"
+        else:
+            mode = f"exact ({quantization} base + adapter)"
+    model.eval()
+    processor = load_processor(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base)
+    language = language or meta.get("language")
+    task = task or meta.get("task") or "transcribe"
+    if language:
+        from .processor import resolve_language
+
+        language = resolve_language(language)
+    set_generation_language(model, processor.tokenizer, language, task)
+    return InferenceModel(model, processor, base, adapter, mode, language, task)

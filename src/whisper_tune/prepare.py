@@ -271,3 +271,30 @@ def load_prepared(out_dir: str | Path):
     parts = [Dataset.from_file(str(p)) for p in sorted((out / "shards").glob("shard-*.arrow"))]
     parts = [p for p in parts if len(p)] or parts[:1]
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def cache_root() -> Path:
+    """Where whisper-tune keeps what it builds once per machine (processor, demo corpus)."""
+    return Path(os.environ.get("WHISPER_TUNE_CACHE", Path.home() / ".cache" / "whisper-tune"))
+
+
+def prepare_split(data, split: str, out: Path, processor: str, num_proc: int | None = None, progress: bool = True):
+    """The prepared dataset of ``split`` for a ``DataConfig``: the source itself when it is a
+    prepared folder already, the demo corpus (made on first use) for ``source: demo``."""
+    from .sources import open_source
+
+    spec = data.source
+    if (Path(spec) / "prepared.json").exists():
+        return load_prepared(spec)
+    if spec == "demo":
+        from .demo_data import make_demo_data
+
+        spec = str(make_demo_data(cache_root() / "demo-corpus", data.language, progress=progress).folder)
+    source = open_source(spec, language=data.language, audio_column=data.audio_column,
+                         text_column=data.text_column, streaming=data.streaming, config_name=data.config_name)
+    options = PrepareOptions(language=data.language, task=data.task, processor=processor,
+                             max_seconds=data.max_seconds)
+    result = prepare(source, split, out, options, num_proc=num_proc, progress=progress)
+    if result.rejected_total:
+        log.warning("%s: %d clips rejected, listed in %s", split, result.rejected_total, Path(out) / "rejected.jsonl")
+    return load_prepared(out)

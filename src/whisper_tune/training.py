@@ -37,8 +37,10 @@ from .config import DataConfig, TrainConfig, to_dict
 from .errors import UserError
 from .evaluation import generate_on, input_dtype
 from .features import SpeechCollator
+from .prepare import load_prepared, prepare_split
 from .modeling import (
     add_lora, amp_dtype, load_base, load_processor, parameter_counts, pick_device, set_generation_language,
+    write_adapter_meta,
 )
 from .reporting import MetricsLog, environment, peak_memory_gib, plot_run
 
@@ -82,35 +84,6 @@ def epoch_batches(durations: np.ndarray, batch_size: int, seed: int, epoch: int,
         batches = [batches[i] for i in rng.permutation(len(batches))]
     usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
     return batches[:usable][rank::world]
-
-
-# ---- data preparation ----------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("WHISPER_TUNE_CACHE", Path.home() / ".cache" / "whisper-tune"))
-
-
-def prepared_split(data: DataConfig, split: str, out: Path, processor_dir: str, num_proc: int | None = None):
-    """A prepared folder for ``split``: the source itself when it is one already."""
-    from .prepare import PrepareOptions, load_prepared, prepare
-    from .sources import open_source
-
-    source_spec = data.source
-    if (Path(source_spec) / "prepared.json").exists():
-        return load_prepared(source_spec)
-    if source_spec == "demo":
-        from .demo_data import make_demo_data
-
-        source_spec = str(make_demo_data(cache_root() / "demo-corpus", data.language, progress=False).folder)
-    source = open_source(source_spec, language=data.language, audio_column=data.audio_column,
-                         text_column=data.text_column, streaming=data.streaming, config_name=data.config_name)
-    options = PrepareOptions(language=data.language, task=data.task, processor=processor_dir,
-                             max_seconds=data.max_seconds)
-    result = prepare(source, split, out, options, num_proc=num_proc)
-    if result.rejected_total:
-        log.warning("%s: %d clips rejected, listed in %s", split, result.rejected_total, out / "rejected.jsonl")
-    return load_prepared(out)
 
 
 # ---- distributed ---------------------------------------------------------------------
@@ -199,13 +172,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     processor_dir = run_dir / "processor"
     if main_rank:
         processor.save_pretrained(processor_dir)
-        train_ds = prepared_split(cfg.data, cfg.data.train_split, run_dir / "prepared" / "train", str(processor_dir))
-        eval_ds = (prepared_split(cfg.data, cfg.data.eval_split, run_dir / "prepared" / "eval", str(processor_dir))
+        train_ds = prepare_split(cfg.data, cfg.data.train_split, run_dir / "prepared" / "train", str(processor_dir))
+        eval_ds = (prepare_split(cfg.data, cfg.data.eval_split, run_dir / "prepared" / "eval", str(processor_dir))
                    if cfg.eval.every >= 0 else None)
     _barrier(world)
     if not main_rank:
-        from .prepare import load_prepared
-
         train_ds = load_prepared(run_dir / "prepared" / "train")
         eval_ds = None
     if len(train_ds) == 0:
@@ -328,7 +299,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                     score = scores[f"eval_{cfg.eval.metric}"]
                     if best is None or score < best[cfg.eval.metric]:
                         best = {"step": step, "wer": scores["eval_wer"], "cer": scores["eval_cer"]}
-                        _save_best(run_dir / "best", _unwrap(model), processor, best)
+                        _save_best(run_dir / "best", _unwrap(model), processor, best, cfg, language)
                 if main_rank and record:
                     metrics.log({"step": step} | record)
                 if end_of_epoch:
@@ -350,11 +321,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     if main_rank and step >= total_steps:
         _unwrap(model).save_pretrained(adapter_dir)
         processor.save_pretrained(adapter_dir)
+        write_adapter_meta(adapter_dir, cfg.model, language, cfg.data.task)
     result = TrainResult(run_dir, adapter_dir, step, last_loss, best, samples / wall if wall else 0.0, wall,
                          stopped_early=step < total_steps)
     if main_rank:
         plot_run(run_dir)
         _write_run_json(run_dir, cfg, device, result, trainable, total, resume_from)
+        if not result.stopped_early:
+            from .export import write_adapter_card
+
+            write_adapter_card(adapter_dir, cfg.model.base, language, cfg.data.task)
     return result
 
 
@@ -364,10 +340,11 @@ def _language(data: DataConfig) -> str:
     return resolve_language(data.language)
 
 
-def _save_best(folder: Path, model, processor, scores: dict) -> None:
+def _save_best(folder: Path, model, processor, scores: dict, cfg: TrainConfig, language: str) -> None:
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        write_adapter_meta(tmp, cfg.model, language, cfg.data.task)
         (tmp / "eval.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
 
     checkpoint.write_atomically(folder, fill)

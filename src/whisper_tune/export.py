@@ -1,0 +1,145 @@
+"""After training: merge the adapter into the base, convert for CTranslate2/faster-whisper,
+write model cards and share on the Hub.
+
+Merging happens in fp32 and the result is cast to the dtype asked for (fp16 by default, as
+OpenAI's checkpoints ship), because an 8-bit base cannot take a merge and a half-precision
+merge loses the small LoRA deltas to rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+CT2_QUANTIZATIONS = ("float16", "bfloat16", "float32", "int8", "int8_float16", "int8_bfloat16", "int8_float32",
+                     "int16")
+
+
+def merge(base: str | None, adapter: str, out_dir: str | Path, dtype: str = "float16") -> Path:
+    """Save base + adapter as one plain transformers checkpoint (weights, processor,
+    generation_config with language/task, model card) that ``pipeline("automatic-speech-
+    recognition", model=out_dir)`` loads."""
+    from .modeling import load_for_inference
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
+    loaded = load_for_inference(base, adapter, torch.device("cpu"))  # fp32 on the CPU: an exact merge
+    out = Path(out_dir)
+    model = loaded.model.to(DTYPES[dtype])
+    model.save_pretrained(out)
+    loaded.processor.save_pretrained(out)
+    loaded.processor.feature_extractor.save_pretrained(out)  # preprocessor_config.json for older readers
+    card = model_card("merged", loaded.base, loaded.language, loaded.task, adapter_dir=Path(adapter))
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return out
+
+
+def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str = "float16",
+               adapter: str | None = None) -> Path:
+    """Convert a transformers Whisper checkpoint (or base + ``adapter``, merged on the way)
+    into a CTranslate2 model folder that faster-whisper's ``WhisperModel(out_dir)`` loads."""
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        raise UserError("export-ct2 needs ctranslate2: pip install 'whisper-tune[export]'") from None
+    if quantization not in CT2_QUANTIZATIONS:
+        raise UserError(f"unknown CTranslate2 quantization {quantization!r}: use {', '.join(CT2_QUANTIZATIONS)}")
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(merge(str(model_dir), adapter, Path(tmp) / "merged")) if adapter else Path(model_dir)
+        if not (source / "config.json").is_file():
+            raise UserError(f"{source} is not a transformers model folder (no config.json): run merge first")
+        files = [f for f in ("tokenizer.json", "preprocessor_config.json") if (source / f).is_file()]
+        TransformersConverter(str(source), copy_files=files, load_as_float16=quantization != "float32").convert(
+            str(out), quantization=quantization, force=True)
+        if not (out / "preprocessor_config.json").exists():
+            from transformers import WhisperFeatureExtractor
+
+            WhisperFeatureExtractor.from_pretrained(str(source)).to_json_file(str(out / "preprocessor_config.json"))
+        if not (out / "tokenizer.json").exists():
+            from .modeling import load_processor
+
+            load_processor(str(source)).tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+def model_card(kind: str, base: str, language: str | None, task: str, adapter_dir: Path | None = None,
+               scores: dict | None = None) -> str:
+    """A Hub model card (YAML front matter + how to load), made offline from what the run recorded."""
+    run = _run_info(adapter_dir)
+    cfg = run.get("config", {})
+    scores = scores or run.get("best")
+    library = "peft" if kind == "adapter" else "transformers"
+    front = ["---", f"library_name: {library}", f"base_model: {base}", "pipeline_tag: automatic-speech-recognition"]
+    if language:
+        front.append(f"language: [{language}]")
+    front += ["tags: [whisper, whisper-tune, lora]", "---", ""]
+    title = f"# {Path(base).name} fine-tuned with whisper-tune ({'LoRA adapter' if kind == 'adapter' else 'merged'})"
+    lines = front + [title, "", f"- Base model: `{base}`", f"- Language: `{language or 'detected'}`, task: `{task}`"]
+    if cfg:
+        lora, data, train = cfg.get("lora", {}), cfg.get("data", {}), cfg.get("train", {})
+        lines += [f"- Data: `{data.get('source')}` ({data.get('train_split')}), evaluated on {data.get('eval_split')}",
+                  f"- Base held as: {cfg.get('model', {}).get('quantization')} during training",
+                  f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+                  f"targets={lora.get('targets')}",
+                  f"- Training: {run.get('steps')} steps of batch {train.get('batch_size')}, lr "
+                  f"{train.get('learning_rate')}, warm-up {train.get('warmup_steps')}"]
+    lines += ["", "## Results", ""]
+    if scores:
+        lines += ["| metric | value |", "|---|---|", f"| WER (%) | {scores['wer']:.2f} |", f"| CER (%) | {scores['cer']:.2f} |"]
+    else:
+        lines.append("Not measured yet: run `whisper-tune evaluate`.")
+    lines += ["", "## How to use", "", "```python"]
+    if kind == "adapter":
+        lines += ["from peft import PeftModel", "from transformers import WhisperForConditionalGeneration, WhisperProcessor",
+                  "", f'base = WhisperForConditionalGeneration.from_pretrained("{base}")',
+                  'model = PeftModel.from_pretrained(base, "THIS_REPO").merge_and_unload()',
+                  'processor = WhisperProcessor.from_pretrained("THIS_REPO")']
+    else:
+        lines += ["from transformers import pipeline", "",
+                  'asr = pipeline("automatic-speech-recognition", model="THIS_REPO")',
+                  f'print(asr("clip.wav", generate_kwargs={{"language": "{language or "en"}", "task": "{task}"}}))']
+    lines += ["```", "", "Made with [whisper-tune](https://pypi.org/project/whisper-tune/).", ""]
+    return "\n".join(lines)
+
+
+def _run_info(adapter_dir: Path | None) -> dict:
+    """run.json of the run an adapter folder came from (its parent folder), if any."""
+    if adapter_dir is None:
+        return {}
+    for candidate in (adapter_dir / "run.json", adapter_dir.parent / "run.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    return {}
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload a folder (adapter or merged model, with its card) to a Hub model repo."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload with whisper-tune")
+    except Exception as e:  # network, auth: one line, the user decides
+        raise UserError(f"push to {repo_id} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"log in with `hf auth login` and check the network") from None
+    return str(getattr(info, "commit_url", repo_id))
+
+
+def write_adapter_card(adapter_dir: Path, base: str, language: str | None, task: str) -> None:
+    """Replace PEFT's template README with a card that says what was trained and how well."""
+    (Path(adapter_dir) / "README.md").write_text(model_card("adapter", base, language, task, Path(adapter_dir)),
+                                                  encoding="utf-8")
+
+
+__all__ = ["export_ct2", "merge", "model_card", "push_to_hub", "write_adapter_card"]

@@ -1,0 +1,186 @@
+"""Transcribe audio files of any length with base (+ adapter).
+
+Long files use Whisper's own sequential long-form decoding (transformers'
+``generate`` with timestamps): each 30 s window starts where the last complete segment
+ended, so no word is cut at a window edge and every segment carries its time stamps.
+Features come from ``features.log_mel``'s extractor, the same front end as training.
+Output formats are one small writer class each behind :func:`get_writer`, as in
+openai/whisper.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, duration, load_audio
+from .evaluation import input_dtype
+
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".wma")
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
+
+
+@dataclass
+class Transcript:
+    path: str
+    language: str | None
+    duration: float
+    segments: list[Segment] = field(default_factory=list)
+    seconds: float = 0.0  # processing time
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments if s.text).strip()
+
+
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders (searched recursively for audio) and glob patterns -> (files, errors)."""
+    files, errors = [], []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            files += found
+            if not found:
+                errors.append((item, f"no audio files ({', '.join(AUDIO_SUFFIXES[:4])}, ...) in this folder"))
+        elif path.exists():
+            files.append(path)
+        elif any(ch in item for ch in "*?["):
+            matched = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            files += matched
+            if not matched:
+                errors.append((item, "the pattern matches no file"))
+        else:
+            errors.append((item, "no such file or folder"))
+    return files, errors
+
+
+def _features(feature_extractor, audio: np.ndarray):
+    """Log-mel of a whole file: padded to 30 s when shorter, kept whole (with its mask) when longer."""
+    long = len(audio) > CHUNK_SECONDS * SAMPLE_RATE
+    out = feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=not long,
+                            padding="longest" if long else "max_length", return_attention_mask=True)
+    return out.input_features, out.attention_mask
+
+
+def detect_language(model, processor, features: torch.Tensor) -> str:
+    """Whisper's language guess from the first window."""
+    token = model.detect_language(input_features=features[:, :, :CHUNK_SECONDS * 100])[0]
+    return processor.tokenizer.convert_ids_to_tokens(int(token)).strip("<|>")
+
+
+def transcribe_audio(model, processor, audio: np.ndarray, language: str | None = None, task: str = "transcribe",
+                     max_new_tokens: int = 224) -> tuple[list[Segment], str]:
+    """Segments with time stamps for one 16 kHz clip of any length, and the language used."""
+    device = next(model.parameters()).device
+    features, mask = _features(processor.feature_extractor, audio)
+    features = features.to(device, input_dtype(model))
+    with torch.inference_mode():
+        if language is None:
+            language = detect_language(model, processor, features)
+        out = model.generate(input_features=features, attention_mask=mask.to(device), language=language, task=task,
+                             return_timestamps=True, return_segments=True, max_new_tokens=max_new_tokens)
+    total = duration(audio)
+    segments = []
+    for seg in out["segments"][0] if isinstance(out, dict) and out.get("segments") else []:
+        text = processor.tokenizer.decode(seg["tokens"], skip_special_tokens=True).strip()
+        start = min(float(seg["start"]), total)
+        segments.append(Segment(round(start, 3), round(max(start, min(float(seg["end"]), total)), 3), text))
+    if not segments:  # no timestamps predicted: one segment for the whole clip
+        ids = out["sequences"] if isinstance(out, dict) else out
+        text = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
+        segments = [Segment(0.0, round(total, 3), text)]
+    return segments, language
+
+
+def transcribe_files(model, processor, files: list[Path], language: str | None = None, task: str = "transcribe",
+                     progress: bool = True):
+    """Yield a Transcript, or (path, error) for a file that cannot be read, per file."""
+    from tqdm.auto import tqdm
+
+    for path in tqdm(files, desc="transcribe", unit="file", disable=not progress or len(files) < 2):
+        try:
+            audio = load_audio(path)
+        except AudioError as e:
+            yield str(path), e.detail
+            continue
+        if audio.size == 0:
+            yield str(path), "no audio samples"
+            continue
+        start = time.perf_counter()
+        segments, used = transcribe_audio(model, processor, audio, language, task)
+        yield Transcript(str(path), used, duration(audio), segments, time.perf_counter() - start)
+
+
+# ---- writers -------------------------------------------------------------------------
+
+
+def _clock(seconds: float, decimal: str) -> str:
+    ms = int(round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
+
+
+class Writer:
+    extension = ""
+
+    def format(self, transcript: Transcript) -> str:
+        raise NotImplementedError
+
+    def write(self, transcript: Transcript, out_dir: Path) -> Path:
+        out = Path(out_dir) / f"{Path(transcript.path).stem}.{self.extension}"
+        out.write_text(self.format(transcript), encoding="utf-8")
+        return out
+
+
+class WriteTXT(Writer):
+    extension = "txt"
+
+    def format(self, t: Transcript) -> str:
+        return t.text + "\n"
+
+
+class WriteSRT(Writer):
+    extension = "srt"
+
+    def format(self, t: Transcript) -> str:
+        blocks = [f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
+                  for i, s in enumerate(t.segments, start=1)]
+        return "\n".join(blocks)
+
+
+class WriteVTT(Writer):
+    extension = "vtt"
+
+    def format(self, t: Transcript) -> str:
+        return "WEBVTT\n\n" + "\n".join(f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n"
+                                         for s in t.segments)
+
+
+class WriteJSON(Writer):
+    extension = "json"
+
+    def format(self, t: Transcript) -> str:
+        return json.dumps({"path": t.path, "language": t.language, "duration": t.duration, "text": t.text,
+                           "segments": [asdict(s) for s in t.segments]}, ensure_ascii=False, indent=2) + "\n"
+
+
+WRITERS = {w.extension: w for w in (WriteTXT, WriteSRT, WriteVTT, WriteJSON)}
+
+
+def get_writer(fmt: str) -> Writer:
+    return WRITERS[fmt]()
