@@ -35,10 +35,21 @@ def save_random(arch: str, folder: Path) -> None:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     d, layers, heads, ffn = ARCHS[arch]
-    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=d, encoder_layers=layers,
-                           decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
-                           encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, decoder_start_token_id=50258,
-                           pad_token_id=50257, eos_token_id=50257, bos_token_id=50257)
+    config = WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=d,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        decoder_start_token_id=50258,
+        pad_token_id=50257,
+        eos_token_id=50257,
+        bos_token_id=50257,
+    )
     WhisperForConditionalGeneration(config).half().save_pretrained(folder)  # fp16 on disk: half the bytes
 
 
@@ -72,8 +83,14 @@ def measure(folder: Path, mode: str, batch: int, steps: int, checkpointing: bool
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = sum(times[1:]) / steps
-    row = {"mode": mode, "batch": batch, "checkpointing": checkpointing, "step_s": step_s,
-           "samples_per_s": batch / step_s, "first_step_s": times[0]} | peak_memory_gib(device)
+    row = {
+        "mode": mode,
+        "batch": batch,
+        "checkpointing": checkpointing,
+        "step_s": step_s,
+        "samples_per_s": batch / step_s,
+        "first_step_s": times[0],
+    } | peak_memory_gib(device)
     if first_peak is not None:  # peak_gpu_gib is then the steady peak after the first step
         row["first_step_peak_gpu_gib"] = first_peak
     del model, optimizer
@@ -100,8 +117,11 @@ def main() -> None:
         for mode in args.modes:
             row = measure(Path(tmp), mode, args.batch, args.steps, not args.no_checkpointing)
             rows.append(row)
-            print(f"{args.arch} {mode:5s} batch {args.batch}: {row['step_s']:.3f} s/step, "
-                  f"{row['samples_per_s']:.2f} samples/s", flush=True)
+            print(
+                f"{args.arch} {mode:5s} batch {args.batch}: {row['step_s']:.3f} s/step, "
+                f"{row['samples_per_s']:.2f} samples/s",
+                flush=True,
+            )
     env = environment(pick_device())
     where = env.get("gpu") or f"cpu x{env.get('cpu_threads')}"
     result = {"command": "python " + " ".join(sys.argv), "arch": args.arch, "rows": rows, "environment": env}
@@ -110,20 +130,36 @@ def main() -> None:
     stem = f"train_step-{args.arch}-{'gpu' if 'gpu' in env else 'cpu'}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     mem_key = "peak_gpu_gib" if "gpu" in env else "peak_rss_gib"
-    lines = [f"# Training step, {args.arch} architecture, on {where}", "", f"`{result['command']}`", "",
-             f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']}, "
-             f"peft {env['versions']['peft']}, bitsandbytes {env['versions']['bitsandbytes']}", "",
-             "Peak memory on the CPU is the process's peak RSS so far (rows run in order); on a GPU it is "
-             "torch's peak allocation for that row.", "",
-             f"| mode | batch | checkpointing | s/step | samples/s | {mem_key} |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training step, {args.arch} architecture, on {where}",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']}, "
+        f"peft {env['versions']['peft']}, bitsandbytes {env['versions']['bitsandbytes']}",
+        "",
+        "Peak memory on the CPU is the process's peak RSS so far (rows run in order); on a GPU it is "
+        "torch's peak allocation for that row.",
+        "",
+        f"| mode | batch | checkpointing | s/step | samples/s | {mem_key} |",
+        "|---|---|---|---|---|---|",
+    ]
     if "gpu" in env:
-        lines[-2:] = ["| mode | batch | checkpointing | s/step | samples/s | peak GiB, first step | peak GiB, later steps |",
-                      "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['mode']} | {r['batch']} | {r['checkpointing']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} "
-                  f"| {r['first_step_peak_gpu_gib']:.1f} | {r['peak_gpu_gib']:.1f} |" for r in rows]
+        lines[-2:] = [
+            "| mode | batch | checkpointing | s/step | samples/s | peak GiB, first step | peak GiB, later steps |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['mode']} | {r['batch']} | {r['checkpointing']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} "
+            f"| {r['first_step_peak_gpu_gib']:.1f} | {r['peak_gpu_gib']:.1f} |"
+            for r in rows
+        ]
     else:
-        lines += [f"| {r['mode']} | {r['batch']} | {r['checkpointing']} | {r['step_s']:.3f} | "
-                  f"{r['samples_per_s']:.2f} | {r[mem_key]:.2f} |" for r in rows]
+        lines += [
+            f"| {r['mode']} | {r['batch']} | {r['checkpointing']} | {r['step_s']:.3f} | "
+            f"{r['samples_per_s']:.2f} | {r[mem_key]:.2f} |"
+            for r in rows
+        ]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 

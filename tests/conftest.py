@@ -51,10 +51,21 @@ def tiny_model():
 
     torch.manual_seed(0)
     config = WhisperConfig(
-        vocab_size=51865, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_source_positions=1500, max_target_positions=448, pad_token_id=50257, bos_token_id=50257,
-        eos_token_id=50257, decoder_start_token_id=50258,
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=50257,
+        bos_token_id=50257,
+        eos_token_id=50257,
+        decoder_start_token_id=50258,
     )
     return WhisperForConditionalGeneration(config).eval()
 
@@ -130,7 +141,39 @@ def four_clips(small_corpus, tmp_path_factory) -> Path:
     with open(small_corpus / "train.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:4]
     out = tmp_path_factory.mktemp("four") / "four.jsonl"
-    out.write_text("".join(json.dumps({"audio": str(small_corpus / "clips" / r["path"]),
-                                       "text": r["sentence"].split()[0]}, ensure_ascii=False) + "\n" for r in rows),
-                   encoding="utf-8")
+    out.write_text(
+        "".join(
+            json.dumps(
+                {"audio": str(small_corpus / "clips" / r["path"]), "text": r["sentence"].split()[0]}, ensure_ascii=False
+            )
+            + "\n"
+            for r in rows
+        ),
+        encoding="utf-8",
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter (q/v/fc1, random non-zero weights) for the tiny model, laid out as a
+    training run leaves it: PEFT files, processor and whisper_tune.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from whisper_tune.config import ModelConfig
+    from whisper_tune.modeling import write_adapter_meta
+
+    torch.manual_seed(2)
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)  # large enough that merged and base outputs differ clearly
+    out = tmp_path_factory.mktemp("run") / "adapter"
+    model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(tiny_model_dir).save_pretrained(out)
+    write_adapter_meta(out, ModelConfig(base=str(tiny_model_dir), quantization="int8"), "mr", "transcribe")
     return out

@@ -12,8 +12,9 @@ from whisper_tune.cli import main
 
 def run_cli(*args, cwd=None):
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "whisper_tune.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "whisper_tune.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 def _one_line_error(proc, *fragments):
@@ -32,7 +33,9 @@ def test_missing_source(tmp_path):
 
 def test_wrong_column_and_unknown_language(tmp_path):
     (tmp_path / "m.csv").write_text("path,text\na.wav,hi\n")
-    proc = run_cli("prepare", "--data", str(tmp_path / "m.csv"), "--text-column", "sentence", "--out", str(tmp_path / "o"))
+    proc = run_cli(
+        "prepare", "--data", str(tmp_path / "m.csv"), "--text-column", "sentence", "--out", str(tmp_path / "o")
+    )
     _one_line_error(proc, "'sentence'", "path, text", "--text-column")
     proc = run_cli("prepare", "--data", str(tmp_path / "m.csv"), "--language", "elvish", "--out", str(tmp_path / "o"))
     _one_line_error(proc, "unknown language 'elvish'")
@@ -44,7 +47,17 @@ def test_unknown_split(small_corpus, tmp_path):
 
 
 def test_prepare_prints_counts_and_reuses(small_corpus, tmp_path, capsys):
-    args = ["prepare", "--data", str(small_corpus), "--split", "dev+test", "--out", str(tmp_path / "o"), "--num-proc", "1"]
+    args = [
+        "prepare",
+        "--data",
+        str(small_corpus),
+        "--split",
+        "dev+test",
+        "--out",
+        str(tmp_path / "o"),
+        "--num-proc",
+        "1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     n = sum(1 for split in ("dev", "test") for _ in open(small_corpus / f"{split}.tsv")) - 2  # minus headers

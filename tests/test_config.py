@@ -26,13 +26,16 @@ def test_nested_values_and_int_for_float():
     assert cfg.steps is None
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"data": {"langauge": "mr"}}, "data.langauge: unknown key"),
-    ({"inner": {"rate": "fast"}}, "inner.rate: expected float"),
-    ({"steps": True}, "steps: expected int or null"),
-    ({"inner": {"names": "a"}}, "inner.names: expected a list"),
-    ({"data": 3}, "data: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"data": {"langauge": "mr"}}, "data.langauge: unknown key"),
+        ({"inner": {"rate": "fast"}}, "inner.rate: expected float"),
+        ({"steps": True}, "steps: expected int or null"),
+        ({"inner": {"names": "a"}}, "inner.names: expected a list"),
+        ({"data": 3}, "data: expected a mapping"),
+    ],
+)
 def test_errors_name_the_key(data, message):
     with pytest.raises(UserError, match=message):
         from_dict(Outer, data)

@@ -57,5 +57,5 @@ def test_batch_runs_through_tiny_whisper(processor, tokenizer, tiny_model):
         batch = collate(examples)
         loss = tiny_model(**batch).loss
         singles = [(tiny_model(**collate([e])).loss, len(e["labels"]) - 1) for e in examples]
-    weighted = sum(l * n for l, n in singles) / sum(n for _, n in singles)
+    weighted = sum(loss_i * n for loss_i, n in singles) / sum(n for _, n in singles)
     assert torch.isfinite(loss) and torch.allclose(loss, weighted, atol=1e-4)

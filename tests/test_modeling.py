@@ -7,7 +7,12 @@ from whisper_tune.config import LoraSettings, ModelConfig
 from whisper_tune.errors import UserError
 from whisper_tune.features import SpeechCollator
 from whisper_tune.modeling import (
-    add_lora, load_base, load_processor, parameter_counts, resolve_model, set_generation_language,
+    add_lora,
+    load_base,
+    load_processor,
+    parameter_counts,
+    resolve_model,
+    set_generation_language,
 )
 from whisper_tune.prepare import load_prepared, prepare
 from whisper_tune.sources import open_source
@@ -15,8 +20,11 @@ from whisper_tune.sources import open_source
 
 @pytest.fixture(scope="module")
 def one_batch(four_clips, tiny_model_dir, tmp_path_factory):
-    ds = load_prepared(prepare(open_source(str(four_clips)), None, tmp_path_factory.mktemp("p") / "four",
-                               num_proc=1, progress=False).out).with_format("numpy")
+    ds = load_prepared(
+        prepare(
+            open_source(str(four_clips)), None, tmp_path_factory.mktemp("p") / "four", num_proc=1, progress=False
+        ).out
+    ).with_format("numpy")
     processor = load_processor(str(tiny_model_dir))
     return SpeechCollator(processor.feature_extractor, 50258)([ds[i] for i in range(len(ds))])
 
@@ -55,13 +63,26 @@ def test_large_v2_parameter_count_matches_the_recipe():
     """15,728,640 trainable of 1,559,033,600 for LoRA r=32 on q/v of large-v2 (built on 'meta')."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=1280, encoder_layers=32, decoder_layers=32,
-                           encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120,
-                           decoder_ffn_dim=5120, max_source_positions=1500, max_target_positions=448)
+    config = WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=1280,
+        encoder_layers=32,
+        decoder_layers=32,
+        encoder_attention_heads=20,
+        decoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_ffn_dim=5120,
+        max_source_positions=1500,
+        max_target_positions=448,
+    )
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
-    model = add_lora(model, LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"),
-                     ModelConfig(quantization="none", gradient_checkpointing=False))
+    model = add_lora(
+        model,
+        LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"),
+        ModelConfig(quantization="none", gradient_checkpointing=False),
+    )
     assert parameter_counts(model) == (15_728_640, 1_559_033_600)
 
 
@@ -80,8 +101,9 @@ def test_generation_language_is_forced(tiny_model_dir):
             self.prompts.append(input_ids[0].tolist())
             return scores
 
-    model.generate(input_features=torch.zeros(1, 80, 3000), max_new_tokens=2,
-                   logits_processor=LogitsProcessorList([Spy()]))
+    model.generate(
+        input_features=torch.zeros(1, 80, 3000), max_new_tokens=2, logits_processor=LogitsProcessorList([Spy()])
+    )
     assert Spy.prompts[0] == [50258, 50320, 50359, 50363]  # <|sot|><|mr|><|transcribe|><|notimestamps|>
 
 
@@ -104,19 +126,44 @@ def test_quantization_without_bitsandbytes_says_so(monkeypatch):
     require_bitsandbytes("none", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("targets, freeze, expected", [
-    ("qv", False, {"encoder.self_attn.q_proj", "encoder.self_attn.v_proj", "decoder.self_attn.q_proj",
-                   "decoder.self_attn.v_proj", "decoder.encoder_attn.q_proj", "decoder.encoder_attn.v_proj"}),
-    ("all-linear", True, {f"decoder.{a}.{m}" for a in ("self_attn", "encoder_attn")
-                          for m in ("q_proj", "k_proj", "v_proj", "out_proj")} | {"decoder.fc1", "decoder.fc2"}),
-    (["fc1"], False, {"encoder.fc1", "decoder.fc1"}),
-])
+@pytest.mark.parametrize(
+    "targets, freeze, expected",
+    [
+        (
+            "qv",
+            False,
+            {
+                "encoder.self_attn.q_proj",
+                "encoder.self_attn.v_proj",
+                "decoder.self_attn.q_proj",
+                "decoder.self_attn.v_proj",
+                "decoder.encoder_attn.q_proj",
+                "decoder.encoder_attn.v_proj",
+            },
+        ),
+        (
+            "all-linear",
+            True,
+            {
+                f"decoder.{a}.{m}"
+                for a in ("self_attn", "encoder_attn")
+                for m in ("q_proj", "k_proj", "v_proj", "out_proj")
+            }
+            | {"decoder.fc1", "decoder.fc2"},
+        ),
+        (["fc1"], False, {"encoder.fc1", "decoder.fc1"}),
+    ],
+)
 def test_lora_targets_and_encoder_freezing(tiny_model_dir, targets, freeze, expected):
     import re
 
     cfg = ModelConfig(base=str(tiny_model_dir), quantization="none", gradient_checkpointing=False)
-    model = add_lora(load_base(cfg, torch.device("cpu")), LoraSettings(r=2, alpha=4, targets=targets,
-                                                                       freeze_encoder=freeze), cfg)
-    adapted = {re.sub(r".*model\.(encoder|decoder)\.layers\.\d+\.", r"\1.", n.rsplit(".lora_A", 1)[0])
-               for n, _ in model.named_parameters() if "lora_A" in n}
+    model = add_lora(
+        load_base(cfg, torch.device("cpu")), LoraSettings(r=2, alpha=4, targets=targets, freeze_encoder=freeze), cfg
+    )
+    adapted = {
+        re.sub(r".*model\.(encoder|decoder)\.layers\.\d+\.", r"\1.", n.rsplit(".lora_A", 1)[0])
+        for n, _ in model.named_parameters()
+        if "lora_A" in n
+    }
     assert adapted == expected

@@ -35,16 +35,24 @@ def _plant_bad_clips(folder):
     _add_row(folder, "train", "notext.mp3", "   ")
     _add_row(folder, "train", "gone.mp3", "हरवलेली फाइल")
     _add_row(folder, "train", "wordy.mp3", " ".join(["महाराष्ट्र"] * 120))
-    return {"corrupt": "undecodable", "long40s": "too_long", "silent": "silent", "empty": "empty",
-            "notext": "empty_text", "gone": "missing", "wordy": "labels_too_long"}
+    return {
+        "corrupt": "undecodable",
+        "long40s": "too_long",
+        "silent": "silent",
+        "empty": "empty",
+        "notext": "empty_text",
+        "gone": "missing",
+        "wordy": "labels_too_long",
+    }
 
 
 def test_bad_clips_are_listed_and_the_rest_prepared(corpus_copy, tmp_path):
     planted = _plant_bad_clips(corpus_copy)
     source = open_source(str(corpus_copy))
     n_rows = source.count("train")
-    result = prepare(source, "train", tmp_path / "out", PrepareOptions(language="mr"), num_proc=2,
-                     shard_size=5, progress=False)
+    result = prepare(
+        source, "train", tmp_path / "out", PrepareOptions(language="mr"), num_proc=2, shard_size=5, progress=False
+    )
     rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert {r["id"]: r["reason"] for r in rejected} == planted
     assert all(r["audio"] and r["detail"] for r in rejected)

@@ -4,7 +4,10 @@ import pytest
 
 from whisper_tune.errors import UserError
 from whisper_tune.processor import (
-    _bundled_tiktoken, build_processor, resolve_language, special_tokens,
+    _bundled_tiktoken,
+    build_processor,
+    resolve_language,
+    special_tokens,
 )
 
 SAMPLES = [
@@ -18,8 +21,18 @@ SAMPLES = [
 
 def test_special_token_ids_match_openai(tokenizer):
     ids = tokenizer.convert_tokens_to_ids(
-        ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|mr|>", "<|translate|>", "<|transcribe|>",
-         "<|notimestamps|>", "<|0.00|>", "<|30.00|>"])
+        [
+            "<|endoftext|>",
+            "<|startoftranscript|>",
+            "<|en|>",
+            "<|mr|>",
+            "<|translate|>",
+            "<|transcribe|>",
+            "<|notimestamps|>",
+            "<|0.00|>",
+            "<|30.00|>",
+        ]
+    )
     assert ids == [50257, 50258, 50259, 50320, 50358, 50359, 50363, 50364, 51864]
     assert len(tokenizer) == 51865  # the vocab_size of every multilingual v1/v2 checkpoint
 

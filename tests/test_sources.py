@@ -15,6 +15,7 @@ def _tsv_rows(folder, split):
 
 # ---- Common Voice ----------------------------------------------------------------------
 
+
 def test_common_voice_splits_and_rows(small_corpus):
     src = open_source(str(small_corpus))
     assert isinstance(src, CommonVoiceSource)
@@ -22,8 +23,9 @@ def test_common_voice_splits_and_rows(small_corpus):
     rows = list(src.rows("test"))
     expected = _tsv_rows(small_corpus, "test")
     assert [r.text for r in rows] == [e["sentence"] for e in expected]
-    assert all(r.audio.endswith(".mp3") and (small_corpus / "clips" / r.audio.rsplit("/", 1)[-1]).exists()
-               for r in rows)
+    assert all(
+        r.audio.endswith(".mp3") and (small_corpus / "clips" / r.audio.rsplit("/", 1)[-1]).exists() for r in rows
+    )
 
 
 def test_common_voice_combined_and_aliased_splits(small_corpus):
@@ -56,6 +58,7 @@ def test_split_names():
 
 # ---- manifests -------------------------------------------------------------------------
 
+
 def _clips(tmp_path, n=3):
     (tmp_path / "wav").mkdir()
     return [write_tone(tmp_path / "wav" / f"c{i}.wav", seconds=0.5) for i in range(n)]
@@ -63,7 +66,9 @@ def _clips(tmp_path, n=3):
 
 def test_csv_manifest_resolves_relative_paths(tmp_path):
     clips = _clips(tmp_path)
-    (tmp_path / "m.csv").write_text("file,transcript\n" + "".join(f"wav/{c.name},text {i}\n" for i, c in enumerate(clips)))
+    (tmp_path / "m.csv").write_text(
+        "file,transcript\n" + "".join(f"wav/{c.name},text {i}\n" for i, c in enumerate(clips))
+    )
     src = open_source(str(tmp_path / "m.csv"))
     assert isinstance(src, ManifestSource) and src.splits() is None
     rows = list(src.rows(None))
@@ -75,8 +80,9 @@ def test_tsv_and_jsonl_manifests_with_named_columns(tmp_path):
     clips = _clips(tmp_path, 2)
     (tmp_path / "m.tsv").write_text("wav\twords\n" + "".join(f"wav/{c.name}\tx\n" for c in clips))
     assert len(list(open_source(str(tmp_path / "m.tsv"), audio_column="wav", text_column="words").rows(None))) == 2
-    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"audio": str(c), "text": "y", "split": s}) + "\n"
-                                              for c, s in zip(clips, ["train", "test"])))
+    (tmp_path / "m.jsonl").write_text(
+        "".join(json.dumps({"audio": str(c), "text": "y", "split": s}) + "\n" for c, s in zip(clips, ["train", "test"]))
+    )
     src = open_source(str(tmp_path / "m.jsonl"))
     assert src.splits() == ["test", "train"]
     assert [r.audio for r in src.rows("test")] == [str(clips[1])]  # absolute paths stay as they are
@@ -97,6 +103,7 @@ def test_manifest_missing_text_is_none_not_a_string(tmp_path):
 
 
 # ---- Hugging Face datasets -------------------------------------------------------------
+
 
 @pytest.fixture()
 def hf_dataset(tmp_path):
@@ -122,17 +129,20 @@ def test_save_to_disk_folder(tmp_path, hf_dataset):
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_parquet_folder_embeds_bytes(tmp_path, hf_dataset, streaming):
-    from whisper_tune.audio import load_audio
-
     import datasets
+
+    from whisper_tune.audio import load_audio
 
     _, clips = hf_dataset
     expected = load_audio(clips[3])
     (tmp_path / "pq").mkdir()
     for split, idx in (("train", [0, 1, 2]), ("test", [3])):
-        ds = datasets.Dataset.from_dict({
-            "audio": [{"bytes": clips[i].read_bytes(), "path": clips[i].name} for i in idx],
-            "text": [f"t{i}" for i in idx]}).cast_column("audio", datasets.Audio())
+        ds = datasets.Dataset.from_dict(
+            {
+                "audio": [{"bytes": clips[i].read_bytes(), "path": clips[i].name} for i in idx],
+                "text": [f"t{i}" for i in idx],
+            }
+        ).cast_column("audio", datasets.Audio())
         ds.to_parquet(str(tmp_path / "pq" / f"{split}.parquet"))
     for c in clips:
         c.unlink()  # only the embedded bytes remain

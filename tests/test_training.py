@@ -20,12 +20,28 @@ from whisper_tune.training import TrainingStopped, epoch_batches, train
 
 
 def _overrides(model_dir, source, out, **extra):
-    base = {"model.base": model_dir, "model.quantization": "none", "model.gradient_checkpointing": "false",
-            "data.source": source, "data.train_split": "train", "data.eval_split": "test",
-            "train.output_dir": out, "train.batch_size": 4, "train.max_steps": 6, "train.num_workers": 0,
-            "train.log_every": 1, "train.save_every": 2, "train.keep_last": 2, "train.warmup_steps": 1,
-            "train.learning_rate": "1e-3", "eval.every": -1, "eval.max_new_tokens": 4,
-            "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.1}
+    base = {
+        "model.base": model_dir,
+        "model.quantization": "none",
+        "model.gradient_checkpointing": "false",
+        "data.source": source,
+        "data.train_split": "train",
+        "data.eval_split": "test",
+        "train.output_dir": out,
+        "train.batch_size": 4,
+        "train.max_steps": 6,
+        "train.num_workers": 0,
+        "train.log_every": 1,
+        "train.save_every": 2,
+        "train.keep_last": 2,
+        "train.warmup_steps": 1,
+        "train.learning_rate": "1e-3",
+        "eval.every": -1,
+        "eval.max_new_tokens": 4,
+        "lora.r": 4,
+        "lora.alpha": 8,
+        "lora.dropout": 0.1,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -47,8 +63,12 @@ def test_int8_run_logs_wer_and_writes_a_complete_run_folder(tiny_model_dir, smal
     from transformers import WhisperForConditionalGeneration
 
     out = tmp_path / "run"
-    cfg = _cfg(tiny_model_dir, small_corpus, out, **{"model.quantization": "int8", "eval.every": 3,
-                                                      "model.gradient_checkpointing": "true"})
+    cfg = _cfg(
+        tiny_model_dir,
+        small_corpus,
+        out,
+        **{"model.quantization": "int8", "eval.every": 3, "model.gradient_checkpointing": "true"},
+    )
     result = train(cfg, progress=False)
     assert result.steps == 6 and not result.stopped_early
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -85,8 +105,13 @@ def test_stop_and_resume_equals_uninterrupted(tiny_model_dir, small_corpus, tmp_
 def test_sigkill_mid_run_then_resume(tiny_model_dir, small_corpus, tmp_path):
     reference = train(_cfg(tiny_model_dir, small_corpus, tmp_path / "ref", **{"train.max_steps": 8}), progress=False)
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "whisper_tune.cli", "train",
-            *_overrides(tiny_model_dir, small_corpus, out, **{"train.max_steps": 8, "train.save_every": 1})]
+    args = [
+        sys.executable,
+        "-m",
+        "whisper_tune.cli",
+        "train",
+        *_overrides(tiny_model_dir, small_corpus, out, **{"train.max_steps": 8, "train.save_every": 1}),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(checkpoint.finished(out / "checkpoints")) < 1 and proc.poll() is None:
@@ -97,31 +122,51 @@ def test_sigkill_mid_run_then_resume(tiny_model_dir, small_corpus, tmp_path):
     done = checkpoint.finished(out / "checkpoints")
     assert done and not (out / "adapter").exists()
     for ckpt in done:  # every folder that looks finished loads whole
-        assert (ckpt / "adapter_model.safetensors").exists() and torch.load(ckpt / checkpoint.STATE_FILE,
-                                                                           weights_only=False)["step"] >= 1
+        assert (ckpt / "adapter_model.safetensors").exists() and torch.load(
+            ckpt / checkpoint.STATE_FILE, weights_only=False
+        )["step"] >= 1
     resume = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert _same(_adapter(reference.adapter_dir), _adapter(out / "adapter"))
 
 
 def test_nan_loss_stops_with_checkpoint_intact(tiny_model_dir, small_corpus, tmp_path):
-    cfg = _cfg(tiny_model_dir, small_corpus, tmp_path / "nan", **{"train.learning_rate": "1e30",
-                                                                   "train.max_grad_norm": 0, "train.warmup_steps": 0})
+    cfg = _cfg(
+        tiny_model_dir,
+        small_corpus,
+        tmp_path / "nan",
+        **{"train.learning_rate": "1e30", "train.max_grad_norm": 0, "train.warmup_steps": 0},
+    )
     with pytest.raises(TrainingStopped, match="loss became .* last good checkpoint"):
         train(cfg, progress=False)
     for ckpt in checkpoint.finished(tmp_path / "nan" / "checkpoints"):
         assert all(torch.isfinite(t).all() for t in _adapter(ckpt).values())
-    skip = _cfg(tiny_model_dir, small_corpus, tmp_path / "skip", **{"train.learning_rate": "1e30",
-                "train.max_grad_norm": 0, "train.warmup_steps": 0, "train.on_nan": "skip"})
+    skip = _cfg(
+        tiny_model_dir,
+        small_corpus,
+        tmp_path / "skip",
+        **{"train.learning_rate": "1e30", "train.max_grad_norm": 0, "train.warmup_steps": 0, "train.on_nan": "skip"},
+    )
     assert train(skip, progress=False).steps == 6
 
 
 def test_bad_model_or_key_exits_2(tmp_path, small_corpus):
-    proc = subprocess.run([sys.executable, "-m", "whisper_tune.cli", "train", f"model.base={tmp_path}/none",
-                           f"data.source={small_corpus}"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "whisper_tune.cli",
+            "train",
+            f"model.base={tmp_path}/none",
+            f"data.source={small_corpus}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "whisper_tune.cli", "train", "lora.rank=4"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "whisper_tune.cli", "train", "lora.rank=4"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "lora.rank: unknown key" in proc.stderr
 
 

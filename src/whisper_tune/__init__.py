@@ -17,7 +17,22 @@ from .sources import DataSource, Row, open_source
 __version__ = "0.1.0"
 
 __all__ = [
-    "SAMPLE_RATE", "DataConfig", "DataSource", "DemoDataOptions", "PrepareOptions", "PrepareResult", "Row",
-    "SpeechCollator", "UserError", "build_processor", "load_audio", "load_prepared", "load_tokenizer",
-    "log_mel", "make_demo_data", "open_source", "prepare", "resolve_language",
+    "SAMPLE_RATE",
+    "DataConfig",
+    "DataSource",
+    "DemoDataOptions",
+    "PrepareOptions",
+    "PrepareResult",
+    "Row",
+    "SpeechCollator",
+    "UserError",
+    "build_processor",
+    "load_audio",
+    "load_prepared",
+    "load_tokenizer",
+    "log_mel",
+    "make_demo_data",
+    "open_source",
+    "prepare",
+    "resolve_language",
 ]

@@ -67,8 +67,9 @@ def finished(folder: Path) -> list[Path]:
     """Finished checkpoints, oldest first."""
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_DIR.match(p.name))
-             and (p / STATE_FILE).is_file()]
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -88,5 +89,5 @@ def load(path: Path, model) -> dict:
 
 def prune(folder: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` (at least one) checkpoints; the best adapter lives elsewhere."""
-    for old in finished(folder)[:-max(1, keep_last)]:
+    for old in finished(folder)[: -max(1, keep_last)]:
         shutil.rmtree(old, ignore_errors=True)

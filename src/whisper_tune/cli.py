@@ -19,8 +19,9 @@ DEMO_DIR = "demo-output"
 def _prepare_options(args):
     from .prepare import PrepareOptions
 
-    return PrepareOptions(language=args.language, task=args.task, processor=args.processor,
-                          max_seconds=args.max_seconds)
+    return PrepareOptions(
+        language=args.language, task=args.task, processor=args.processor, max_seconds=args.max_seconds
+    )
 
 
 def _print_prepared(result, split: str | None) -> None:
@@ -29,8 +30,10 @@ def _print_prepared(result, split: str | None) -> None:
     if result.reused:
         print(f"{split or 'all'}: already prepared in {result.out} ({result.prepared} clips); nothing to do")
         return
-    print(f"{split or 'all'}: prepared {result.prepared} clips ({result.audio_seconds / 60:.1f} min of audio) "
-          f"into {result.out} in {result.seconds:.1f} s ({result.clips_per_s:.1f} clips/s)")
+    print(
+        f"{split or 'all'}: prepared {result.prepared} clips ({result.audio_seconds / 60:.1f} min of audio) "
+        f"into {result.out} in {result.seconds:.1f} s ({result.clips_per_s:.1f} clips/s)"
+    )
     if result.rejected_total:
         print(f"  rejected {result.rejected_total}, listed in {result.out / 'rejected.jsonl'}:")
         for reason, n in result.rejected.items():
@@ -43,8 +46,14 @@ def cmd_prepare(args) -> int:
     from .sources import open_source
 
     options = _prepare_options(args)
-    source = open_source(args.data, language=options.language, audio_column=args.audio_column,
-                         text_column=args.text_column, streaming=args.streaming, config_name=args.config_name)
+    source = open_source(
+        args.data,
+        language=options.language,
+        audio_column=args.audio_column,
+        text_column=args.text_column,
+        streaming=args.streaming,
+        config_name=args.config_name,
+    )
     result = prepare(source, args.split, args.out, options, num_proc=args.num_proc)
     _print_prepared(result, args.split)
     return 0
@@ -95,14 +104,20 @@ def cmd_train(args) -> int:
     cfg = load_train_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume, stop_after=args.stop_after)
     if result.stopped_early:
-        print(f"stopped after step {result.steps} as asked; continue with --resume "
-              f"(checkpoints in {result.run_dir / 'checkpoints'})")
+        print(
+            f"stopped after step {result.steps} as asked; continue with --resume "
+            f"(checkpoints in {result.run_dir / 'checkpoints'})"
+        )
     else:
-        print(f"trained {result.steps} steps in {result.wall_s / 60:.1f} min ({result.samples_per_s:.2f} samples/s); "
-              f"adapter: {result.adapter_dir}")
+        print(
+            f"trained {result.steps} steps in {result.wall_s / 60:.1f} min ({result.samples_per_s:.2f} samples/s); "
+            f"adapter: {result.adapter_dir}"
+        )
     if result.best:
-        print(f"best eval: WER {result.best['wer']:.2f} %, CER {result.best['cer']:.2f} % at step "
-              f"{result.best['step']} ({result.run_dir / 'best'})")
+        print(
+            f"best eval: WER {result.best['wer']:.2f} %, CER {result.best['cer']:.2f} % at step "
+            f"{result.best['step']} ({result.run_dir / 'best'})"
+        )
     print(f"metrics: {result.run_dir / 'metrics.jsonl'}, plot: {result.run_dir / 'training.png'}")
     if args.push_to_hub and not result.stopped_early:
         from .export import push_to_hub
@@ -120,9 +135,16 @@ def cmd_evaluate(args) -> int:
         from .errors import UserError
 
         raise UserError("evaluate needs --model BASE, --adapter DIR, or both")
-    data = DataConfig(source=args.data, language=args.language, task=args.task, audio_column=args.audio_column,
-                      text_column=args.text_column, streaming=args.streaming, config_name=args.config_name,
-                      max_seconds=args.max_seconds)
+    data = DataConfig(
+        source=args.data,
+        language=args.language,
+        task=args.task,
+        audio_column=args.audio_column,
+        text_column=args.text_column,
+        streaming=args.streaming,
+        config_name=args.config_name,
+        max_seconds=args.max_seconds,
+    )
     if args.out:
         out = args.out
     elif args.adapter:  # beside the run's other outputs
@@ -130,9 +152,17 @@ def cmd_evaluate(args) -> int:
         out = str(Path(args.adapter).resolve().parent / f"eval-{Path(args.adapter).name}-{args.split}{suffix}")
     else:
         out = f"eval-{Path(args.model).name}-{args.split}"
-    summary, folder = evaluate(args.model, args.adapter, data, args.split, out, exact=args.exact,
-                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                               max_samples=args.max_samples)
+    summary, folder = evaluate(
+        args.model,
+        args.adapter,
+        data,
+        args.split,
+        out,
+        exact=args.exact,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_samples=args.max_samples,
+    )
     print(f"{summary.model['mode']} on {args.split} ({summary.n} clips, {summary.clips_per_s:.2f} clips/s):")
     print(f"  WER {summary.wer:6.2f} %   CER {summary.cer:6.2f} %   (orthographic)")
     print(f"  WER {summary.normalized_wer:6.2f} %   CER {summary.normalized_cer:6.2f} %   (normalized)")
@@ -152,24 +182,30 @@ def cmd_transcribe(args) -> int:
         print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
     if not files:
         return 2
-    loaded = load_for_inference(args.model, args.adapter, pick_device(), exact=args.exact, language=args.language,
-                                task=args.task)
+    loaded = load_for_inference(
+        args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
+    )
     language = None if args.language == "auto" else loaded.language
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     failed = len(problems)
+    from tqdm.auto import tqdm
+
     for item in transcribe_files(loaded.model, loaded.processor, files, language, loaded.task):
+        # tqdm.write keeps each line whole while the progress bar is drawn
         if isinstance(item, tuple):
-            print(f"whisper-tune: error: {item[0]}: {item[1]}", file=sys.stderr)
+            tqdm.write(f"whisper-tune: error: {item[0]}: {item[1]}", file=sys.stderr)
             failed += 1
             continue
         if out_dir is None:
-            print(f"{item.path} [{item.language}]: {item.text}")
+            tqdm.write(f"{item.path} [{item.language}]: {item.text}")
             continue
         written = [get_writer(fmt).write(item, out_dir) for fmt in args.format]
-        print(f"{item.path} [{item.language}, {item.duration:.1f} s in {item.seconds:.1f} s] -> "
-              + ", ".join(str(w) for w in written))
+        tqdm.write(
+            f"{item.path} [{item.language}, {item.duration:.1f} s in {item.seconds:.1f} s] -> "
+            + ", ".join(str(w) for w in written)
+        )
     return 2 if failed else 0
 
 
@@ -178,8 +214,10 @@ def cmd_merge(args) -> int:
     from .export import merge, push_to_hub
 
     out = merge(args.model, args.adapter, args.out, dtype=args.dtype)
-    print(f"merged {args.adapter} into {out} ({args.dtype}); load it with "
-          f"pipeline('automatic-speech-recognition', model='{out}')")
+    print(
+        f"merged {args.adapter} into {out} ({args.dtype}); load it with "
+        f"pipeline('automatic-speech-recognition', model='{out}')"
+    )
     if args.push_to_hub:
         print(f"pushed: {push_to_hub(out, args.push_to_hub)}")
     return 0
@@ -196,24 +234,37 @@ def cmd_export_ct2(args) -> int:
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder "
-                   "or hub id; force a kind with cv:, manifest: or hf:")
-    g.add_argument("--split", default=split_default, help="split name; combine with + (train+dev); manifests "
-                   "without a split column are one split")
+    g.add_argument(
+        "--data",
+        required=True,
+        help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder "
+        "or hub id; force a kind with cv:, manifest: or hf:",
+    )
+    g.add_argument(
+        "--split",
+        default=split_default,
+        help="split name; combine with + (train+dev); manifests without a split column are one split",
+    )
     g.add_argument("--language", default="mr", help="Whisper language code or name (default: mr)")
     g.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
     g.add_argument("--audio-column", default=None, help="audio column of a manifest or dataset (default: guess)")
     g.add_argument("--text-column", default=None, help="transcript column (default: guess)")
     g.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset instead of downloading")
     g.add_argument("--config-name", default=None, help="Hugging Face dataset configuration name")
-    g.add_argument("--processor", default="bundled", help="tokenizer: 'bundled' (offline, multilingual v1/v2 "
-                   "vocabulary), a model folder or hub id")
+    g.add_argument(
+        "--processor",
+        default="bundled",
+        help="tokenizer: 'bundled' (offline, multilingual v1/v2 vocabulary), a model folder or hub id",
+    )
     g.add_argument("--max-seconds", type=float, default=30.0, help="reject clips longer than this (default: 30)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="whisper-tune", description="Fine-tune Whisper with a quantized base "
-                                     "and LoRA adapters, then evaluate, transcribe and export it.")
+    parser = argparse.ArgumentParser(
+        prog="whisper-tune",
+        description="Fine-tune Whisper with a quantized base "
+        "and LoRA adapters, then evaluate, transcribe and export it.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
     parser.add_argument("--version", action="version", version=f"whisper-tune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -226,11 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     p.add_argument("--config", default=None, help="recipe YAML file (see recipes/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe values, e.g. "
-                   "train.batch_size=16 model.quantization=nf4")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override recipe values, e.g. train.batch_size=16 model.quantization=nf4",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
-                   help="end after this many steps in total (resume later); the schedule is unchanged")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="end after this many steps in total (resume later); the schedule is unchanged",
+    )
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the final adapter to this Hub repo")
     p.set_defaults(func=cmd_train)
 
@@ -238,8 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, split_default="test")
     p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (a run's adapter/ or best/)")
-    p.add_argument("--exact", action="store_true", help="keep the quantized base the adapter was trained on "
-                   "(slower, faithful to training) instead of merging into a half-precision copy")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="keep the quantized base the adapter was trained on "
+        "(slower, faithful to training) instead of merging into a half-precision copy",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=255, help="default: 255, as the recipe's evaluation")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N clips only")
@@ -250,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files, folders or glob patterns")
     p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder")
-    p.add_argument("--language", default=None, help="language code or name; 'auto' detects (default: the "
-                   "adapter's language, else detected)")
+    p.add_argument(
+        "--language",
+        default=None,
+        help="language code or name; 'auto' detects (default: the adapter's language, else detected)",
+    )
     p.add_argument("--task", default=None, choices=("transcribe", "translate"))
     p.add_argument("--exact", action="store_true", help="keep the quantized base (see evaluate)")
     p.add_argument("--format", nargs="+", default=["txt", "srt"], choices=("txt", "srt", "vtt", "json"))

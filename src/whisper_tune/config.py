@@ -34,7 +34,6 @@ class DataConfig:
     config_name: str | None = None  # Hugging Face dataset configuration (e.g. a language code)
     max_seconds: float = 30.0  # longer clips are rejected and listed, never truncated
 
-
     def __post_init__(self):
         if self.task not in ("transcribe", "translate"):
             raise ValueError(f"data.task must be 'transcribe' or 'translate', got {self.task!r}")
@@ -75,8 +74,9 @@ class LoraSettings:
 
     def __post_init__(self):
         if isinstance(self.targets, str) and self.targets not in LORA_PRESETS:
-            raise ValueError(f"lora.targets must be one of {', '.join(LORA_PRESETS)} or a list of module names, "
-                             f"got {self.targets!r}")
+            raise ValueError(
+                f"lora.targets must be one of {', '.join(LORA_PRESETS)} or a list of module names, got {self.targets!r}"
+            )
         if self.r <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
 
@@ -247,5 +247,3 @@ def load_yaml(path: str | Path) -> dict:
 def to_dict(obj) -> dict:
     """A dataclass config as plain data, ready for YAML or JSON."""
     return dataclasses.asdict(obj)
-
-

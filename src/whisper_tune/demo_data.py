@@ -33,8 +33,21 @@ CV_SAMPLE_RATE = 48000  # Common Voice distributes 48 kHz MP3
 VOICES = ("m1", "m2", "m3", "m4", "m7", "f1", "f2", "f3", "f4", "f5")  # espeak-ng variants
 SPEED_RANGE = (130, 180)  # words per minute
 PITCH_RANGE = (30, 75)  # espeak-ng pitch, 0-99
-CV_COLUMNS = ("client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes",
-              "down_votes", "age", "gender", "accents", "variant", "locale", "segment")
+CV_COLUMNS = (
+    "client_id",
+    "path",
+    "sentence_id",
+    "sentence",
+    "sentence_domain",
+    "up_votes",
+    "down_votes",
+    "age",
+    "gender",
+    "accents",
+    "variant",
+    "locale",
+    "segment",
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ def _split_sentences(sentences: list[str], opts: DemoDataOptions) -> dict[str, l
     n_dev = max(1, round(len(order) * opts.dev_fraction))
     if len(order) < n_test + n_dev + 1:
         raise UserError(f"{len(order)} sentences are too few for train/dev/test: use at least {n_test + n_dev + 1}")
-    return {"test": order[:n_test], "dev": order[n_test:n_test + n_dev], "train": order[n_test + n_dev:]}
+    return {"test": order[:n_test], "dev": order[n_test : n_test + n_dev], "train": order[n_test + n_dev :]}
 
 
 def _plan(sentences: dict[str, list[str]], opts: DemoDataOptions, language: str) -> list[dict]:
@@ -102,12 +115,18 @@ def _plan(sentences: dict[str, list[str]], opts: DemoDataOptions, language: str)
         for sentence in sentences[split]:
             for voice in rng.sample(VOICES, repeats):
                 n = len(plan)
-                plan.append({
-                    "split": split, "sentence": sentence, "voice": voice,
-                    "speed": rng.randint(*SPEED_RANGE), "pitch": rng.randint(*PITCH_RANGE),
-                    "path": f"common_voice_{language}_demo{n:05d}.mp3",
-                    "client_id": f"espeak-{voice}", "sentence_id": f"demo{ids[sentence]:04d}",
-                })
+                plan.append(
+                    {
+                        "split": split,
+                        "sentence": sentence,
+                        "voice": voice,
+                        "speed": rng.randint(*SPEED_RANGE),
+                        "pitch": rng.randint(*PITCH_RANGE),
+                        "path": f"common_voice_{language}_demo{n:05d}.mp3",
+                        "client_id": f"espeak-{voice}",
+                        "sentence_id": f"demo{ids[sentence]:04d}",
+                    }
+                )
     return plan
 
 
@@ -126,12 +145,18 @@ def _write_tsv(path: Path, records: list[dict], language: str) -> None:
         w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
         w.writerow(CV_COLUMNS)
         for r in records:
-            w.writerow([r["client_id"], r["path"], r["sentence_id"], r["sentence"], "", 2, 0, "", "", "",
-                        "", language, ""])
+            w.writerow(
+                [r["client_id"], r["path"], r["sentence_id"], r["sentence"], "", 2, 0, "", "", "", "", language, ""]
+            )
 
 
-def make_demo_data(out_dir: str | Path, language: str = "mr", options: DemoDataOptions | None = None,
-                   workers: int = 4, progress: bool = True) -> DemoDataResult:
+def make_demo_data(
+    out_dir: str | Path,
+    language: str = "mr",
+    options: DemoDataOptions | None = None,
+    workers: int = 4,
+    progress: bool = True,
+) -> DemoDataResult:
     """Write the demo corpus under ``out_dir/<language>/``; a finished folder is reused."""
     from tqdm.auto import tqdm
 
@@ -149,8 +174,13 @@ def make_demo_data(out_dir: str | Path, language: str = "mr", options: DemoDataO
     clips.mkdir(parents=True, exist_ok=True)
     todo = [r for r in plan if not (clips / r["path"]).exists()]
     with ThreadPoolExecutor(workers) as pool:  # espeak-ng and LAME run outside the GIL
-        for _ in tqdm(pool.map(lambda r: _render(r, clips, language), todo), total=len(todo),
-                      unit="clip", desc="speak demo sentences", disable=not progress):
+        for _ in tqdm(
+            pool.map(lambda r: _render(r, clips, language), todo),
+            total=len(todo),
+            unit="clip",
+            desc="speak demo sentences",
+            disable=not progress,
+        ):
             pass
     counts = {}
     for split in ("train", "dev", "test"):

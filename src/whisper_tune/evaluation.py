@@ -48,9 +48,18 @@ def input_dtype(model) -> torch.dtype:
     return model.get_encoder().conv1.weight.dtype
 
 
-def generate_on(model, processor, dataset, language: str | None, task: str = "transcribe", batch_size: int = 16,
-                max_new_tokens: int = 128, amp: torch.dtype | None = None, max_samples: int | None = None,
-                progress: bool = False) -> GenerationResult:
+def generate_on(
+    model,
+    processor,
+    dataset,
+    language: str | None,
+    task: str = "transcribe",
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    amp: torch.dtype | None = None,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> GenerationResult:
     """Transcribe every clip of a prepared dataset (results in the dataset's order)."""
     from tqdm.auto import tqdm
 
@@ -66,10 +75,14 @@ def generate_on(model, processor, dataset, language: str | None, task: str = "tr
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for i in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
-            idx = order[i:i + batch_size].tolist()
+            idx = order[i : i + batch_size].tolist()
             features = log_mel(processor.feature_extractor, [data[j]["audio"] for j in idx], device=device)
-            out = model.generate(input_features=features.to(device=device, dtype=input_dtype(model)),
-                                 language=language, task=task, max_new_tokens=max_new_tokens)
+            out = model.generate(
+                input_features=features.to(device=device, dtype=input_dtype(model)),
+                language=language,
+                task=task,
+                max_new_tokens=max_new_tokens,
+            )
             for j, text in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 hyps[j] = text.strip()
     if device.type == "cuda":
@@ -89,8 +102,8 @@ def has_loop(text: str) -> bool:
     words = text.split()
     for n, repeats in LOOP_REPEATS.items():
         for start in range(len(words) - n * repeats + 1):
-            gram = words[start:start + n]
-            if all(words[start + k * n:start + (k + 1) * n] == gram for k in range(1, repeats)):
+            gram = words[start : start + n]
+            if all(words[start + k * n : start + (k + 1) * n] == gram for k in range(1, repeats)):
                 return True
     return bool(_CHAR_LOOP.search(text))
 
@@ -115,9 +128,15 @@ def clip_report(clip_id: str, reference: str, hypothesis: str) -> dict:
     norm_ref, norm_hyp = normalize(reference), normalize(hypothesis)
     words = jiwer.process_words(reference, hypothesis)
     return {
-        "id": clip_id, "reference": reference, "hypothesis": hypothesis,
-        "errors": {"substitutions": words.substitutions, "deletions": words.deletions,
-                   "insertions": words.insertions, "reference_words": words.hits + words.substitutions + words.deletions},
+        "id": clip_id,
+        "reference": reference,
+        "hypothesis": hypothesis,
+        "errors": {
+            "substitutions": words.substitutions,
+            "deletions": words.deletions,
+            "insertions": words.insertions,
+            "reference_words": words.hits + words.substitutions + words.deletions,
+        },
         "wer": 100.0 * words.wer,
         "normalized_wer": 100.0 * jiwer.wer(norm_ref, norm_hyp) if norm_ref else None,
         "flags": flags(reference, hypothesis),
@@ -152,9 +171,17 @@ def summarize(result: GenerationResult, model_info: dict | None = None) -> tuple
     for clip in clips:
         for flag in clip["flags"]:
             flagged[flag] = flagged.get(flag, 0) + 1
-    summary = EvalSummary(wer=ortho["wer"], cer=ortho["cer"], normalized_wer=norm["wer"], normalized_cer=norm["cer"],
-                          n=len(clips), seconds=result.seconds, clips_per_s=result.clips_per_s, flagged=flagged,
-                          model=model_info or {})
+    summary = EvalSummary(
+        wer=ortho["wer"],
+        cer=ortho["cer"],
+        normalized_wer=norm["wer"],
+        normalized_cer=norm["cer"],
+        n=len(clips),
+        seconds=result.seconds,
+        clips_per_s=result.clips_per_s,
+        flagged=flagged,
+        model=model_info or {},
+    )
     return summary, clips
 
 
@@ -164,14 +191,24 @@ def write_report(out_dir: Path, summary: EvalSummary, clips: list[dict]) -> Path
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, ensure_ascii=False), encoding="utf-8")
     ordered = sorted(clips, key=lambda c: -(c["wer"] or 0))
-    (out_dir / "clips.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in ordered),
-                                         encoding="utf-8")
+    (out_dir / "clips.jsonl").write_text(
+        "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in ordered), encoding="utf-8"
+    )
     return out_dir
 
 
-def evaluate(base: str | None, adapter: str | None, data, split: str, out_dir: str | Path, exact: bool = False,
-             batch_size: int = 16, max_new_tokens: int = 255, max_samples: int | None = None,
-             progress: bool = True) -> tuple[EvalSummary, Path]:
+def evaluate(
+    base: str | None,
+    adapter: str | None,
+    data,
+    split: str,
+    out_dir: str | Path,
+    exact: bool = False,
+    batch_size: int = 16,
+    max_new_tokens: int = 255,
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> tuple[EvalSummary, Path]:
     """Measure WER/CER of base (+ adapter) on ``split`` of ``data`` (a ``DataConfig``); writes
     ``summary.json`` and ``clips.jsonl`` into ``out_dir`` (the prepared split is cached in
     ``out_dir/prepared``). Without ``adapter`` this is the zero-shot baseline."""
@@ -185,9 +222,27 @@ def evaluate(base: str | None, adapter: str | None, data, split: str, out_dir: s
     loaded.processor.save_pretrained(processor_dir)
     dataset = prepare_split(data, split, out / "prepared", str(processor_dir), progress=progress)
     amp = amp_dtype(device) if loaded.mode.startswith("exact") else None  # 8-bit matmuls want autocast
-    result = generate_on(loaded.model, loaded.processor, dataset, loaded.language, loaded.task, batch_size,
-                         max_new_tokens, amp, max_samples, progress=progress)
-    info = {"base": loaded.base, "adapter": loaded.adapter, "mode": loaded.mode, "language": loaded.language,
-            "task": loaded.task, "data": data.source, "split": split, "device": str(device)}
+    result = generate_on(
+        loaded.model,
+        loaded.processor,
+        dataset,
+        loaded.language,
+        loaded.task,
+        batch_size,
+        max_new_tokens,
+        amp,
+        max_samples,
+        progress=progress,
+    )
+    info = {
+        "base": loaded.base,
+        "adapter": loaded.adapter,
+        "mode": loaded.mode,
+        "language": loaded.language,
+        "task": loaded.task,
+        "data": data.source,
+        "split": split,
+        "device": str(device),
+    }
     summary, clips = summarize(result, info)
     return summary, write_report(out, summary, clips)

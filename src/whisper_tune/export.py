@@ -20,8 +20,7 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-CT2_QUANTIZATIONS = ("float16", "bfloat16", "float32", "int8", "int8_float16", "int8_bfloat16", "int8_float32",
-                     "int16")
+CT2_QUANTIZATIONS = ("float16", "bfloat16", "float32", "int8", "int8_float16", "int8_bfloat16", "int8_float32", "int16")
 
 
 def merge(base: str | None, adapter: str, out_dir: str | Path, dtype: str = "float16") -> Path:
@@ -43,8 +42,9 @@ def merge(base: str | None, adapter: str, out_dir: str | Path, dtype: str = "flo
     return out
 
 
-def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str = "float16",
-               adapter: str | None = None) -> Path:
+def export_ct2(
+    model_dir: str | Path, out_dir: str | Path, quantization: str = "float16", adapter: str | None = None
+) -> Path:
     """Convert a transformers Whisper checkpoint (or base + ``adapter``, merged on the way)
     into a CTranslate2 model folder that faster-whisper's ``WhisperModel(out_dir)`` loads."""
     try:
@@ -60,7 +60,8 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str = "
             raise UserError(f"{source} is not a transformers model folder (no config.json): run merge first")
         files = [f for f in ("tokenizer.json", "preprocessor_config.json") if (source / f).is_file()]
         TransformersConverter(str(source), copy_files=files, load_as_float16=quantization != "float32").convert(
-            str(out), quantization=quantization, force=True)
+            str(out), quantization=quantization, force=True
+        )
         if not (out / "preprocessor_config.json").exists():
             from transformers import WhisperFeatureExtractor
 
@@ -72,8 +73,9 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, quantization: str = "
     return out
 
 
-def model_card(kind: str, base: str, language: str | None, task: str, adapter_dir: Path | None = None,
-               scores: dict | None = None) -> str:
+def model_card(
+    kind: str, base: str, language: str | None, task: str, adapter_dir: Path | None = None, scores: dict | None = None
+) -> str:
     """A Hub model card (YAML front matter + how to load), made offline from what the run recorded."""
     run = _run_info(adapter_dir)
     cfg = run.get("config", {})
@@ -87,27 +89,41 @@ def model_card(kind: str, base: str, language: str | None, task: str, adapter_di
     lines = front + [title, "", f"- Base model: `{base}`", f"- Language: `{language or 'detected'}`, task: `{task}`"]
     if cfg:
         lora, data, train = cfg.get("lora", {}), cfg.get("data", {}), cfg.get("train", {})
-        lines += [f"- Data: `{data.get('source')}` ({data.get('train_split')}), evaluated on {data.get('eval_split')}",
-                  f"- Base held as: {cfg.get('model', {}).get('quantization')} during training",
-                  f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
-                  f"targets={lora.get('targets')}",
-                  f"- Training: {run.get('steps')} steps of batch {train.get('batch_size')}, lr "
-                  f"{train.get('learning_rate')}, warm-up {train.get('warmup_steps')}"]
+        lines += [
+            f"- Data: `{data.get('source')}` ({data.get('train_split')}), evaluated on {data.get('eval_split')}",
+            f"- Base held as: {cfg.get('model', {}).get('quantization')} during training",
+            f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+            f"targets={lora.get('targets')}",
+            f"- Training: {run.get('steps')} steps of batch {train.get('batch_size')}, lr "
+            f"{train.get('learning_rate')}, warm-up {train.get('warmup_steps')}",
+        ]
     lines += ["", "## Results", ""]
     if scores:
-        lines += ["| metric | value |", "|---|---|", f"| WER (%) | {scores['wer']:.2f} |", f"| CER (%) | {scores['cer']:.2f} |"]
+        lines += [
+            "| metric | value |",
+            "|---|---|",
+            f"| WER (%) | {scores['wer']:.2f} |",
+            f"| CER (%) | {scores['cer']:.2f} |",
+        ]
     else:
         lines.append("Not measured yet: run `whisper-tune evaluate`.")
     lines += ["", "## How to use", "", "```python"]
     if kind == "adapter":
-        lines += ["from peft import PeftModel", "from transformers import WhisperForConditionalGeneration, WhisperProcessor",
-                  "", f'base = WhisperForConditionalGeneration.from_pretrained("{base}")',
-                  'model = PeftModel.from_pretrained(base, "THIS_REPO").merge_and_unload()',
-                  'processor = WhisperProcessor.from_pretrained("THIS_REPO")']
+        lines += [
+            "from peft import PeftModel",
+            "from transformers import WhisperForConditionalGeneration, WhisperProcessor",
+            "",
+            f'base = WhisperForConditionalGeneration.from_pretrained("{base}")',
+            'model = PeftModel.from_pretrained(base, "THIS_REPO").merge_and_unload()',
+            'processor = WhisperProcessor.from_pretrained("THIS_REPO")',
+        ]
     else:
-        lines += ["from transformers import pipeline", "",
-                  'asr = pipeline("automatic-speech-recognition", model="THIS_REPO")',
-                  f'print(asr("clip.wav", generate_kwargs={{"language": "{language or "en"}", "task": "{task}"}}))']
+        lines += [
+            "from transformers import pipeline",
+            "",
+            'asr = pipeline("automatic-speech-recognition", model="THIS_REPO")',
+            f'print(asr("clip.wav", generate_kwargs={{"language": "{language or "en"}", "task": "{task}"}}))',
+        ]
     lines += ["```", "", "Made with [whisper-tune](https://pypi.org/project/whisper-tune/).", ""]
     return "\n".join(lines)
 
@@ -131,15 +147,18 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload with whisper-tune")
     except Exception as e:  # network, auth: one line, the user decides
-        raise UserError(f"push to {repo_id} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        f"log in with `hf auth login` and check the network") from None
+        raise UserError(
+            f"push to {repo_id} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"log in with `hf auth login` and check the network"
+        ) from None
     return str(getattr(info, "commit_url", repo_id))
 
 
 def write_adapter_card(adapter_dir: Path, base: str, language: str | None, task: str) -> None:
     """Replace PEFT's template README with a card that says what was trained and how well."""
-    (Path(adapter_dir) / "README.md").write_text(model_card("adapter", base, language, task, Path(adapter_dir)),
-                                                  encoding="utf-8")
+    (Path(adapter_dir) / "README.md").write_text(
+        model_card("adapter", base, language, task, Path(adapter_dir)), encoding="utf-8"
+    )
 
 
 __all__ = ["export_ct2", "merge", "model_card", "push_to_hub", "write_adapter_card"]

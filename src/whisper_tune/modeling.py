@@ -31,12 +31,15 @@ def resolve_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a model folder (no config.json): give a transformers Whisper "
-                            f"checkpoint folder or a hub id such as openai/whisper-large-v2")
+            raise UserError(
+                f"{path} is not a model folder (no config.json): give a transformers Whisper "
+                f"checkpoint folder or a hub id such as openai/whisper-large-v2"
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise UserError(f"model {name!r} not found: give an existing checkpoint folder or a hub id like "
-                        f"openai/whisper-large-v2")
+        raise UserError(
+            f"model {name!r} not found: give an existing checkpoint folder or a hub id like openai/whisper-large-v2"
+        )
     return name
 
 
@@ -67,11 +70,12 @@ def require_bitsandbytes(quantization: str, device: torch.device) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as e:  # ImportError, or a missing native library
-        raise UserError(f"quantization {quantization} needs bitsandbytes, which cannot load here ({e}): "
-                        f"pip install bitsandbytes, or set model.quantization=none") from None
+        raise UserError(
+            f"quantization {quantization} needs bitsandbytes, which cannot load here ({e}): "
+            f"pip install bitsandbytes, or set model.quantization=none"
+        ) from None
     if device.type not in ("cuda", "cpu"):
-        raise UserError(f"bitsandbytes {quantization} does not run on {device.type}: "
-                        f"set model.quantization=none")
+        raise UserError(f"bitsandbytes {quantization} does not run on {device.type}: set model.quantization=none")
 
 
 def quantization_config(quantization: str, int8_threshold: float, compute_dtype: torch.dtype):
@@ -81,8 +85,12 @@ def quantization_config(quantization: str, int8_threshold: float, compute_dtype:
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
     if quantization == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
     return None
 
 
@@ -156,8 +164,9 @@ def add_lora(model, lora: LoraSettings, cfg: ModelConfig):
 
     ckpt_kwargs = {"use_reentrant": False}
     if cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
+        )
     else:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -167,8 +176,7 @@ def add_lora(model, lora: LoraSettings, cfg: ModelConfig):
     if lora.freeze_encoder:
         names = "|".join(targets)
         targets = rf".*decoder\.layers\.\d+\.(self_attn|encoder_attn|)\.?({names})$"
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                        bias="none")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
     return get_peft_model(model, config)
 
 
@@ -186,8 +194,13 @@ def write_adapter_meta(folder: Path, cfg: ModelConfig, language: str, task: str)
     only the adapter folder."""
     import json
 
-    meta = {"base": cfg.base, "quantization": cfg.quantization, "int8_threshold": cfg.int8_threshold,
-            "language": language, "task": task}
+    meta = {
+        "base": cfg.base,
+        "quantization": cfg.quantization,
+        "int8_threshold": cfg.int8_threshold,
+        "language": language,
+        "task": task,
+    }
     (Path(folder) / ADAPTER_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
@@ -197,8 +210,9 @@ def read_adapter_meta(folder: str | Path) -> dict:
 
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
-        raise UserError(f"{folder} is not a LoRA adapter folder (no adapter_config.json): give a run's adapter/ "
-                        f"or best/ folder")
+        raise UserError(
+            f"{folder} is not a LoRA adapter folder (no adapter_config.json): give a run's adapter/ or best/ folder"
+        )
     if (folder / ADAPTER_META).is_file():
         return json.loads((folder / ADAPTER_META).read_text(encoding="utf-8"))
     peft_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
@@ -218,8 +232,14 @@ class InferenceModel:
     task: str
 
 
-def load_for_inference(base: str | None, adapter: str | None, device: torch.device, exact: bool = False,
-                       language: str | None = None, task: str | None = None) -> InferenceModel:
+def load_for_inference(
+    base: str | None,
+    adapter: str | None,
+    device: torch.device,
+    exact: bool = False,
+    language: str | None = None,
+    task: str | None = None,
+) -> InferenceModel:
     """Base (+ adapter) for generation.
 
     The fast path merges the adapter into a half-precision copy of the base (fp32 on the
@@ -234,8 +254,12 @@ def load_for_inference(base: str | None, adapter: str | None, device: torch.devi
     if not base:
         raise UserError("no base model: pass --model (the adapter folder does not name its base)")
     quantization = meta.get("quantization", "none") if exact else "none"
-    cfg = ModelConfig(base=base, quantization=quantization, int8_threshold=meta.get("int8_threshold", 6.0),
-                      gradient_checkpointing=False)
+    cfg = ModelConfig(
+        base=base,
+        quantization=quantization,
+        int8_threshold=meta.get("int8_threshold", 6.0),
+        gradient_checkpointing=False,
+    )
     model = load_base(cfg, device)
     mode = "base"
     if adapter:

@@ -14,7 +14,6 @@ does nothing. Nothing is dropped silently: each skipped row is listed with its r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -22,7 +21,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -138,8 +137,15 @@ def process_row(row: Row) -> tuple[str, dict]:
 def _features():
     from datasets import Features, List, Value
 
-    return Features({"id": Value("string"), "audio": List(Value("float32")), "text": Value("string"),
-                     "labels": List(Value("int32")), "duration": Value("float32")})
+    return Features(
+        {
+            "id": Value("string"),
+            "audio": List(Value("float32")),
+            "text": Value("string"),
+            "labels": List(Value("int32")),
+            "duration": Value("float32"),
+        }
+    )
 
 
 def _fingerprint(source: DataSource, split: str | None, options: PrepareOptions, tokenizer) -> dict:
@@ -196,8 +202,15 @@ def _summarize(out: Path) -> tuple[int, Counter, float]:
     return prepared, reasons, seconds
 
 
-def prepare(source: DataSource, split: str | None, out_dir: str | Path, options: PrepareOptions | None = None,
-            num_proc: int | None = None, shard_size: int = 256, progress: bool = True) -> PrepareResult:
+def prepare(
+    source: DataSource,
+    split: str | None,
+    out_dir: str | Path,
+    options: PrepareOptions | None = None,
+    num_proc: int | None = None,
+    shard_size: int = 256,
+    progress: bool = True,
+) -> PrepareResult:
     """Prepare ``split`` of ``source`` into ``out_dir`` (see the module docstring).
 
     ``num_proc`` worker processes decode and tokenize (default: all cores, at most 8);
@@ -215,16 +228,26 @@ def prepare(source: DataSource, split: str | None, out_dir: str | Path, options:
     if meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("fingerprint") != fingerprint:
-            raise UserError(f"{out} holds a different preparation ({meta.get('source', {}).get('location')}, "
-                            f"split {meta.get('split')}): choose another --out or delete that folder")
+            raise UserError(
+                f"{out} holds a different preparation ({meta.get('source', {}).get('location')}, "
+                f"split {meta.get('split')}): choose another --out or delete that folder"
+            )
         if meta.get("complete"):
-            return PrepareResult(out, meta["prepared"], meta["rejected"], meta["audio_seconds"],
-                                 time.perf_counter() - start, reused=True)
+            return PrepareResult(
+                out, meta["prepared"], meta["rejected"], meta["audio_seconds"], time.perf_counter() - start, reused=True
+            )
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a prepared folder: choose another --out or empty it")
     shards.mkdir(parents=True, exist_ok=True)
-    meta = {"fingerprint": fingerprint, "source": fingerprint["source"], "split": split,
-            "language": options.language, "task": options.task, "processor": options.processor, "complete": False}
+    meta = {
+        "fingerprint": fingerprint,
+        "source": fingerprint["source"],
+        "split": split,
+        "language": options.language,
+        "task": options.task,
+        "processor": options.processor,
+        "complete": False,
+    }
     meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
 
     num_proc = num_proc or min(os.cpu_count() or 1, 8)
@@ -253,11 +276,16 @@ def prepare(source: DataSource, split: str | None, out_dir: str | Path, options:
         if pool:
             pool.terminate()
     prepared, reasons, audio_seconds = _summarize(out)
-    meta |= {"complete": True, "prepared": prepared, "rejected": dict(sorted(reasons.items())),
-             "audio_seconds": round(audio_seconds, 3)}
+    meta |= {
+        "complete": True,
+        "prepared": prepared,
+        "rejected": dict(sorted(reasons.items())),
+        "audio_seconds": round(audio_seconds, 3),
+    }
     meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    return PrepareResult(out, prepared, meta["rejected"], audio_seconds, time.perf_counter() - start,
-                         processed_now=processed)
+    return PrepareResult(
+        out, prepared, meta["rejected"], audio_seconds, time.perf_counter() - start, processed_now=processed
+    )
 
 
 def load_prepared(out_dir: str | Path):
@@ -290,10 +318,15 @@ def prepare_split(data, split: str, out: Path, processor: str, num_proc: int | N
         from .demo_data import make_demo_data
 
         spec = str(make_demo_data(cache_root() / "demo-corpus", data.language, progress=progress).folder)
-    source = open_source(spec, language=data.language, audio_column=data.audio_column,
-                         text_column=data.text_column, streaming=data.streaming, config_name=data.config_name)
-    options = PrepareOptions(language=data.language, task=data.task, processor=processor,
-                             max_seconds=data.max_seconds)
+    source = open_source(
+        spec,
+        language=data.language,
+        audio_column=data.audio_column,
+        text_column=data.text_column,
+        streaming=data.streaming,
+        config_name=data.config_name,
+    )
+    options = PrepareOptions(language=data.language, task=data.task, processor=processor, max_seconds=data.max_seconds)
     result = prepare(source, split, out, options, num_proc=num_proc, progress=progress)
     if result.rejected_total:
         log.warning("%s: %d clips rejected, listed in %s", split, result.rejected_total, Path(out) / "rejected.jsonl")

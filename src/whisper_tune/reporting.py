@@ -25,8 +25,11 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
             # Drop what the interrupted run logged after its last checkpoint: it is redone.
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         elif self.path.exists():
             self.path.unlink()
@@ -103,8 +106,12 @@ def environment(device: torch.device) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    env = {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
-           "device": str(device)}
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "device": str(device),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:

@@ -58,8 +58,7 @@ def _pick_column(columns: list[str], wanted: str | None, guesses: tuple[str, ...
     if wanted is not None:
         if wanted not in columns:
             raise UserError(
-                f"{where} has no {what} column {wanted!r}; its columns are {', '.join(columns)} "
-                f"(set --{what}-column)"
+                f"{where} has no {what} column {wanted!r}; its columns are {', '.join(columns)} (set --{what}-column)"
             )
         return wanted
     for guess in guesses:
@@ -153,7 +152,11 @@ class CommonVoiceSource(DataSource):
     def _rows(self, split: str) -> Iterator[Row]:
         for r in self._read(split):
             path = r["path"] or ""
-            yield Row(id=Path(path).stem or f"{split}/?", audio=str(self.folder / "clips" / path), text=_clean_text(r.get("sentence")))
+            yield Row(
+                id=Path(path).stem or f"{split}/?",
+                audio=str(self.folder / "clips" / path),
+                text=_clean_text(r.get("sentence")),
+            )
 
     def describe(self) -> dict:
         return {"kind": self.kind, "location": str(self.folder.resolve())}
@@ -208,10 +211,17 @@ class ManifestSource(DataSource):
                 continue
             value = _clean_text(r.get(self.audio_column))
             audio = str(self.path.parent / value) if value else None
-            yield Row(id=Path(value).stem if value else f"row{i}", audio=audio, text=_clean_text(r.get(self.text_column)))
+            yield Row(
+                id=Path(value).stem if value else f"row{i}", audio=audio, text=_clean_text(r.get(self.text_column))
+            )
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "location": str(self.path.resolve()), "audio": self.audio_column, "text": self.text_column}
+        return {
+            "kind": self.kind,
+            "location": str(self.path.resolve()),
+            "audio": self.audio_column,
+            "text": self.text_column,
+        }
 
 
 class HFSource(DataSource):
@@ -222,8 +232,14 @@ class HFSource(DataSource):
 
     kind = "hf"
 
-    def __init__(self, spec: str, audio_column: str | None = None, text_column: str | None = None,
-                 streaming: bool = False, config_name: str | None = None):
+    def __init__(
+        self,
+        spec: str,
+        audio_column: str | None = None,
+        text_column: str | None = None,
+        streaming: bool = False,
+        config_name: str | None = None,
+    ):
         self.spec, self.streaming, self.config_name = spec, streaming, config_name
         self.local = Path(spec).exists()
         self.dataset = self._load()
@@ -233,18 +249,25 @@ class HFSource(DataSource):
         features = first.features or {}
         columns = list(first.column_names or features)
         typed = tuple(c for c in columns if isinstance(features.get(c), datasets.Audio))  # Audio-typed first
-        self.audio_column = _pick_column(columns, audio_column, typed + AUDIO_COLUMN_GUESSES, "audio", f"dataset {spec}")
+        self.audio_column = _pick_column(
+            columns, audio_column, typed + AUDIO_COLUMN_GUESSES, "audio", f"dataset {spec}"
+        )
         self.text_column = _pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", f"dataset {spec}")
 
     def _load(self) -> dict:
         import datasets
 
         try:
-            if self.local and ((Path(self.spec) / "dataset_dict.json").exists() or (Path(self.spec) / "state.json").exists()):
+            if self.local and (
+                (Path(self.spec) / "dataset_dict.json").exists() or (Path(self.spec) / "state.json").exists()
+            ):
                 loaded = datasets.load_from_disk(self.spec)
                 if self.streaming:
-                    loaded = (loaded.to_iterable_dataset() if isinstance(loaded, datasets.Dataset)
-                              else datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()}))
+                    loaded = (
+                        loaded.to_iterable_dataset()
+                        if isinstance(loaded, datasets.Dataset)
+                        else datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
+                    )
             else:
                 loaded = datasets.load_dataset(self.spec, self.config_name, streaming=self.streaming)
         except UserError:
@@ -285,8 +308,13 @@ class HFSource(DataSource):
             yield Row(id=key, audio=audio, text=_clean_text(r.get(self.text_column)))
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "location": self.spec, "config": self.config_name,
-                "audio": self.audio_column, "text": self.text_column}
+        return {
+            "kind": self.kind,
+            "location": self.spec,
+            "config": self.config_name,
+            "audio": self.audio_column,
+            "text": self.text_column,
+        }
 
 
 def _looks_like_common_voice(folder: Path, language: str | None) -> bool:
@@ -294,8 +322,14 @@ def _looks_like_common_voice(folder: Path, language: str | None) -> bool:
     return any((c / "clips").is_dir() and any((c / f"{s}.tsv").is_file() for s in CV_SPLITS) for c in candidates)
 
 
-def open_source(spec: str, language: str | None = None, audio_column: str | None = None,
-                text_column: str | None = None, streaming: bool = False, config_name: str | None = None) -> DataSource:
+def open_source(
+    spec: str,
+    language: str | None = None,
+    audio_column: str | None = None,
+    text_column: str | None = None,
+    streaming: bool = False,
+    config_name: str | None = None,
+) -> DataSource:
     """Open a data source from one string (see the module docstring for the forms)."""
     kind, _, rest = spec.partition(":")
     if kind in ("cv", "manifest", "hf") and rest:

@@ -37,11 +37,17 @@ from .config import DataConfig, TrainConfig, to_dict
 from .errors import UserError
 from .evaluation import generate_on, input_dtype
 from .features import SpeechCollator
-from .prepare import load_prepared, prepare_split
 from .modeling import (
-    add_lora, amp_dtype, load_base, load_processor, parameter_counts, pick_device, set_generation_language,
+    add_lora,
+    amp_dtype,
+    load_base,
+    load_processor,
+    parameter_counts,
+    pick_device,
+    set_generation_language,
     write_adapter_meta,
 )
+from .prepare import load_prepared, prepare_split
 from .reporting import MetricsLog, environment, peak_memory_gib, plot_run
 
 log = logging.getLogger(__name__)
@@ -68,8 +74,9 @@ class TrainResult:
 # ---- data order ----------------------------------------------------------------------
 
 
-def epoch_batches(durations: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
-                  world: int = 1, rank: int = 0) -> list[list[int]]:
+def epoch_batches(
+    durations: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, world: int = 1, rank: int = 0
+) -> list[list[int]]:
     """This rank's batches for ``epoch``: a pure function of its arguments, so a resumed run
     sees the same order. With ``group_by_length``, clips are sorted by duration inside
     windows of ``MEGABATCH`` batches, then the batches are shuffled."""
@@ -77,9 +84,13 @@ def epoch_batches(durations: np.ndarray, batch_size: int, seed: int, epoch: int,
     order = rng.permutation(len(durations))
     if group_by_length:
         window = batch_size * MEGABATCH
-        order = np.concatenate([w[np.argsort(-durations[w], kind="stable")]
-                                for w in np.array_split(order, max(1, math.ceil(len(order) / window)))])
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        order = np.concatenate(
+            [
+                w[np.argsort(-durations[w], kind="stable")]
+                for w in np.array_split(order, max(1, math.ceil(len(order) / window)))
+            ]
+        )
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
@@ -130,13 +141,14 @@ def _unwrap(model):
 
 
 def _oom_message(cfg: TrainConfig) -> str:
-    return (f"out of GPU memory at batch_size {cfg.train.batch_size}: lower train.batch_size (and raise "
-            f"train.grad_accum to keep the effective batch), set model.gradient_checkpointing=true, or use "
-            f"model.quantization=nf4")
+    return (
+        f"out of GPU memory at batch_size {cfg.train.batch_size}: lower train.batch_size (and raise "
+        f"train.grad_accum to keep the effective batch), set model.gradient_checkpointing=true, or use "
+        f"model.quantization=nf4"
+    )
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
-          progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns where the adapter is.
 
     ``stop_after`` ends the run after that many optimizer steps in total, leaving a
@@ -151,12 +163,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     ckpt_dir = run_dir / "checkpoints"
     resume_from = checkpoint.latest(ckpt_dir) if resume else None
     if not resume and checkpoint.finished(ckpt_dir):
-        raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another "
-                        f"train.output_dir")
+        raise UserError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another train.output_dir"
+        )
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True),
-                                             encoding="utf-8")
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
     _seed_everything(cfg.train.seed)
 
     # The model first: a wrong base or a missing bitsandbytes fails before data work.
@@ -166,28 +180,38 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     set_generation_language(model, processor.tokenizer, language, cfg.data.task)
     model = add_lora(model, cfg.lora, cfg.model)
     trainable, total = parameter_counts(model)
-    log.info("trainable params: %s || all params: %s || trainable%%: %.4f", f"{trainable:,}", f"{total:,}",
-             100 * trainable / total)
+    log.info(
+        "trainable params: %s || all params: %s || trainable%%: %.4f",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
 
     processor_dir = run_dir / "processor"
     if main_rank:
         processor.save_pretrained(processor_dir)
         train_ds = prepare_split(cfg.data, cfg.data.train_split, run_dir / "prepared" / "train", str(processor_dir))
-        eval_ds = (prepare_split(cfg.data, cfg.data.eval_split, run_dir / "prepared" / "eval", str(processor_dir))
-                   if cfg.eval.every >= 0 else None)
+        eval_ds = (
+            prepare_split(cfg.data, cfg.data.eval_split, run_dir / "prepared" / "eval", str(processor_dir))
+            if cfg.eval.every >= 0
+            else None
+        )
     _barrier(world)
     if not main_rank:
         train_ds = load_prepared(run_dir / "prepared" / "train")
         eval_ds = None
     if len(train_ds) == 0:
-        raise UserError(f"no usable training clips in {cfg.data.source} ({cfg.data.train_split}): "
-                        f"see {run_dir / 'prepared' / 'train' / 'rejected.jsonl'}")
+        raise UserError(
+            f"no usable training clips in {cfg.data.source} ({cfg.data.train_split}): "
+            f"see {run_dir / 'prepared' / 'train' / 'rejected.jsonl'}"
+        )
 
     durations = np.asarray(train_ds["duration"], dtype=np.float32)
     micro_per_epoch = len(epoch_batches(durations, cfg.train.batch_size, 0, 0, False, world, rank))
     if micro_per_epoch == 0:
-        raise UserError(f"{len(train_ds)} clips make no batch of {cfg.train.batch_size} on {world} devices: "
-                        f"lower train.batch_size")
+        raise UserError(
+            f"{len(train_ds)} clips make no batch of {cfg.train.batch_size} on {world} devices: lower train.batch_size"
+        )
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.train.grad_accum)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
 
@@ -211,20 +235,36 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
 
     metrics = MetricsLog(run_dir, resume_step=step if resume_from else None) if main_rank else None
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     collate = SpeechCollator(processor.feature_extractor, _unwrap(model).config.decoder_start_token_id)
     data = train_ds.select_columns(["audio", "labels"]).with_format("numpy")
     feature_dtype = input_dtype(_unwrap(model))
 
     def evaluate_now() -> dict:
-        result = generate_on(_unwrap(model), processor, eval_ds, language, cfg.data.task, cfg.eval.batch_size,
-                             cfg.eval.max_new_tokens, amp, cfg.eval.max_samples)
+        result = generate_on(
+            _unwrap(model),
+            processor,
+            eval_ds,
+            language,
+            cfg.data.task,
+            cfg.eval.batch_size,
+            cfg.eval.max_new_tokens,
+            amp,
+            cfg.eval.max_samples,
+        )
         return {f"eval_{k}": v for k, v in result.scores().items()} | {"eval_clips_per_s": result.clips_per_s}
 
     def save_checkpoint() -> Path:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "epoch": epoch, "micro_done": micro_done, "best": best}
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "micro_done": micro_done,
+            "best": best,
+        }
         path = checkpoint.save(ckpt_dir, step, _unwrap(model), state)
         checkpoint.prune(ckpt_dir, cfg.train.keep_last)
         return path
@@ -235,11 +275,17 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     model.train()
     try:
         while step < target:
-            batches = epoch_batches(durations, cfg.train.batch_size, cfg.train.seed, epoch,
-                                    cfg.train.group_by_length, world, rank)[micro_done:]
+            batches = epoch_batches(
+                durations, cfg.train.batch_size, cfg.train.seed, epoch, cfg.train.group_by_length, world, rank
+            )[micro_done:]
             loader = torch.utils.data.DataLoader(
-                data, batch_sampler=batches, collate_fn=collate, num_workers=cfg.train.num_workers,
-                generator=torch.Generator().manual_seed(cfg.train.seed), pin_memory=device.type == "cuda")
+                data,
+                batch_sampler=batches,
+                collate_fn=collate,
+                num_workers=cfg.train.num_workers,
+                generator=torch.Generator().manual_seed(cfg.train.seed),
+                pin_memory=device.type == "cuda",
+            )
             loader_iter = iter(loader)
             while step < target and micro_done < micro_per_epoch:
                 n_micro = min(cfg.train.grad_accum, micro_per_epoch - micro_done)
@@ -264,7 +310,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                         raise TrainingStopped(
                             f"loss became {loss.item()} at step {step + 1}: stopped; last good checkpoint: "
                             f"{last or 'none yet'}. Lower train.learning_rate or use mixed_precision=bf16/no, "
-                            f"then --resume; or set train.on_nan=skip to drop such batches")
+                            f"then --resume; or set train.on_nan=skip to drop such batches"
+                        )
                     log.warning("non-finite loss at step %d: batch skipped", step + 1)
                 else:
                     if cfg.train.max_grad_norm > 0:
@@ -280,19 +327,27 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                     window_loss, window_n, last_loss = window_loss + step_loss, window_n + 1, step_loss
                 rate = samples / (time.perf_counter() - start)
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}" if last_loss is not None else "nan",
-                                lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{rate:.2f}")
+                bar.set_postfix(
+                    loss=f"{last_loss:.3f}" if last_loss is not None else "nan",
+                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                    samples_s=f"{rate:.2f}",
+                )
                 end_of_epoch = micro_done >= micro_per_epoch
                 record = {}
                 if main_rank and (step % cfg.train.log_every == 0 or end_of_epoch or step == target):
                     if window_n:
                         record |= {"train_loss": window_loss / window_n}
-                    record |= {"lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
-                               "epoch": epoch + micro_done / micro_per_epoch}
+                    record |= {
+                        "lr": scheduler.get_last_lr()[0],
+                        "samples_per_s": rate,
+                        "epoch": epoch + micro_done / micro_per_epoch,
+                    }
                     window_loss, window_n = 0.0, 0
                 wants_eval = eval_ds is not None and (
-                    (cfg.eval.every > 0 and step % cfg.eval.every == 0) or (cfg.eval.every == 0 and end_of_epoch)
-                    or step == total_steps)
+                    (cfg.eval.every > 0 and step % cfg.eval.every == 0)
+                    or (cfg.eval.every == 0 and end_of_epoch)
+                    or step == total_steps
+                )
                 if main_rank and wants_eval:
                     scores = evaluate_now()
                     record |= scores
@@ -322,8 +377,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
         _unwrap(model).save_pretrained(adapter_dir)
         processor.save_pretrained(adapter_dir)
         write_adapter_meta(adapter_dir, cfg.model, language, cfg.data.task)
-    result = TrainResult(run_dir, adapter_dir, step, last_loss, best, samples / wall if wall else 0.0, wall,
-                         stopped_early=step < total_steps)
+    result = TrainResult(
+        run_dir,
+        adapter_dir,
+        step,
+        last_loss,
+        best,
+        samples / wall if wall else 0.0,
+        wall,
+        stopped_early=step < total_steps,
+    )
     if main_rank:
         plot_run(run_dir)
         _write_run_json(run_dir, cfg, device, result, trainable, total, resume_from)
@@ -350,8 +413,9 @@ def _save_best(folder: Path, model, processor, scores: dict, cfg: TrainConfig, l
     checkpoint.write_atomically(folder, fill)
 
 
-def _write_run_json(run_dir: Path, cfg: TrainConfig, device, result: TrainResult, trainable: int, total: int,
-                    resumed_from) -> None:
+def _write_run_json(
+    run_dir: Path, cfg: TrainConfig, device, result: TrainResult, trainable: int, total: int, resumed_from
+) -> None:
     info = {
         "config": to_dict(cfg),
         "base_model": cfg.model.base,

@@ -70,19 +70,31 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 def _features(feature_extractor, audio: np.ndarray):
     """Log-mel of a whole file: padded to 30 s when shorter, kept whole (with its mask) when longer."""
     long = len(audio) > CHUNK_SECONDS * SAMPLE_RATE
-    out = feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=not long,
-                            padding="longest" if long else "max_length", return_attention_mask=True)
+    out = feature_extractor(
+        audio,
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="pt",
+        truncation=not long,
+        padding="longest" if long else "max_length",
+        return_attention_mask=True,
+    )
     return out.input_features, out.attention_mask
 
 
 def detect_language(model, processor, features: torch.Tensor) -> str:
     """Whisper's language guess from the first window."""
-    token = model.detect_language(input_features=features[:, :, :CHUNK_SECONDS * 100])[0]
+    token = model.detect_language(input_features=features[:, :, : CHUNK_SECONDS * 100])[0]
     return processor.tokenizer.convert_ids_to_tokens(int(token)).strip("<|>")
 
 
-def transcribe_audio(model, processor, audio: np.ndarray, language: str | None = None, task: str = "transcribe",
-                     max_new_tokens: int = 224) -> tuple[list[Segment], str]:
+def transcribe_audio(
+    model,
+    processor,
+    audio: np.ndarray,
+    language: str | None = None,
+    task: str = "transcribe",
+    max_new_tokens: int = 224,
+) -> tuple[list[Segment], str]:
     """Segments with time stamps for one 16 kHz clip of any length, and the language used."""
     device = next(model.parameters()).device
     features, mask = _features(processor.feature_extractor, audio)
@@ -90,8 +102,15 @@ def transcribe_audio(model, processor, audio: np.ndarray, language: str | None =
     with torch.inference_mode():
         if language is None:
             language = detect_language(model, processor, features)
-        out = model.generate(input_features=features, attention_mask=mask.to(device), language=language, task=task,
-                             return_timestamps=True, return_segments=True, max_new_tokens=max_new_tokens)
+        out = model.generate(
+            input_features=features,
+            attention_mask=mask.to(device),
+            language=language,
+            task=task,
+            return_timestamps=True,
+            return_segments=True,
+            max_new_tokens=max_new_tokens,
+        )
     total = duration(audio)
     segments = []
     for seg in out["segments"][0] if isinstance(out, dict) and out.get("segments") else []:
@@ -105,8 +124,9 @@ def transcribe_audio(model, processor, audio: np.ndarray, language: str | None =
     return segments, language
 
 
-def transcribe_files(model, processor, files: list[Path], language: str | None = None, task: str = "transcribe",
-                     progress: bool = True):
+def transcribe_files(
+    model, processor, files: list[Path], language: str | None = None, task: str = "transcribe", progress: bool = True
+):
     """Yield a Transcript, or (path, error) for a file that cannot be read, per file."""
     from tqdm.auto import tqdm
 
@@ -158,8 +178,10 @@ class WriteSRT(Writer):
     extension = "srt"
 
     def format(self, t: Transcript) -> str:
-        blocks = [f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
-                  for i, s in enumerate(t.segments, start=1)]
+        blocks = [
+            f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
+            for i, s in enumerate(t.segments, start=1)
+        ]
         return "\n".join(blocks)
 
 
@@ -167,16 +189,29 @@ class WriteVTT(Writer):
     extension = "vtt"
 
     def format(self, t: Transcript) -> str:
-        return "WEBVTT\n\n" + "\n".join(f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n"
-                                         for s in t.segments)
+        return "WEBVTT\n\n" + "\n".join(
+            f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n" for s in t.segments
+        )
 
 
 class WriteJSON(Writer):
     extension = "json"
 
     def format(self, t: Transcript) -> str:
-        return json.dumps({"path": t.path, "language": t.language, "duration": t.duration, "text": t.text,
-                           "segments": [asdict(s) for s in t.segments]}, ensure_ascii=False, indent=2) + "\n"
+        return (
+            json.dumps(
+                {
+                    "path": t.path,
+                    "language": t.language,
+                    "duration": t.duration,
+                    "text": t.text,
+                    "segments": [asdict(s) for s in t.segments],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 WRITERS = {w.extension: w for w in (WriteTXT, WriteSRT, WriteVTT, WriteJSON)}

@@ -1,0 +1,113 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import write_tone
+
+from whisper_tune.modeling import load_for_inference
+from whisper_tune.transcription import Segment, Transcript, expand_inputs, get_writer, transcribe_files
+
+SRT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)$")
+
+
+def _seconds(groups):
+    h, m, s, ms = map(int, groups)
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+def check_srt(text: str) -> list[tuple[float, float]]:
+    """Parse an SRT strictly: sequential indices, well-formed times, start <= end, in order."""
+    spans = []
+    for n, block in enumerate(text.strip().split("\n\n"), start=1):
+        lines = block.split("\n")
+        assert lines[0] == str(n)
+        match = SRT_TIME.match(lines[1])
+        assert match, lines[1]
+        start, end = _seconds(match.groups()[:4]), _seconds(match.groups()[4:])
+        assert start <= end and (not spans or start >= spans[-1][0])
+        spans.append((start, end))
+    return spans
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_adapter):
+    import torch
+
+    return load_for_inference(None, str(tiny_adapter), torch.device("cpu"))
+
+
+def test_long_file_bad_file_and_srt(loaded, tmp_path):
+    long = write_tone(tmp_path / "long.wav", seconds=75.0, sr=16000)
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"\x00not audio" * 100)
+    short = write_tone(tmp_path / "short.flac", seconds=2.0, sr=44100)
+    results = list(transcribe_files(loaded.model, loaded.processor, [long, bad, short], language="mr", progress=False))
+    assert isinstance(results[1], tuple) and results[1][0] == str(bad) and "readable" in results[1][1]
+    transcript = results[0]
+    assert transcript.duration == pytest.approx(75.0) and transcript.language == "mr"
+    assert transcript.segments[-1].start >= 60.0  # decoding reached the third 30 s window
+    assert transcript.text == " ".join(s.text for s in transcript.segments if s.text).strip()
+    spans = check_srt(get_writer("srt").format(transcript))
+    assert len(spans) == len(transcript.segments) and spans[-1][1] <= 75.0
+    assert isinstance(results[2], Transcript) and results[2].duration == pytest.approx(2.0, abs=0.01)
+
+
+def test_language_is_detected_when_not_given(loaded, tmp_path):
+    (result,) = transcribe_files(
+        loaded.model, loaded.processor, [write_tone(tmp_path / "a.wav", 1.0)], language=None, progress=False
+    )
+    assert isinstance(result.language, str) and len(result.language) in (2, 3, 5)
+
+
+def test_writers():
+    t = Transcript("x/clip.wav", "mr", 3.5, [Segment(0.0, 1.25, "पहिले"), Segment(1.25, 3.5, "दुसरे")])
+    assert get_writer("txt").format(t) == "पहिले दुसरे\n"
+    assert check_srt(get_writer("srt").format(t)) == [(0.0, 1.25), (1.25, 3.5)]
+    vtt = get_writer("vtt").format(t)
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.250\nपहिले\n")
+    data = json.loads(get_writer("json").format(t))
+    assert data["text"] == "पहिले दुसरे" and data["segments"][1] == {"start": 1.25, "end": 3.5, "text": "दुसरे"}
+
+
+def test_expand_inputs(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    a = write_tone(tmp_path / "d" / "a.wav")
+    b = write_tone(tmp_path / "d" / "sub" / "b.flac")
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    files, errors = expand_inputs(
+        [str(tmp_path / "d"), str(tmp_path / "d" / "*.wav"), str(tmp_path / "none.wav"), str(tmp_path / "*.ogg")]
+    )
+    assert files == [a, b, a]
+    assert [e[0] for e in errors] == [str(tmp_path / "none.wav"), str(tmp_path / "*.ogg")]
+
+
+def test_cli_writes_outputs_and_reports_bad_files(tiny_adapter, tmp_path):
+    good = write_tone(tmp_path / "good.wav", seconds=1.5)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF????")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "whisper_tune.cli",
+            "transcribe",
+            str(good),
+            str(bad),
+            "--adapter",
+            str(tiny_adapter),
+            "--out",
+            str(tmp_path / "out"),
+            "--format",
+            "srt",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("whisper-tune: error:")]
+    assert len(errors) == 1 and str(bad) in errors[0]
+    assert (tmp_path / "out" / "good.srt").exists() and (tmp_path / "out" / "good.json").exists()
+    check_srt((tmp_path / "out" / "good.srt").read_text())
