@@ -59,8 +59,11 @@ def generate_on(
     amp: torch.dtype | None = None,
     max_samples: int | None = None,
     progress: bool = False,
+    generate_kwargs: dict | None = None,
 ) -> GenerationResult:
-    """Transcribe every clip of a prepared dataset (results in the dataset's order)."""
+    """Transcribe every clip of a prepared dataset (results in the dataset's order).
+
+    ``generate_kwargs`` go to ``model.generate`` (benchmarks pin ``min_new_tokens``)."""
     from tqdm.auto import tqdm
 
     device = next(p for p in model.parameters()).device
@@ -81,7 +84,7 @@ def generate_on(
                 input_features=features.to(device=device, dtype=input_dtype(model)),
                 language=language,
                 task=task,
-                max_new_tokens=max_new_tokens,
+                **({"max_new_tokens": max_new_tokens} | (generate_kwargs or {})),
             )
             for j, text in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 hyps[j] = text.strip()
