@@ -32,6 +32,14 @@ from whisper_tune.processor import build_processor  # noqa: E402
 from whisper_tune.reporting import environment  # noqa: E402
 
 
+def stage(message: str, _start=[None]) -> None:
+    """Progress on stderr with elapsed seconds, so a slow stage shows itself."""
+    import time
+
+    _start[0] = _start[0] or time.perf_counter()
+    print(f"[{time.perf_counter() - _start[0]:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def random_adapter(base: Path, out: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
@@ -67,12 +75,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base, adapter = Path(tmp) / "base", Path(tmp) / "adapter"
+        stage(f"random {args.arch} weights")
         save_random(args.arch, base)
         build_processor(base)
+        stage("random adapter")
         random_adapter(base, adapter)
+        stage("prepare clips")
         dataset = prepare_split(DataConfig(source=args.data, language="mr"), args.split, Path(tmp) / "prepared",
                                 str(base), progress=False)
         dataset = dataset.select(range(min(args.clips, len(dataset))))
+        stage(f"{len(dataset)} clips ready")
         configs = [("recipe: int8 base + adapter, fp16 autocast", True, 8, torch.float16)]
         configs += [("whisper-tune evaluate: merged", False, b, None) for b in args.fast_batches]
         for label, exact, batch, amp in configs:
@@ -80,7 +92,9 @@ def main() -> None:
                 loaded = None
                 gc.collect()
                 torch.cuda.empty_cache() if device.type == "cuda" else None
+                stage(f"load ({'exact' if exact else 'merged'})")
                 loaded = load_for_inference(str(base), str(adapter), device, exact=exact)
+            stage(f"generate: {label}, batch {batch}")
             clips_per_s = run(loaded, dataset, batch, amp, args.new_tokens)
             dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
             label = label if exact else f"{label} ({dtype})"
