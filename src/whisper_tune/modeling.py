@@ -145,6 +145,9 @@ def set_generation_language(model, tokenizer, language: str, task: str, max_leng
     gc.decoder_start_token_id = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
     gc.pad_token_id = gc.eos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     gc.is_multilingual = True
+    # A config "from the model config" drops every Whisper-specific key (lang_to_id...) when
+    # it is loaded again: mark it as a generation config of its own.
+    gc._from_model_config = False
     gc.language, gc.task = language, task
     gc.forced_decoder_ids = None
     gc.max_length = max_length

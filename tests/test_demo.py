@@ -1,0 +1,47 @@
+"""The demo's flow, on the tiny model (the real run uses Whisper base and takes minutes)."""
+
+import json
+
+from whisper_tune.demo import resolve_base, run_demo
+
+
+def test_demo_flow_and_rerun(tiny_model_dir, tmp_path, monkeypatch):
+    from conftest import need_espeak
+
+    need_espeak()
+    lines = []
+    result = run_demo(
+        tmp_path / "demo",
+        model=str(tiny_model_dir),
+        steps=2,
+        eval_samples=2,
+        overrides=["train.batch_size=2", "train.num_workers=0", "lora.r=2", "lora.alpha=4"],
+        progress=False,
+        report=lines.append,
+    )
+    assert result.base_source == "given" and result.train["steps"] == 2
+    assert {"wer", "cer", "normalized_wer", "normalized_cer"} <= result.before.keys() == result.after.keys()
+    table = result.table.read_text()
+    assert "| zero-shot |" in table and "| fine-tuned (int8 base + LoRA) |" in table
+    assert json.loads((tmp_path / "demo" / "results.json").read_text())["after"]["n"] == 2
+    assert any(line.startswith("zero-shot: WER") for line in lines)
+    # A second run reuses the corpus and the adapter instead of training again.
+    again = []
+    run_demo(tmp_path / "demo", model=str(tiny_model_dir), steps=2, eval_samples=2, progress=False, report=again.append)
+    assert any("reusing" in line for line in again)
+
+
+def test_offline_base_when_the_hub_is_silent(tmp_path, monkeypatch):
+    import whisper_tune.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "hub_answers", lambda *a, **k: False)
+    monkeypatch.setattr(
+        "whisper_tune.import_ct2.import_ct2",
+        lambda src, out: calls.append((src, out)) or (out.mkdir(parents=True), (out / "config.json").write_text("{}")),
+    )
+    base, source = resolve_base(tmp_path)
+    assert source == "offline package" and calls == [(demo.OFFLINE_PACKAGE, tmp_path / "whisper-base")]
+    assert resolve_base(tmp_path) == (base, source) and len(calls) == 1  # imported once
+    monkeypatch.setattr(demo, "hub_answers", lambda *a, **k: True)
+    assert resolve_base(tmp_path / "other") == (demo.HUB_BASE, "hub")
