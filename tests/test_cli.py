@@ -78,19 +78,43 @@ def test_make_demo_data_and_processor(tmp_path, capsys):
     assert "train 8, dev 1, test 1 clips" in capsys.readouterr().out
 
 
-def test_demo_prepares_every_split(tmp_path, capsys):
+def test_demo_command_prints_the_table(tiny_model_dir, tmp_path, capsys):
     from conftest import need_espeak
 
     need_espeak()
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    args = [
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--model",
+        str(tiny_model_dir),
+        "--steps",
+        "1",
+        "--eval-samples",
+        "2",
+        "train.batch_size=2",
+        "train.num_workers=0",
+        "lora.r=2",
+        "lora.alpha=4",
+    ]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    for split in ("train", "dev", "test"):
-        meta = json.loads((tmp_path / "demo" / "prepared" / split / "prepared.json").read_text())
-        assert meta["complete"] and meta["prepared"] > 0 and f"{split}: prepared {meta['prepared']} clips" in out
+    assert "base model: " in out and "(given)" in out and "| zero-shot |" in out and "training plot:" in out
 
 
 def test_help_lists_subcommands():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for name in ("prepare", "make-demo-data", "make-processor", "demo"):
+    for name in (
+        "prepare",
+        "train",
+        "evaluate",
+        "transcribe",
+        "merge",
+        "export-ct2",
+        "import-ct2",
+        "make-demo-data",
+        "make-processor",
+        "demo",
+    ):
         assert name in proc.stdout
