@@ -20,37 +20,15 @@ from pathlib import Path
 import torch
 
 from whisper_tune.config import LoraSettings, ModelConfig
-from whisper_tune.modeling import add_lora, amp_dtype, load_base, pick_device
+from whisper_tune.modeling import ARCHITECTURES, add_lora, amp_dtype, architecture_config, load_base, pick_device
 from whisper_tune.reporting import environment, peak_memory_gib
-
-ARCHS = {  # d_model, layers, heads, ffn
-    "tiny-test": (64, 2, 2, 128),
-    "base": (512, 6, 8, 2048),
-    "small": (768, 12, 12, 3072),
-    "large-v2": (1280, 32, 20, 5120),
-}
 
 
 def save_random(arch: str, folder: Path) -> None:
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import WhisperForConditionalGeneration
 
-    d, layers, heads, ffn = ARCHS[arch]
-    config = WhisperConfig(
-        vocab_size=51865,
-        num_mel_bins=80,
-        d_model=d,
-        encoder_layers=layers,
-        decoder_layers=layers,
-        encoder_attention_heads=heads,
-        decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
-        decoder_start_token_id=50258,
-        pad_token_id=50257,
-        eos_token_id=50257,
-        bos_token_id=50257,
-    )
-    WhisperForConditionalGeneration(config).half().save_pretrained(folder)  # fp16 on disk: half the bytes
+    model = WhisperForConditionalGeneration(architecture_config(arch))
+    model.half().save_pretrained(folder)  # fp16 on disk: half the bytes
 
 
 def measure(folder: Path, mode: str, batch: int, steps: int, checkpointing: bool) -> dict:
@@ -102,7 +80,7 @@ def measure(folder: Path, mode: str, batch: int, steps: int, checkpointing: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="base", choices=ARCHS)
+    parser.add_argument("--arch", default="base", choices=ARCHITECTURES)
     parser.add_argument("--modes", nargs="+", default=["int8", "nf4", "none"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)

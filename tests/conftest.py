@@ -47,26 +47,12 @@ def tokenizer(processor_dir):
 def tiny_model():
     """A randomly initialised Whisper (d_model 64, 2+2 layers) with the real vocabulary."""
     import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_tune.modeling import architecture_config
 
     torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=51865,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=448,
-        pad_token_id=50257,
-        bos_token_id=50257,
-        eos_token_id=50257,
-        decoder_start_token_id=50258,
-    )
+    config = architecture_config("tiny-test")
     return WhisperForConditionalGeneration(config).eval()
 
 

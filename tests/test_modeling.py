@@ -61,21 +61,11 @@ def test_lora_overfits_one_batch_and_base_stays_frozen(quantization, tiny_model_
 
 def test_large_v2_parameter_count_matches_the_recipe():
     """15,728,640 trainable of 1,559,033,600 for LoRA r=32 on q/v of large-v2 (built on 'meta')."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import WhisperForConditionalGeneration
 
-    config = WhisperConfig(
-        vocab_size=51865,
-        num_mel_bins=80,
-        d_model=1280,
-        encoder_layers=32,
-        decoder_layers=32,
-        encoder_attention_heads=20,
-        decoder_attention_heads=20,
-        encoder_ffn_dim=5120,
-        decoder_ffn_dim=5120,
-        max_source_positions=1500,
-        max_target_positions=448,
-    )
+    from whisper_tune.modeling import architecture_config
+
+    config = architecture_config("large-v2")
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     model = add_lora(

@@ -26,6 +26,39 @@ from .processor import BUNDLED, CONTROL_TOKENS, MAX_LABEL_TOKENS, languages, pro
 log = logging.getLogger(__name__)
 
 
+ARCHITECTURES = {  # d_model, layers (encoder = decoder), attention heads, ffn width
+    "tiny-test": (64, 2, 2, 128),  # for tests: seconds on a CPU
+    "base": (512, 6, 8, 2048),  # 74 M parameters
+    "small": (768, 12, 12, 3072),  # 244 M
+    "large-v2": (1280, 32, 20, 5120),  # 1.55 B, the reference recipe's model
+}
+
+
+def architecture_config(name: str):
+    """A multilingual WhisperConfig of a named size (random weights for tests and benchmarks:
+    speed and memory do not depend on the values)."""
+    from transformers import WhisperConfig
+
+    d_model, layers, heads, ffn = ARCHITECTURES[name]
+    return WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=50258,
+        pad_token_id=50257,
+        bos_token_id=50257,
+        eos_token_id=50257,
+    )
+
+
 def resolve_model(name: str) -> str:
     """A local folder (must hold config.json) or a hub id, as a string for from_pretrained."""
     path = Path(name).expanduser()
