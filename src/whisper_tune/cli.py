@@ -138,8 +138,6 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate
 
     if not args.model and not args.adapter:
-        from .errors import UserError
-
         raise UserError("evaluate needs --model BASE, --adapter DIR, or both")
     data = DataConfig(
         source=args.data,

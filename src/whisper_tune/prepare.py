@@ -28,7 +28,7 @@ from pathlib import Path
 from .audio import SILENCE_DB, AudioError, duration, load_audio, rms_db
 from .errors import UserError
 from .features import label_ids, set_prefix
-from .processor import MAX_LABEL_TOKENS, load_tokenizer, processor_path, resolve_language
+from .processor import MAX_LABEL_TOKENS, cache_root, load_tokenizer, processor_path, resolve_language
 from .sources import DataSource, Row
 
 log = logging.getLogger(__name__)
@@ -299,11 +299,6 @@ def load_prepared(out_dir: str | Path):
     parts = [Dataset.from_file(str(p)) for p in sorted((out / "shards").glob("shard-*.arrow"))]
     parts = [p for p in parts if len(p)] or parts[:1]
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-
-
-def cache_root() -> Path:
-    """Where whisper-tune keeps what it builds once per machine (processor, demo corpus)."""
-    return Path(os.environ.get("WHISPER_TUNE_CACHE", Path.home() / ".cache" / "whisper-tune"))
 
 
 def prepare_split(data, split: str, out: Path, processor: str, num_proc: int | None = None, progress: bool = True):

@@ -161,13 +161,18 @@ def build_processor(out_dir: str | Path, n_mels: int = 80, num_languages: int = 
     return out
 
 
+def cache_root() -> Path:
+    """Where whisper-tune keeps what it builds once per machine (processor, demo corpus)."""
+    return Path(os.environ.get("WHISPER_TUNE_CACHE", Path.home() / ".cache" / "whisper-tune"))
+
+
 def offline_processor_dir(n_mels: int = 80, num_languages: int = N_LANGUAGES_V2) -> Path:
     """A cached processor folder, built once per machine (takes a few seconds).
 
     Lives under ``$WHISPER_TUNE_CACHE`` or ``~/.cache/whisper-tune``; the folder name
     carries a hash of the vocabulary file so a changed file never reuses a stale build.
     """
-    root = Path(os.environ.get("WHISPER_TUNE_CACHE", Path.home() / ".cache" / "whisper-tune"))  # prepare.cache_root
+    root = cache_root()
     digest = hashlib.sha256(_bundled_tiktoken().read_bytes()).hexdigest()[:12]
     out = root / f"processor-{digest}-mel{n_mels}-lang{num_languages}"
     if not (out / "tokenizer_config.json").exists():
