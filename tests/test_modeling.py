@@ -29,12 +29,17 @@ def one_batch(four_clips, tiny_model_dir, tmp_path_factory):
     return SpeechCollator(processor.feature_extractor, 50258)([ds[i] for i in range(len(ds))])
 
 
-@pytest.mark.parametrize("quantization", ["int8", "nf4", "none"])
+@pytest.mark.parametrize("quantization", ["int8", "int8-wo", "nf4", "none"])
 def test_lora_overfits_one_batch_and_base_stays_frozen(quantization, tiny_model_dir, one_batch):
     torch.manual_seed(0)
     cfg = ModelConfig(base=str(tiny_model_dir), quantization=quantization, gradient_checkpointing=False)
     model = add_lora(load_base(cfg, torch.device("cpu")), LoraSettings(r=16, alpha=32, dropout=0.0), cfg)
-    if quantization != "none":
+    if quantization == "int8-wo":
+        from whisper_tune.modeling import Int8WeightOnlyLinear
+
+        layer = model.base_model.model.model.encoder.layers[0]
+        assert isinstance(layer.fc1, Int8WeightOnlyLinear) and layer.fc1.weight.dtype == torch.int8
+    elif quantization != "none":
         import bitsandbytes as bnb
 
         kind = bnb.nn.Linear8bitLt if quantization == "int8" else bnb.nn.Linear4bit
@@ -157,3 +162,14 @@ def test_lora_targets_and_encoder_freezing(tiny_model_dir, targets, freeze, expe
         if "lora_A" in n
     }
     assert adapted == expected
+
+
+def test_int8_weight_only_stays_close_to_full_precision(tiny_model_dir, one_batch):
+    """Per-row int8 weights change the logits by a small fraction of their spread."""
+    cfg = ModelConfig(base=str(tiny_model_dir), quantization="none", gradient_checkpointing=False)
+    full = load_base(cfg, torch.device("cpu")).eval()
+    wo = load_base(ModelConfig(base=str(tiny_model_dir), quantization="int8-wo"), torch.device("cpu")).eval()
+    with torch.no_grad():
+        a, b = full(**one_batch).logits, wo(**one_batch).logits
+    assert (a - b).abs().max() < 0.05 * (a.max() - a.min())
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.95

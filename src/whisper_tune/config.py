@@ -39,7 +39,7 @@ class DataConfig:
             raise ValueError(f"data.task must be 'transcribe' or 'translate', got {self.task!r}")
 
 
-QUANTIZATIONS = ("int8", "nf4", "none")
+QUANTIZATIONS = ("int8", "int8-wo", "nf4", "none")
 LORA_PRESETS = {
     "qv": ["q_proj", "v_proj"],  # the reference recipe
     "attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
@@ -52,7 +52,10 @@ class ModelConfig:
     """The base checkpoint and how it is held in memory."""
 
     base: str = "openai/whisper-large-v2"  # hub id or local folder
-    quantization: str = "int8"  # int8 (LLM.int8) | nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
+    # int8 (bitsandbytes LLM.int8, the recipe) | int8-wo (int8 weights, one scale per row,
+    # dequantized inside each Linear: 8-bit memory without LLM.int8's slow matmul) |
+    # nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
+    quantization: str = "int8"
     int8_threshold: float = 6.0  # LLM.int8 outlier threshold; 0 = all-int8 matmuls (faster, less exact)
     gradient_checkpointing: bool = True  # recompute activations: less memory, about 30 % slower
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"

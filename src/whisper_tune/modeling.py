@@ -98,7 +98,7 @@ def amp_dtype(device: torch.device, mixed_precision: str = "auto") -> torch.dtyp
 
 def require_bitsandbytes(quantization: str, device: torch.device) -> None:
     """Fail early, with the fix, where bitsandbytes cannot serve the asked quantization."""
-    if quantization == "none":
+    if quantization not in ("int8", "nf4"):
         return
     try:
         import bitsandbytes  # noqa: F401
@@ -141,17 +141,56 @@ def load_base(cfg: ModelConfig, device: torch.device):
     require_bitsandbytes(cfg.quantization, device)
     name = resolve_model(cfg.base)
     dtype = base_dtype(device)
+    bnb = cfg.quantization in ("int8", "nf4")
     try:
         model = WhisperForConditionalGeneration.from_pretrained(
             name,
-            quantization_config=quantization_config(cfg.quantization, cfg.int8_threshold, dtype),
+            quantization_config=quantization_config(cfg.quantization, cfg.int8_threshold, dtype) if bnb else None,
             dtype=dtype,
             device_map={"": device},
             attn_implementation=cfg.attn_implementation,
         )
     except OSError as e:
         raise UserError(f"cannot load model {cfg.base!r}: {str(e).splitlines()[0]}") from None
+    if cfg.quantization == "int8-wo":
+        quantize_weight_only(model)
     return model
+
+
+class Int8WeightOnlyLinear(torch.nn.Linear):
+    """A frozen Linear held as int8 weights with one scale per output row, dequantized to the
+    compute dtype inside ``forward``.
+
+    8-bit memory for the base, but the matmul runs in bf16/fp16 on tensor cores: what makes
+    the reference recipe slow is LLM.int8's outlier-splitting matmul, not the 8 bits. It
+    subclasses ``nn.Linear`` so PEFT wraps it with LoRA like any Linear.
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # symmetric, per output row
+        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.weight = torch.nn.Parameter(quantized, requires_grad=False)
+        self.register_buffer("weight_scale", scale.to(linear.weight.dtype))
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        weight = self.weight.to(dtype) * self.weight_scale.to(dtype)[:, None]
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return torch.nn.functional.linear(x.to(dtype), weight, bias)
+
+
+def quantize_weight_only(model) -> None:
+    """Replace every Linear of the encoder and decoder layers by an Int8WeightOnlyLinear
+    (the output projection stays: it shares its weight with the token embeddings)."""
+    for layers in (model.model.encoder.layers, model.model.decoder.layers):
+        for parent in layers.modules():
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.Linear:
+                    setattr(parent, name, Int8WeightOnlyLinear(child))
 
 
 def load_processor(base: str):
@@ -199,7 +238,7 @@ def add_lora(model, lora: LoraSettings, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     ckpt_kwargs = {"use_reentrant": False}
-    if cfg.quantization != "none":
+    if cfg.quantization in ("int8", "nf4"):  # bitsandbytes layers: the recipe's preparation
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
         )
