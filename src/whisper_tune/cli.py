@@ -16,14 +16,6 @@ from .errors import UserError
 DEMO_DIR = "demo-output"
 
 
-def _prepare_options(args):
-    from .prepare import PrepareOptions
-
-    return PrepareOptions(
-        language=args.language, task=args.task, processor=args.processor, max_seconds=args.max_seconds
-    )
-
-
 def _print_prepared(result, split: str | None) -> None:
     from .prepare import REASONS
 
@@ -42,10 +34,12 @@ def _print_prepared(result, split: str | None) -> None:
 
 def cmd_prepare(args) -> int:
     """Decode, check and tokenize one split of a corpus into a reusable Arrow folder."""
-    from .prepare import prepare
+    from .prepare import PrepareOptions, prepare
     from .sources import open_source
 
-    options = _prepare_options(args)
+    options = PrepareOptions(
+        language=args.language, task=args.task, processor=args.processor, max_seconds=args.max_seconds
+    )
     source = open_source(
         args.data,
         language=options.language,

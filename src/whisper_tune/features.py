@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE
+from .audio import CHUNK_SECONDS, SAMPLE_RATE
 
 IGNORE_INDEX = -100  # label positions the loss skips
 
@@ -40,6 +40,21 @@ def log_mel(feature_extractor, audios: Sequence[np.ndarray], device: str | torch
         device=str(device),
     )
     return out.input_features
+
+
+def log_mel_whole(feature_extractor, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel of a whole file for long-form decoding, with its attention mask: padded to
+    30 s when shorter (as ``log_mel``), kept whole when longer."""
+    long = len(audio) > CHUNK_SECONDS * SAMPLE_RATE
+    out = feature_extractor(
+        audio,
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="pt",
+        truncation=not long,
+        padding="longest" if long else "max_length",
+        return_attention_mask=True,
+    )
+    return out.input_features, out.attention_mask
 
 
 @dataclass

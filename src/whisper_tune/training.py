@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from . import checkpoint
-from .config import DataConfig, TrainConfig, to_dict
+from .config import TrainConfig, to_dict
 from .errors import UserError
 from .evaluation import generate_on, input_dtype
 from .features import SpeechCollator
@@ -48,6 +48,7 @@ from .modeling import (
     write_adapter_meta,
 )
 from .prepare import load_prepared, prepare_split
+from .processor import resolve_language
 from .reporting import MetricsLog, environment, peak_memory_gib, plot_run
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     # The model first: a wrong base or a missing bitsandbytes fails before data work.
     processor = load_processor(cfg.model.base)
     model = load_base(cfg.model, device)
-    language = _language(cfg.data)
+    language = resolve_language(cfg.data.language)
     set_generation_language(model, processor.tokenizer, language, cfg.data.task)
     model = add_lora(model, cfg.lora, cfg.model)
     trainable, total = parameter_counts(model)
@@ -395,12 +396,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
 
             write_adapter_card(adapter_dir, cfg.model.base, language, cfg.data.task)
     return result
-
-
-def _language(data: DataConfig) -> str:
-    from .processor import resolve_language
-
-    return resolve_language(data.language)
 
 
 def _save_best(folder: Path, model, processor, scores: dict, cfg: TrainConfig, language: str) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, duration, load_audio
+from .audio import CHUNK_SECONDS, AudioError, duration, load_audio
 from .evaluation import input_dtype
+from .features import log_mel_whole
 
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".wma")
 
@@ -67,20 +68,6 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, errors
 
 
-def _features(feature_extractor, audio: np.ndarray):
-    """Log-mel of a whole file: padded to 30 s when shorter, kept whole (with its mask) when longer."""
-    long = len(audio) > CHUNK_SECONDS * SAMPLE_RATE
-    out = feature_extractor(
-        audio,
-        sampling_rate=SAMPLE_RATE,
-        return_tensors="pt",
-        truncation=not long,
-        padding="longest" if long else "max_length",
-        return_attention_mask=True,
-    )
-    return out.input_features, out.attention_mask
-
-
 def detect_language(model, processor, features: torch.Tensor) -> str:
     """Whisper's language guess from the first window."""
     token = model.detect_language(input_features=features[:, :, : CHUNK_SECONDS * 100])[0]
@@ -97,7 +84,7 @@ def transcribe_audio(
 ) -> tuple[list[Segment], str]:
     """Segments with time stamps for one 16 kHz clip of any length, and the language used."""
     device = next(model.parameters()).device
-    features, mask = _features(processor.feature_extractor, audio)
+    features, mask = log_mel_whole(processor.feature_extractor, audio)
     features = features.to(device, input_dtype(model))
     with torch.inference_mode():
         if language is None:
