@@ -3,7 +3,7 @@
 Long files use Whisper's own sequential long-form decoding (transformers'
 ``generate`` with timestamps): each 30 s window starts where the last complete segment
 ended, so no word is cut at a window edge and every segment carries its time stamps.
-Features come from ``features.log_mel``'s extractor, the same front end as training.
+Features come from ``features.log_mel_whole``: the same extractor and settings as training.
 Output formats are one small writer class each behind :func:`get_writer`, as in
 openai/whisper.
 """
