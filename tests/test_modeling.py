@@ -173,3 +173,77 @@ def test_int8_weight_only_stays_close_to_full_precision(tiny_model_dir, one_batc
         a, b = full(**one_batch).logits, wo(**one_batch).logits
     assert (a - b).abs().max() < 0.05 * (a.max() - a.min())
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.95
+
+
+def _lora_grads(tiny_model_dir, one_batch, quantization, share):
+    torch.manual_seed(0)
+    cfg = ModelConfig(base=str(tiny_model_dir), quantization=quantization, gradient_checkpointing=share)
+    model = add_lora(load_base(cfg, torch.device("cpu")), LoraSettings(r=8, alpha=16, dropout=0.0), cfg)
+    torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))  # a live path
+    model.train()
+    model(**one_batch).loss.backward()
+    layers = model.base_model.model.model.encoder.layers
+    flags = [layer.gradient_checkpointing for layer in layers]
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, flags
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int8-wo", "none"])
+def test_checkpointing_a_share_of_layers_keeps_every_gradient(quantization, tiny_model_dir, one_batch):
+    plain, flags = _lora_grads(tiny_model_dir, one_batch, quantization, False)
+    assert flags == [False, False]
+    for share, expected in ((0.5, [True, False]), (True, [True, True])):
+        grads, flags = _lora_grads(tiny_model_dir, one_batch, quantization, share)
+        assert flags == expected
+        assert grads.keys() == plain.keys()
+        # every adapter, encoder and decoder alike, gets the gradient it gets without recomputation
+        # (reentrant checkpointing on bitsandbytes bases loses it unless the layer inputs require grad)
+        assert sum(g.abs().sum() > 0 for g in grads.values()) >= len(grads) // 2
+        for name in plain:
+            torch.testing.assert_close(grads[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gradient_checkpointing_share_is_validated():
+    with pytest.raises(ValueError, match="share of layers"):
+        ModelConfig(gradient_checkpointing=1.5)
+
+
+def test_int8_weight_only_backward_keeps_int8_not_a_dequantized_copy():
+    from whisper_tune.modeling import Int8WeightOnlyLinear
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 96)
+    layer = Int8WeightOnlyLinear(dense)
+    x = torch.randn(5, 64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = layer(x)
+    assert not [t for t in saved if t.shape == (96, 64) and t.is_floating_point()]
+    assert any(t.dtype == torch.int8 for t in saved)
+    y.square().sum().backward()
+    # the same gradient as autograd through the dequantized weight
+    x2 = x.detach().clone().requires_grad_(True)
+    weight = layer.weight.float() * layer.weight_scale[:, None]
+    torch.nn.functional.linear(x2, weight, layer.bias).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(weight, dense.weight, atol=dense.weight.abs().max().item() / 127, rtol=0)
+
+
+def test_half_norms_stay_in_bf16_under_autocast(tiny_model_dir):
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_tune.modeling import HalfLayerNorm, use_half_norms
+
+    fp32 = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
+    assert use_half_norms(fp32) == 0  # fp32 norms (CPU, bitsandbytes bases) are left alone
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    assert use_half_norms(model) == 2 * 2 + 3 * 2 + 2  # per encoder layer, per decoder layer, final ones
+    norm = model.model.encoder.layers[0].self_attn_layer_norm
+    assert isinstance(norm, HalfLayerNorm)
+    x = torch.randn(2, 7, norm.normalized_shape[0], dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.float16):  # a dtype that is not the weights': no cast to it
+        out = norm(x)
+    reference = torch.nn.functional.layer_norm(
+        x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps
+    )
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)

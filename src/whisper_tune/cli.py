@@ -221,6 +221,22 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Time the reference recipe next to whisper-tune on this machine (random weights; a table in --out)."""
+    import tempfile
+
+    from . import bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        if args.what == "train":
+            bench.bench_train(args.arch, args.rows, args.steps, Path(args.out), work)
+        else:
+            bench.bench_transcribe(args.arch, args.data, args.clips, args.new_tokens, args.rows, Path(args.out), work)
+    print(f"tables written to {args.out}")
+    return 0
+
+
 def cmd_export_ct2(args) -> int:
     """Convert a merged model (or base + adapter) to CTranslate2 for faster-whisper."""
     from .export import export_ct2
@@ -337,6 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the CTranslate2 model")
     p.add_argument("--quantization", default="float16", help="float16 (default), int8_float16, int8, float32, ...")
     p.set_defaults(func=cmd_export_ct2)
+
+    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
+    p.add_argument("what", choices=("train", "transcribe"), help="training steps or generation")
+    p.add_argument("--arch", default="large-v2", help="Whisper size with random weights (default: large-v2)")
+    p.add_argument(
+        "--rows", nargs="+", default=None, help="train: recipe and MODE/BATCH/CHECKPOINTING rows (int8-wo/8/0.5); "
+        "transcribe: recipe and ENGINE/BATCH rows (fast/32)",
+    )
+    p.add_argument("--steps", type=int, default=4, help="train: timed steps per row (default: 4)")
+    p.add_argument("--data", default="demo", help="transcribe: clips to decode (default: the demo corpus)")
+    p.add_argument("--clips", type=int, default=64, help="transcribe: how many clips (default: 64)")
+    p.add_argument("--new-tokens", type=int, default=64, help="transcribe: tokens generated per clip (default: 64)")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown tables")
+    p.add_argument("--work", default=None, help="keep the random checkpoint here for a re-run (default: temporary)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("make-demo-data", help=cmd_make_demo_data.__doc__, description=cmd_make_demo_data.__doc__)
     p.add_argument("--out", required=True, help="folder to write <language>/ into")

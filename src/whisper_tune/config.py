@@ -57,12 +57,19 @@ class ModelConfig:
     # nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
     quantization: str = "int8"
     int8_threshold: float = 6.0  # LLM.int8 outlier threshold; 0 = all-int8 matmuls (faster, less exact)
-    gradient_checkpointing: bool = True  # recompute activations: less memory, about 30 % slower
+    # recompute activations: less memory, about 30 % slower; a number in (0, 1) recomputes
+    # that share of the layers (0.5: half the activation memory of none, half the extra time)
+    gradient_checkpointing: bool | float = True
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"
 
     def __post_init__(self):
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if not 0 <= float(self.gradient_checkpointing) <= 1:
+            raise ValueError(
+                f"model.gradient_checkpointing must be true, false or a share of layers in [0, 1], "
+                f"got {self.gradient_checkpointing!r}"
+            )
 
 
 @dataclass

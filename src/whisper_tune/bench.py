@@ -1,0 +1,239 @@
+"""Speed and memory on this machine: the reference recipe next to whisper-tune, side by side
+in one process, so the ratios hold even on a noisy machine.
+
+``whisper-tune bench train`` times training steps; ``whisper-tune bench transcribe`` times
+generation. Both use random weights of a named Whisper architecture (speed and memory do
+not depend on the values) and write JSON plus a markdown table with the GPU, the library
+versions and the exact command.
+
+A training row is ``recipe`` (the reference recipe reproduced as its notebook does it:
+LLM.int8 base, ``prepare_model_for_kbit_training``, LoRA r=32 on q/v, fp16 autocast with a
+gradient scaler) or ``MODE/BATCH/CHECKPOINTING`` for whisper-tune's own path
+(``load_base`` + ``add_lora`` + ``make_optimizer`` under the training loop's autocast), e.g.
+``int8-wo/8/0.5`` = int8-wo base, batch 8, half of the layers recomputed.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import LoraSettings, ModelConfig
+from .errors import UserError
+from .modeling import ARCHITECTURES, add_lora, amp_dtype, architecture_config, load_base, pick_device
+from .reporting import environment, peak_memory_gib
+
+GPU_TRAIN_ROWS = ["recipe", "int8/8/1", "int8-wo/8/1", "int8-wo/8/0.5", "nf4/8/1", "none/8/1", "none/32/0"]
+CPU_TRAIN_ROWS = ["recipe", "int8-wo/8/1", "none/8/1"]
+LABEL_TOKENS = 40  # a typical Common Voice sentence
+
+
+@dataclass
+class TrainRow:
+    """One training configuration of the table."""
+
+    label: str
+    mode: str
+    batch: int
+    checkpointing: float
+
+    @classmethod
+    def parse(cls, spec: str, recipe_batch: int = 8) -> TrainRow:
+        if spec == "recipe":
+            return cls("recipe (LLM.int8, fp16 autocast)", "recipe", recipe_batch, 1.0)
+        try:
+            mode, batch, share = spec.split("/")
+            row = cls(f"whisper-tune {mode}", mode, int(batch), float(share))
+        except ValueError:
+            raise UserError(f"benchmark row {spec!r} is not 'recipe' or MODE/BATCH/CHECKPOINTING (int8-wo/8/0.5)")
+        ModelConfig(quantization=row.mode, gradient_checkpointing=row.checkpointing)  # validates both
+        return row
+
+
+def save_random(arch: str, folder: Path) -> None:
+    """A random-weight checkpoint of architecture ``arch`` with the offline processor."""
+    from transformers import WhisperForConditionalGeneration
+
+    from .processor import build_processor
+
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    model = WhisperForConditionalGeneration(architecture_config(arch))
+    model.half().save_pretrained(folder)  # fp16 on disk: half the bytes
+    build_processor(folder)
+
+
+def recipe_model(folder: Path, device: torch.device):
+    """The reference recipe's model, as its notebook builds it (bitsandbytes 8-bit base,
+    fp32 norms and checkpointing from ``prepare_model_for_kbit_training``, the conv1 hook
+    that makes inputs require grad, LoRA r=32/alpha 64 on q/v)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(
+        folder,
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        dtype=torch.float16,
+        device_map={"": device},
+    )
+    model = prepare_model_for_kbit_training(model)
+    model.model.encoder.conv1.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+    config = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, bias="none")
+    return get_peft_model(model, config)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device) -> dict:
+    """Seconds per optimizer step and peak memory for one row (one warm-up step, untimed)."""
+    from .training import make_optimizer
+
+    if row.mode == "recipe":
+        model = recipe_model(folder, device)
+        amp = torch.float16 if device.type == "cuda" else None
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    else:
+        cfg = ModelConfig(base=str(folder), quantization=row.mode, gradient_checkpointing=row.checkpointing)
+        model = add_lora(load_base(cfg, device), LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"), cfg)
+        amp = amp_dtype(device)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.0, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    generator = torch.Generator().manual_seed(0)  # the same batch for every row
+    mel_bins = model.config.num_mel_bins
+    features = torch.randn(row.batch, mel_bins, 3000, generator=generator).to(device)
+    labels = torch.randint(0, 50000, (row.batch, LABEL_TOKENS), generator=generator).to(device)
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, first_peak = [], None
+    for i in range(steps + 1):
+        if i == 1 and device.type == "cuda":  # LLM.int8's first step allocates far more than later ones
+            first_peak = torch.cuda.max_memory_allocated(device) / 2**30
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = model(input_features=features, labels=labels).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    step_s = sum(times[1:]) / steps
+    result = {
+        "row": row.label,
+        "mode": row.mode,
+        "batch": row.batch,
+        "checkpointing": row.checkpointing,
+        "step_s": step_s,
+        "samples_per_s": row.batch / step_s,
+        "first_step_s": times[0],
+        "loss": loss.item(),
+    } | peak_memory_gib(device)
+    if first_peak is not None:  # peak_gpu_gib is then the steady peak after the first step
+        result["first_step_peak_gpu_gib"] = first_peak
+    del model, optimizer
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def bench_train(arch: str, rows: list[str] | None, steps: int, out: Path, work: Path, progress=print) -> dict:
+    """Every training row on one random checkpoint, in one process; writes JSON and markdown."""
+    device = pick_device()
+    specs = rows or (GPU_TRAIN_ROWS if device.type == "cuda" else CPU_TRAIN_ROWS)
+    parsed = [TrainRow.parse(s) for s in specs]
+    folder = work / f"random-{arch}"
+    if not (folder / "config.json").exists():
+        save_random(arch, folder)
+    results = []
+    for row in parsed:
+        try:
+            r = time_training(row, folder, steps, device)
+        except torch.OutOfMemoryError:
+            progress(f"{row.label}, batch {row.batch}: out of memory (row left out)")
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        results.append(r)
+        progress(
+            f"{r['row']}, batch {r['batch']}, checkpointing {r['checkpointing']:g}: {r['samples_per_s']:.2f} samples/s"
+        )
+    recipe = next((r for r in results if r["mode"] == "recipe"), None)
+    for r in results:
+        if recipe:
+            r["speed_vs_recipe"] = r["samples_per_s"] / recipe["samples_per_s"]
+            if "peak_gpu_gib" in r:
+                r["memory_vs_recipe"] = _overall_peak(r) / _overall_peak(recipe)
+    result = {"command": _command(), "arch": arch, "steps": steps, "rows": results, "environment": environment(device)}
+    write_result(result, out, f"train-{arch}", _train_table(result))
+    return result
+
+
+def _overall_peak(r: dict) -> float:
+    return max(r.get("first_step_peak_gpu_gib", 0.0), r["peak_gpu_gib"])
+
+
+def _train_table(result: dict) -> list[str]:
+    gpu = "gpu" in result["environment"]
+    lines = [
+        f"{result['steps']} timed steps per row after one warm-up step; 30 s inputs, {LABEL_TOKENS} label tokens, "
+        "LoRA r=32 on q/v. Checkpointing is the share of layers recomputed.",
+        "",
+    ]
+    if gpu:
+        lines += [
+            "| row | batch | checkpointing | samples/s | x recipe | peak GiB, first step | peak GiB, later steps "
+            "| memory vs recipe |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in result["rows"]:
+            lines.append(
+                f"| {r['row']} | {r['batch']} | {r['checkpointing']:g} | {r['samples_per_s']:.2f} "
+                f"| {r.get('speed_vs_recipe', 1):.2f} | {r['first_step_peak_gpu_gib']:.1f} | {r['peak_gpu_gib']:.1f} "
+                f"| {r.get('memory_vs_recipe', 1):.2f} |"
+            )
+    else:
+        lines += ["| row | batch | checkpointing | s/step | samples/s | peak RSS GiB (process so far) |", "|---|---|---|---|---|---|"]
+        for r in result["rows"]:
+            lines.append(
+                f"| {r['row']} | {r['batch']} | {r['checkpointing']:g} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} "
+                f"| {r['peak_rss_gib']:.2f} |"
+            )
+    return lines
+
+
+def _command() -> str:
+    name = Path(sys.argv[0]).name
+    prog = "whisper-tune" if name in ("whisper-tune", "cli.py", "__main__.py") else f"python {sys.argv[0]}"
+    return " ".join([prog, *sys.argv[1:]])
+
+
+def write_result(result: dict, out: Path, stem: str, table: list[str]) -> None:
+    """``STEM-gpu|cpu.json`` and ``.md`` in ``out``: the header names the hardware and versions."""
+    env = result["environment"]
+    where = env.get("gpu") or f"cpu x{env.get('cpu_threads')}"
+    suffix = "gpu" if "gpu" in env else "cpu"
+    v = env["versions"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}-{suffix}.json").write_text(json.dumps(result, indent=2))
+    header = [
+        f"# {stem}, {result['arch']} architecture, on {where}",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, bitsandbytes {v['bitsandbytes']}",
+        "",
+    ]
+    (out / f"{stem}-{suffix}.md").write_text("\n".join(header + table) + "\n")
