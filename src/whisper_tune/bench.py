@@ -51,7 +51,9 @@ class TrainRow:
             mode, batch, share = spec.split("/")
             row = cls(f"whisper-tune {mode}", mode, int(batch), float(share))
         except ValueError:
-            raise UserError(f"benchmark row {spec!r} is not 'recipe' or MODE/BATCH/CHECKPOINTING (int8-wo/8/0.5)")
+            raise UserError(
+                f"benchmark row {spec!r} is not 'recipe' or MODE/BATCH/CHECKPOINTING (int8-wo/8/0.5)"
+            ) from None
         ModelConfig(quantization=row.mode, gradient_checkpointing=row.checkpointing)  # validates both
         return row
 
@@ -205,7 +207,10 @@ def _train_table(result: dict) -> list[str]:
                 f"| {r.get('memory_vs_recipe', 1):.2f} |"
             )
     else:
-        lines += ["| row | batch | checkpointing | s/step | samples/s | peak RSS GiB (process so far) |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| row | batch | checkpointing | s/step | samples/s | peak RSS GiB (process so far) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in result["rows"]:
             lines.append(
                 f"| {r['row']} | {r['batch']} | {r['checkpointing']:g} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} "

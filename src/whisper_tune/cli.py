@@ -358,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("train", "transcribe"), help="training steps or generation")
     p.add_argument("--arch", default="large-v2", help="Whisper size with random weights (default: large-v2)")
     p.add_argument(
-        "--rows", nargs="+", default=None, help="train: recipe and MODE/BATCH/CHECKPOINTING rows (int8-wo/8/0.5); "
+        "--rows",
+        nargs="+",
+        default=None,
+        help="train: recipe and MODE/BATCH/CHECKPOINTING rows (int8-wo/8/0.5); "
         "transcribe: recipe and ENGINE/BATCH rows (fast/32)",
     )
     p.add_argument("--steps", type=int, default=4, help="train: timed steps per row (default: 4)")

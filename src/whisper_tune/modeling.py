@@ -259,7 +259,8 @@ def set_checkpointing(model, share: bool | float, reentrant: bool = False) -> No
     if reentrant:
         model.enable_input_require_grads()  # the decoder's token embeddings
         model.model.encoder.conv1.register_forward_hook(_output_requires_grad)  # the encoder's input, as the recipe
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable  # 5.24 rename
+    # renamed activation_checkpointing_enable in transformers 5.24
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable({"use_reentrant": reentrant})  # the checkpoint() keyword arguments, first in both names
     for layers in (model.model.encoder.layers, model.model.decoder.layers):
         keep = round(share * len(layers))
