@@ -247,3 +247,23 @@ def test_half_norms_stay_in_bf16_under_autocast(tiny_model_dir):
     )
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+def test_lean_encoder_attention_equals_transformers(tiny_model_dir):
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_tune.modeling import use_lean_encoder_attention
+
+    torch.manual_seed(0)
+    features = torch.randn(2, 80, 3000)
+    reference = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    lean = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert use_lean_encoder_attention(lean) == 2
+    outputs = []
+    for model in (reference, lean):
+        x = features.clone().requires_grad_(True)
+        out = model.model.encoder(x).last_hidden_state
+        out.square().mean().backward()
+        outputs.append((out.detach(), x.grad))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outputs[1][1], outputs[0][1], atol=1e-6, rtol=1e-3)

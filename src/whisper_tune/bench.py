@@ -242,3 +242,131 @@ def write_result(result: dict, out: Path, stem: str, table: list[str]) -> None:
         "",
     ]
     (out / f"{stem}-{suffix}.md").write_text("\n".join(header + table) + "\n")
+
+
+# ---- transcription ---------------------------------------------------------------------
+
+GPU_TRANSCRIBE_ROWS = ["recipe", "generate/32", "fast/8", "fast/32", "fast/64"]
+CPU_TRANSCRIBE_ROWS = ["recipe", "generate/8", "fast/8"]
+
+
+def synthetic_clips(n: int, seed: int = 0):
+    """``n`` clips of 2-10 s (noise under a tone), as a prepared dataset: generation speed at a
+    pinned token count does not depend on what is said, and no corpus or espeak-ng is needed."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    audio, durations = [], []
+    for _ in range(n):
+        seconds = float(rng.uniform(2, 10))
+        t = np.arange(int(seconds * 16000)) / 16000
+        audio.append((0.1 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.01 * rng.standard_normal(len(t))))
+        durations.append(seconds)
+    columns = {"id": [f"clip{i:04d}" for i in range(n)], "text": [""] * n, "audio": audio, "duration": durations}
+    return datasets.Dataset.from_dict(columns).cast_column("audio", datasets.Sequence(datasets.Value("float32")))
+
+
+def random_adapter(base: Path, out: Path) -> None:
+    """A LoRA adapter (r=32 on q/v) with random, non-zero weights, recorded as trained on an
+    LLM.int8 base, as the recipe's would be."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    from .modeling import write_adapter_meta
+
+    model = WhisperForConditionalGeneration.from_pretrained(base, dtype=torch.float16)
+    lora = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out)
+    write_adapter_meta(out, ModelConfig(base=str(base), quantization="int8"), "mr", "transcribe")
+
+
+def time_transcription(loaded, dataset, engine: str, batch: int, amp, new_tokens: int) -> float:
+    """Clips per second over all clips, after a warm-up batch (which captures CUDA graphs)."""
+    from .evaluation import generate_on
+
+    kwargs = {"min_new_tokens": new_tokens, "max_new_tokens": new_tokens}
+
+    def run(limit=None):
+        return generate_on(
+            loaded.model,
+            loaded.processor,
+            dataset,
+            "mr",
+            batch_size=batch,
+            amp=amp,
+            max_samples=limit,
+            generate_kwargs=kwargs,
+            engine=engine,
+        )
+
+    run(batch)
+    return run().clips_per_s
+
+
+def bench_transcribe(
+    arch: str, data: str, clips: int, new_tokens: int, rows: list[str] | None, out: Path, work: Path, progress=print
+) -> dict:
+    """Every transcription row on the same clips, in one process; writes JSON and markdown."""
+    from .modeling import load_for_inference
+
+    device = pick_device()
+    specs = rows or (GPU_TRANSCRIBE_ROWS if device.type == "cuda" else CPU_TRANSCRIBE_ROWS)
+    for spec in specs:
+        if spec != "recipe" and (spec.count("/") != 1 or spec.split("/")[0] not in ("fast", "generate")):
+            raise UserError(f"transcription row {spec!r} is not 'recipe' or ENGINE/BATCH (fast/32, generate/8)")
+    base, adapter = work / f"random-{arch}", work / f"adapter-{arch}"
+    if not (base / "config.json").exists():
+        save_random(arch, base)
+    if not (adapter / "adapter_config.json").exists():
+        random_adapter(base, adapter)
+    if data == "synthetic":
+        dataset = synthetic_clips(clips)
+    else:
+        from .config import DataConfig
+        from .prepare import prepare_split
+
+        prepared = prepare_split(DataConfig(source=data, language="mr"), "train", work / "prepared", str(base))
+        dataset = prepared.select(range(min(clips, len(prepared))))
+    results, loaded = [], None
+    for spec in specs:
+        exact = spec == "recipe"
+        engine, batch = ("generate", 8) if exact else (spec.split("/")[0], int(spec.split("/")[1]))
+        if loaded is None or loaded.mode.startswith("exact") != exact:
+            loaded = None
+            gc.collect()
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            loaded = load_for_inference(str(base), str(adapter), device, exact=exact)
+        amp = torch.float16 if exact and device.type == "cuda" else None
+        dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+        label = f"merged {dtype}, {engine}"
+        if exact:
+            label = "recipe: LLM.int8 base + adapter, generate" + (", fp16 autocast" if amp else "")
+        rate = time_transcription(loaded, dataset, engine, batch, amp, new_tokens)
+        results.append({"row": label, "engine": engine, "batch": batch, "clips_per_s": rate, "mode": loaded.mode})
+        progress(f"{label}, batch {batch}: {rate:.2f} clips/s")
+    recipe = next((r for r in results if r["row"].startswith("recipe")), None)
+    for r in results:
+        if recipe:
+            r["speed_vs_recipe"] = r["clips_per_s"] / recipe["clips_per_s"]
+    result = {
+        "command": _command(),
+        "arch": arch,
+        "clips": len(dataset),
+        "data": data,
+        "new_tokens": new_tokens,
+        "rows": results,
+        "environment": environment(device),
+    }
+    table = [
+        f"{len(dataset)} clips ({data}), exactly {new_tokens} new tokens each (min = max), language forced; "
+        "each row first decodes one batch to warm up (CUDA graph capture for `fast`).",
+        "",
+        "| row | batch | clips/s | x recipe |",
+        "|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['row']} | {r['batch']} | {r['clips_per_s']:.2f} | {r.get('speed_vs_recipe', 1):.1f} |" for r in results
+    ]
+    write_result(result, out, f"transcribe-{arch}", table)
+    return result

@@ -365,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         "transcribe: recipe and ENGINE/BATCH rows (fast/32)",
     )
     p.add_argument("--steps", type=int, default=4, help="train: timed steps per row (default: 4)")
-    p.add_argument("--data", default="demo", help="transcribe: clips to decode (default: the demo corpus)")
+    p.add_argument(
+        "--data", default="synthetic", help="transcribe: 'synthetic' (default: generated clips) or a corpus to decode"
+    )
     p.add_argument("--clips", type=int, default=64, help="transcribe: how many clips (default: 64)")
     p.add_argument("--new-tokens", type=int, default=64, help="transcribe: tokens generated per clip (default: 64)")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown tables")

@@ -60,11 +60,18 @@ def generate_on(
     max_samples: int | None = None,
     progress: bool = False,
     generate_kwargs: dict | None = None,
+    engine: str = "auto",
 ) -> GenerationResult:
     """Transcribe every clip of a prepared dataset (results in the dataset's order).
 
-    ``generate_kwargs`` go to ``model.generate`` (benchmarks pin ``min_new_tokens``)."""
+    ``engine``: ``fast`` is ``decoding.GreedyDecoder`` (static caches, CUDA graphs), ``generate``
+    is transformers' ``generate``; ``auto`` takes the fast one where it applies (a plain or
+    merged model, a known language, greedy search). ``generate_kwargs`` go to
+    ``model.generate``; ``min_new_tokens``/``max_new_tokens`` (benchmarks pin both) are
+    honoured by both engines."""
     from tqdm.auto import tqdm
+
+    from .decoding import decoder_for, prompt_ids, supports_fast_path
 
     device = next(p for p in model.parameters()).device
     n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
@@ -75,17 +82,27 @@ def generate_on(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    kwargs = {"max_new_tokens": max_new_tokens} | (generate_kwargs or {})
+    fast = engine == "fast" or (
+        engine == "auto"
+        and language is not None
+        and set(kwargs) <= {"max_new_tokens", "min_new_tokens"}
+        and supports_fast_path(model)
+    )
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
+        if fast and n:
+            prompt = prompt_ids(model, processor.tokenizer, language, task)
+            max_len = len(prompt) + kwargs["max_new_tokens"]
+            decoder = decoder_for(model, min(batch_size, n), max_len, amp or input_dtype(model))
         for i in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
             idx = order[i : i + batch_size].tolist()
             features = log_mel(processor.feature_extractor, [data[j]["audio"] for j in idx], device=device)
-            out = model.generate(
-                input_features=features.to(device=device, dtype=input_dtype(model)),
-                language=language,
-                task=task,
-                **({"max_new_tokens": max_new_tokens} | (generate_kwargs or {})),
-            )
+            features = features.to(device=device, dtype=input_dtype(model))
+            if fast:
+                out = decoder(features, prompt, kwargs["max_new_tokens"], kwargs.get("min_new_tokens", 0))
+            else:
+                out = model.generate(input_features=features, language=language, task=task, **kwargs)
             for j, text in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 hyps[j] = text.strip()
     if device.type == "cuda":

@@ -154,6 +154,8 @@ def load_base(cfg: ModelConfig, device: torch.device):
         raise UserError(f"cannot load model {cfg.base!r}: {str(e).splitlines()[0]}") from None
     if cfg.quantization == "int8-wo":
         quantize_weight_only(model)
+    if cfg.attn_implementation == "sdpa":
+        use_lean_encoder_attention(model)
     return model
 
 
@@ -241,6 +243,33 @@ def use_half_norms(model) -> int:
             module.__class__ = HalfLayerNorm
             swapped += 1
     return swapped
+
+
+def use_lean_encoder_attention(model) -> int:
+    """Give the encoder's self-attention a forward without transformers' copies.
+
+    transformers makes q, k, v and the output contiguous around the attention call and scales
+    q in a separate op: five copies of a (batch, 1500, d_model) tensor per layer and pass,
+    which SDPA does not need (it reads the strided heads and takes the scale). The encoder
+    has no cache and no mask, so its attention is exactly this. Returns the layers changed.
+    """
+    import types
+
+    layers = model.model.encoder.layers
+    for layer in layers:
+        layer.self_attn.forward = types.MethodType(_lean_attention_forward, layer.self_attn)
+    return len(layers)
+
+
+def _lean_attention_forward(self, hidden_states, attention_mask=None, **kwargs):
+    batch, length, _ = hidden_states.shape
+    heads = (batch, length, self.num_heads, self.head_dim)
+    q = self.q_proj(hidden_states).view(heads).transpose(1, 2)
+    k = self.k_proj(hidden_states).view(heads).transpose(1, 2)
+    v = self.v_proj(hidden_states).view(heads).transpose(1, 2)
+    dropout = self.dropout if self.training else 0.0
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scaling)
+    return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
 
 
 def set_checkpointing(model, share: bool | float, reentrant: bool = False) -> None:
