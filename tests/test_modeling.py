@@ -249,21 +249,25 @@ def test_half_norms_stay_in_bf16_under_autocast(tiny_model_dir):
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
 
 
-def test_lean_encoder_attention_equals_transformers(tiny_model_dir):
+def test_lean_attention_equals_transformers(tiny_model_dir):
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_tune.modeling import use_lean_encoder_attention
+    from whisper_tune.modeling import use_lean_attention
 
     torch.manual_seed(0)
     features = torch.randn(2, 80, 3000)
+    labels = torch.randint(0, 50000, (2, 6))
     reference = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
     lean = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
-    assert use_lean_encoder_attention(lean) == 2
+    assert use_lean_attention(lean) == 2 + 2  # encoder self-attention, decoder cross-attention
     outputs = []
     for model in (reference, lean):
         x = features.clone().requires_grad_(True)
-        out = model.model.encoder(x).last_hidden_state
-        out.square().mean().backward()
-        outputs.append((out.detach(), x.grad))
+        out = model(input_features=x, labels=labels, use_cache=False)
+        out.loss.backward()
+        outputs.append((out.logits.detach(), x.grad))
     torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(outputs[1][1], outputs[0][1], atol=1e-6, rtol=1e-3)
+    with torch.inference_mode():  # generation brings a cache: transformers' own forward serves it
+        kwargs = {"input_features": features, "max_new_tokens": 5, "min_new_tokens": 5}
+        assert lean.generate(**kwargs).tolist() == reference.generate(**kwargs).tolist()

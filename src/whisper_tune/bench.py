@@ -124,7 +124,7 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
         _sync(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = model(input_features=features, labels=labels).loss
+            loss = model(input_features=features, labels=labels, use_cache=False).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

@@ -155,7 +155,7 @@ def load_base(cfg: ModelConfig, device: torch.device):
     if cfg.quantization == "int8-wo":
         quantize_weight_only(model)
     if cfg.attn_implementation == "sdpa":
-        use_lean_encoder_attention(model)
+        use_lean_attention(model)
     return model
 
 
@@ -245,28 +245,36 @@ def use_half_norms(model) -> int:
     return swapped
 
 
-def use_lean_encoder_attention(model) -> int:
-    """Give the encoder's self-attention a forward without transformers' copies.
+def use_lean_attention(model) -> int:
+    """Give the encoder's self-attention and the decoder's cross-attention a forward without
+    transformers' copies; returns the attention modules changed.
 
     transformers makes q, k, v and the output contiguous around the attention call and scales
-    q in a separate op: five copies of a (batch, 1500, d_model) tensor per layer and pass,
-    which SDPA does not need (it reads the strided heads and takes the scale). The encoder
-    has no cache and no mask, so its attention is exactly this. Returns the layers changed.
+    q in a separate op: up to five copies of a (batch, 1500, d_model) tensor per layer and
+    pass, which SDPA does not need (it reads strided heads and takes the scale). Neither
+    attention has a mask; calls that bring a key/value cache (generation) keep
+    transformers' own forward.
     """
     import types
 
-    layers = model.model.encoder.layers
-    for layer in layers:
-        layer.self_attn.forward = types.MethodType(_lean_attention_forward, layer.self_attn)
-    return len(layers)
+    changed = []
+    changed += [layer.self_attn for layer in model.model.encoder.layers]
+    changed += [layer.encoder_attn for layer in model.model.decoder.layers]
+    for attn in changed:
+        attn.forward = types.MethodType(_lean_attention_forward, attn)
+    return len(changed)
 
 
-def _lean_attention_forward(self, hidden_states, attention_mask=None, **kwargs):
+def _lean_attention_forward(self, hidden_states, key_value_states=None, attention_mask=None, **kwargs):
+    if any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "past_key_value")):
+        return type(self).forward(
+            self, hidden_states, key_value_states=key_value_states, attention_mask=attention_mask, **kwargs
+        )
+    source = hidden_states if key_value_states is None else key_value_states
     batch, length, _ = hidden_states.shape
-    heads = (batch, length, self.num_heads, self.head_dim)
-    q = self.q_proj(hidden_states).view(heads).transpose(1, 2)
-    k = self.k_proj(hidden_states).view(heads).transpose(1, 2)
-    v = self.v_proj(hidden_states).view(heads).transpose(1, 2)
+    q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+    k = self.k_proj(source).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+    v = self.v_proj(source).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
     dropout = self.dropout if self.training else 0.0
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scaling)
     return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), None

@@ -302,7 +302,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                     features = batch["input_features"].to(device, feature_dtype, non_blocking=True)
                     labels = batch["labels"].to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        loss = model(input_features=features, labels=labels).loss
+                        loss = model(input_features=features, labels=labels, use_cache=False).loss
                     if not torch.isfinite(loss):
                         finite = False
                         break
