@@ -26,10 +26,27 @@ import torch
 
 from .config import LoraSettings, ModelConfig
 from .errors import UserError
-from .modeling import ARCHITECTURES, add_lora, amp_dtype, architecture_config, load_base, pick_device
+from .modeling import (
+    ARCHITECTURES,
+    add_lora,
+    amp_dtype,
+    architecture_config,
+    compile_layers,
+    load_base,
+    pick_device,
+)
 from .reporting import environment, peak_memory_gib
 
-GPU_TRAIN_ROWS = ["recipe", "int8/8/1", "int8-wo/8/1", "int8-wo/8/0.5", "nf4/8/1", "none/8/1", "none/32/0"]
+GPU_TRAIN_ROWS = [
+    "recipe",
+    "int8/8/1",
+    "int8-wo/8/1",
+    "int8-wo/32/1",
+    "nf4/8/1",
+    "none/8/1",
+    "none/32/0",
+    "none/24/0/compile",
+]
 CPU_TRAIN_ROWS = ["recipe", "int8-wo/8/1", "none/8/1"]
 LABEL_TOKENS = 40  # a typical Common Voice sentence
 
@@ -42,17 +59,23 @@ class TrainRow:
     mode: str
     batch: int
     checkpointing: float
+    compile: bool = False
 
     @classmethod
     def parse(cls, spec: str, recipe_batch: int = 8) -> TrainRow:
         if spec == "recipe":
             return cls("recipe (LLM.int8, fp16 autocast)", "recipe", recipe_batch, 1.0)
         try:
-            mode, batch, share = spec.split("/")
-            row = cls(f"whisper-tune {mode}", mode, int(batch), float(share))
+            mode, batch, share, *rest = spec.split("/")
+            if rest not in ([], ["compile"]):
+                raise ValueError
+            compiled = rest == ["compile"]
+            row = cls(
+                f"whisper-tune {mode}{', compiled' if compiled else ''}", mode, int(batch), float(share), compiled
+            )
         except ValueError:
             raise UserError(
-                f"benchmark row {spec!r} is not 'recipe' or MODE/BATCH/CHECKPOINTING (int8-wo/8/0.5)"
+                f"benchmark row {spec!r} is not 'recipe' or MODE/BATCH/CHECKPOINTING[/compile] (int8-wo/8/0.5)"
             ) from None
         ModelConfig(quantization=row.mode, gradient_checkpointing=row.checkpointing)  # validates both
         return row
@@ -106,6 +129,8 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
     else:
         cfg = ModelConfig(base=str(folder), quantization=row.mode, gradient_checkpointing=row.checkpointing)
         model = add_lora(load_base(cfg, device), LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"), cfg)
+        if row.compile:
+            compile_layers(model)
         amp = amp_dtype(device)
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.0, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -246,7 +271,7 @@ def write_result(result: dict, out: Path, stem: str, table: list[str]) -> None:
 
 # ---- transcription ---------------------------------------------------------------------
 
-GPU_TRANSCRIBE_ROWS = ["recipe", "generate/32", "fast/8", "fast/32", "fast/64"]
+GPU_TRANSCRIBE_ROWS = ["recipe", "generate/32", "fast/8", "fast/32", "fast/64", "fast/128"]
 CPU_TRANSCRIBE_ROWS = ["recipe", "generate/8", "fast/8"]
 
 

