@@ -6,7 +6,9 @@
 Same model (the adapter merged, then exported with ``export-ct2``), same clips, one
 process, language forced, greedy decoding with timestamps on both sides; each side first
 transcribes one clip to warm up. whisper-tune runs the merged fp32 model through
-transformers; faster-whisper runs the CTranslate2 export at float32 and at int8.
+transformers, and the int8 export through its faster-whisper engine (``transcribe --model
+EXPORT``, which also decodes the audio files); faster-whisper runs the CTranslate2 export at
+float32 and at int8 on audio already in memory.
 Writes JSON and a markdown table.
 """
 
@@ -24,7 +26,7 @@ import torch
 from whisper_tune.audio import load_audio
 from whisper_tune.export import export_ct2, merge
 from whisper_tune.reporting import environment
-from whisper_tune.transcription import transcribe_audio
+from whisper_tune.transcription import transcribe_audio, transcribe_files_ct2
 
 
 def main() -> None:
@@ -53,6 +55,14 @@ def main() -> None:
         start = time.perf_counter()
         ours = [" ".join(s.text for s in transcribe_audio(model, processor, a, args.language)[0]) for a in audios]
         rows.append({"engine": "whisper-tune transcribe (transformers, fp32)", "seconds": time.perf_counter() - start})
+        ct2 = export_ct2(merged, Path(tmp) / "ct2-int8", quantization="int8")
+        list(transcribe_files_ct2(ct2, [clips[0]], args.language, compute_type="int8", progress=False))  # warm-up
+        start = time.perf_counter()
+        mine = [t.text for t in transcribe_files_ct2(ct2, clips, args.language, compute_type="int8", progress=False)]
+        row = {"engine": "whisper-tune transcribe --model <export-ct2 int8> (faster-whisper engine)"}
+        row |= {"seconds": time.perf_counter() - start}
+        row["same_text_as_whisper_tune"] = sum(a.split() == b.split() for a, b in zip(ours, mine))
+        rows.append(row)
         for compute in ("float32", "int8"):
             ct2 = export_ct2(merged, Path(tmp) / f"ct2-{compute}", quantization=compute)
             fw = WhisperModel(str(ct2), device="cpu", compute_type=compute, cpu_threads=args.threads)

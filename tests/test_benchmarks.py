@@ -1,52 +1,36 @@
-"""The benchmark scripts still run (tiny sizes, CPU); no timing is asserted."""
+"""`whisper-tune bench` still runs (tiny sizes, CPU); no timing is asserted."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
 
-
-def _run(script: str, *args: str) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+from whisper_tune.cli import main
+from whisper_tune.errors import UserError
 
 
-def test_train_step_benchmark_runs(tmp_path):
-    _run(
-        "train_step.py",
-        "--arch",
-        "tiny-test",
-        "--modes",
-        "int8",
-        "none",
-        "--batch",
-        "2",
-        "--steps",
-        "1",
-        "--out",
-        str(tmp_path),
-    )
-    result = json.loads((tmp_path / "train_step-tiny-test-cpu.json").read_text())
-    assert [r["mode"] for r in result["rows"]] == ["int8", "none"] and result["command"].startswith("python ")
+def test_bench_train_runs_every_kind_of_row(tmp_path):
+    rows = ["recipe", "int8/2/1", "int8-wo/2/0.5", "none/2/0"]
+    args = ["bench", "train", "--arch", "tiny-test", "--steps", "1", "--out", str(tmp_path), "--rows", *rows]
+    assert main([*args, "--work", str(tmp_path / "work")]) == 0
+    result = json.loads((tmp_path / "train-tiny-test-cpu.json").read_text())
+    assert [r["mode"] for r in result["rows"]] == ["recipe", "int8", "int8-wo", "none"]
+    assert [r["checkpointing"] for r in result["rows"]] == [1.0, 1.0, 0.5, 0.0]
+    assert result["rows"][2]["speed_vs_recipe"] > 0 and result["command"].startswith("whisper-tune bench train")
+    assert "| recipe (LLM.int8" in (tmp_path / "train-tiny-test-cpu.md").read_text()
 
 
-def test_eval_speed_benchmark_runs(small_corpus, tmp_path):
-    _run(
-        "eval_speed.py",
-        "--arch",
-        "tiny-test",
-        "--data",
-        str(small_corpus),
-        "--clips",
-        "2",
-        "--new-tokens",
-        "2",
-        "--fast-batches",
-        "2",
-        "--out",
-        str(tmp_path),
-    )
-    rows = json.loads((tmp_path / "eval_speed-tiny-test-cpu.json").read_text())["rows"]
+def test_bench_transcribe_runs(tmp_path):
+    args = ["bench", "transcribe", "--arch", "tiny-test", "--clips", "3", "--new-tokens", "2", "--out", str(tmp_path)]
+    assert main([*args, "--rows", "recipe", "generate/2", "fast/2"]) == 0
+    rows = json.loads((tmp_path / "transcribe-tiny-test-cpu.json").read_text())["rows"]
+    assert [r["engine"] for r in rows] == ["generate", "generate", "fast"]
     assert rows[0]["mode"] == "exact (int8 base + adapter)" and rows[1]["mode"] == "merged"
+
+
+def test_bench_rows_are_validated():
+    from whisper_tune.bench import TrainRow
+
+    assert TrainRow.parse("none/24/0/compile").compile
+    for bad in ("int8-wo/8", "int9/8/1", "none/8/2", "none/8/0/fast"):
+        with pytest.raises(UserError):
+            TrainRow.parse(bad)

@@ -122,3 +122,23 @@ def test_model_card_from_a_run(tmp_path):
     assert "PeftModel.from_pretrained" in card
     bare = model_card("merged", "base", None, "transcribe")
     assert "Not measured yet" in bare and "library_name: transformers" in bare
+
+
+def test_transcribe_runs_a_ct2_export_on_faster_whisper(tiny_model_dir, tiny_adapter, tmp_path, capsys):
+    pytest.importorskip("faster_whisper")
+
+    from whisper_tune.cli import main
+
+    ct2 = export_ct2(str(tiny_model_dir), tmp_path / "ct2", quantization="int8", adapter=str(tiny_adapter))
+    tone = write_tone(tmp_path / "tone.wav", seconds=3.0)
+    (tmp_path / "broken.mp3").write_bytes(b"not audio")
+    out = tmp_path / "out"
+    args = ["transcribe", str(tone), str(tmp_path / "broken.mp3"), "--model", str(ct2), "--language", "mr"]
+    assert main([*args, "--out", str(out), "--format", "json", "txt"]) == 2  # the broken file is reported
+    err = capsys.readouterr().err
+    assert "engine: faster-whisper" in err and "broken.mp3" in err
+    record = json.loads((out / "tone.json").read_text(encoding="utf-8"))
+    assert record["language"] == "mr" and record["duration"] == pytest.approx(3.0, abs=0.01)
+    assert (out / "tone.txt").exists() and not (out / "broken.txt").exists()
+    assert main([*args[:2], "--model", str(ct2), "--adapter", str(tiny_adapter)]) == 2
+    assert "merged already" in capsys.readouterr().err

@@ -73,11 +73,11 @@ class TrainRow:
             row = cls(
                 f"whisper-tune {mode}{', compiled' if compiled else ''}", mode, int(batch), float(share), compiled
             )
+            ModelConfig(quantization=row.mode, gradient_checkpointing=row.checkpointing)  # validates both
         except ValueError:
             raise UserError(
                 f"benchmark row {spec!r} is not 'recipe' or MODE/BATCH/CHECKPOINTING[/compile] (int8-wo/8/0.5)"
             ) from None
-        ModelConfig(quantization=row.mode, gradient_checkpointing=row.checkpointing)  # validates both
         return row
 
 
@@ -176,7 +176,9 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
     return result
 
 
-def bench_train(arch: str, rows: list[str] | None, steps: int, out: Path, work: Path, progress=print) -> dict:
+def bench_train(
+    arch: str, rows: list[str] | None, steps: int, out: Path, work: Path, progress=print, command: str | None = None
+) -> dict:
     """Every training row on one random checkpoint, in one process; writes JSON and markdown."""
     device = pick_device()
     specs = rows or (GPU_TRAIN_ROWS if device.type == "cuda" else CPU_TRAIN_ROWS)
@@ -203,7 +205,8 @@ def bench_train(arch: str, rows: list[str] | None, steps: int, out: Path, work: 
             r["speed_vs_recipe"] = r["samples_per_s"] / recipe["samples_per_s"]
             if "peak_gpu_gib" in r:
                 r["memory_vs_recipe"] = _overall_peak(r) / _overall_peak(recipe)
-    result = {"command": _command(), "arch": arch, "steps": steps, "rows": results, "environment": environment(device)}
+    result = {"command": command or _command(), "arch": arch, "steps": steps, "rows": results}
+    result["environment"] = environment(device)
     write_result(result, out, f"train-{arch}", _train_table(result))
     return result
 
@@ -330,7 +333,15 @@ def time_transcription(loaded, dataset, engine: str, batch: int, amp, new_tokens
 
 
 def bench_transcribe(
-    arch: str, data: str, clips: int, new_tokens: int, rows: list[str] | None, out: Path, work: Path, progress=print
+    arch: str,
+    data: str,
+    clips: int,
+    new_tokens: int,
+    rows: list[str] | None,
+    out: Path,
+    work: Path,
+    progress=print,
+    command: str | None = None,
 ) -> dict:
     """Every transcription row on the same clips, in one process; writes JSON and markdown."""
     from .modeling import load_for_inference
@@ -375,7 +386,7 @@ def bench_transcribe(
         if recipe:
             r["speed_vs_recipe"] = r["clips_per_s"] / recipe["clips_per_s"]
     result = {
-        "command": _command(),
+        "command": command or _command(),
         "arch": arch,
         "clips": len(dataset),
         "data": data,

@@ -173,24 +173,34 @@ def cmd_evaluate(args) -> int:
 def cmd_transcribe(args) -> int:
     """Transcribe audio files, folders or globs of any length to txt, srt, vtt or json."""
     from .modeling import load_for_inference, pick_device
-    from .transcription import expand_inputs, get_writer, transcribe_files
+    from .transcription import expand_inputs, get_writer, is_ct2_model, transcribe_files, transcribe_files_ct2
 
     files, problems = expand_inputs(args.inputs)
     for item, why in problems:
         print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
     if not files:
         return 2
-    loaded = load_for_inference(
-        args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
-    )
-    language = None if args.language == "auto" else loaded.language
+    if args.model and is_ct2_model(args.model):
+        if args.adapter or args.exact:
+            raise UserError("a CTranslate2 model has its adapter merged already: drop --adapter/--exact")
+        from .processor import resolve_language
+
+        language = None if args.language in (None, "auto") else resolve_language(args.language)
+        print(f"engine: faster-whisper (CTranslate2 model {args.model})", file=sys.stderr)
+        items = transcribe_files_ct2(args.model, files, language, args.task or "transcribe")
+    else:
+        loaded = load_for_inference(
+            args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
+        )
+        language = None if args.language == "auto" else loaded.language
+        items = transcribe_files(loaded.model, loaded.processor, files, language, loaded.task)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     failed = len(problems)
     from tqdm.auto import tqdm
 
-    for item in transcribe_files(loaded.model, loaded.processor, files, language, loaded.task):
+    for item in items:
         # tqdm.write keeps each line whole while the progress bar is drawn
         if isinstance(item, tuple):
             tqdm.write(f"whisper-tune: error: {item[0]}: {item[1]}", file=sys.stderr)
@@ -229,10 +239,13 @@ def cmd_bench(args) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
+        command = " ".join(["whisper-tune", *args.argv])
         if args.what == "train":
-            bench.bench_train(args.arch, args.rows, args.steps, Path(args.out), work)
+            bench.bench_train(args.arch, args.rows, args.steps, Path(args.out), work, command=command)
         else:
-            bench.bench_transcribe(args.arch, args.data, args.clips, args.new_tokens, args.rows, Path(args.out), work)
+            bench.bench_transcribe(
+                args.arch, args.data, args.clips, args.new_tokens, args.rows, Path(args.out), work, command=command
+            )
     print(f"tables written to {args.out}")
     return 0
 
@@ -310,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
     _add_data_args(p, split_default="test")
-    p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model: hub id or folder (default: the adapter's base); an export-ct2 folder runs on faster-whisper",
+    )
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (a run's adapter/ or best/)")
     p.add_argument(
         "--exact",
@@ -326,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help=cmd_transcribe.__doc__, description=cmd_transcribe.__doc__)
     p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files, folders or glob patterns")
-    p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model: hub id or folder (default: the adapter's base); an export-ct2 folder runs on faster-whisper",
+    )
     p.add_argument("--adapter", default=None, help="LoRA adapter folder")
     p.add_argument(
         "--language",
@@ -424,6 +445,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for records of the exact command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("whisper_tune").setLevel(logging.INFO)  # our own notes: parameter counts, resume point
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -115,6 +115,46 @@ def transcribe_files(
     model, processor, files: list[Path], language: str | None = None, task: str = "transcribe", progress: bool = True
 ):
     """Yield a Transcript, or (path, error) for a file that cannot be read, per file."""
+    return _each_file(files, lambda audio: transcribe_audio(model, processor, audio, language, task), progress)
+
+
+def is_ct2_model(path: str | Path) -> bool:
+    """A CTranslate2 model folder, as ``export-ct2`` writes it."""
+    return (Path(path) / "model.bin").is_file()
+
+
+def transcribe_files_ct2(
+    model_dir: str | Path,
+    files: list[Path],
+    language: str | None = None,
+    task: str = "transcribe",
+    compute_type: str = "default",
+    progress: bool = True,
+):
+    """``transcribe_files`` on a CTranslate2 export, through faster-whisper: same audio
+    decoding, same Transcript and writers, greedy decoding with time stamps. On a CPU this is
+    the fastest engine for a finished model (see benchmarks/results/cpu_transcribe.md)."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        from .errors import UserError
+
+        raise UserError(
+            f"{model_dir} is a CTranslate2 model: transcribing it needs faster-whisper "
+            f"(pip install 'whisper-tune[export]'), or pass the transformers model folder instead"
+        ) from None
+    model = WhisperModel(str(model_dir), device="auto", compute_type=compute_type)
+
+    def decode(audio):
+        segments, info = model.transcribe(
+            audio, language=language, task=task, beam_size=1, condition_on_previous_text=False
+        )
+        return [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments], info.language
+
+    return _each_file(files, decode, progress)
+
+
+def _each_file(files: list[Path], decode, progress: bool):
     from tqdm.auto import tqdm
 
     for path in tqdm(files, desc="transcribe", unit="file", disable=not progress or len(files) < 2):
@@ -127,7 +167,7 @@ def transcribe_files(
             yield str(path), "no audio samples"
             continue
         start = time.perf_counter()
-        segments, used = transcribe_audio(model, processor, audio, language, task)
+        segments, used = decode(audio)
         yield Transcript(str(path), used, duration(audio), segments, time.perf_counter() - start)
 
 
