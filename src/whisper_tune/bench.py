@@ -42,6 +42,7 @@ GPU_TRAIN_ROWS = [
     "int8/8/1",
     "int8-wo/8/1",
     "int8-wo/32/1",
+    "int8-wo/32/1/compile",
     "nf4/8/1",
     "none/8/1",
     "none/32/0",
