@@ -66,9 +66,12 @@ def main() -> None:
         for compute in ("float32", "int8"):
             ct2 = export_ct2(merged, Path(tmp) / f"ct2-{compute}", quantization=compute)
             fw = WhisperModel(str(ct2), device="cpu", compute_type=compute, cpu_threads=args.threads)
-            list(fw.transcribe(audios[0], language=args.language, beam_size=1)[0])  # warm-up
+            list(fw.transcribe(audios[0], language=args.language, beam_size=1, temperature=0.0)[0])  # warm-up
             start = time.perf_counter()
-            texts = [" ".join(s.text for s in fw.transcribe(a, language=args.language, beam_size=1)[0]) for a in audios]
+            texts = [
+                " ".join(s.text for s in fw.transcribe(a, language=args.language, beam_size=1, temperature=0.0)[0])
+                for a in audios
+            ]
             row = {"engine": f"faster-whisper on export-ct2 ({compute})", "seconds": time.perf_counter() - start}
             row["same_text_as_whisper_tune"] = sum(a.split() == b.split() for a, b in zip(ours, texts))
             rows.append(row)

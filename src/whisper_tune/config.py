@@ -52,10 +52,10 @@ class ModelConfig:
     """The base checkpoint and how it is held in memory."""
 
     base: str = "openai/whisper-large-v2"  # hub id or local folder
-    # int8 (bitsandbytes LLM.int8, the recipe) | int8-wo (int8 weights, one scale per row,
-    # dequantized inside each Linear: 8-bit memory without LLM.int8's slow matmul) |
-    # nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
-    quantization: str = "int8"
+    # int8-wo (the default: int8 weights, one scale per row, dequantized inside each Linear:
+    # 8-bit memory at bf16 speed) | int8 (bitsandbytes LLM.int8: the recipe's exact numerics,
+    # 2-5x slower) | nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
+    quantization: str = "int8-wo"
     int8_threshold: float = 6.0  # LLM.int8 outlier threshold; 0 = all-int8 matmuls (faster, less exact)
     # recompute activations: less memory, about 30 % slower; a number in (0, 1) recomputes
     # that share of the layers (0.5: half the activation memory of none, half the extra time)

