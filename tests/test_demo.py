@@ -22,7 +22,7 @@ def test_demo_flow_and_rerun(tiny_model_dir, tmp_path, monkeypatch):
     assert result.base_source == "given" and result.train["steps"] == 2
     assert {"wer", "cer", "normalized_wer", "normalized_cer"} <= result.before.keys() == result.after.keys()
     table = result.table.read_text()
-    assert "| zero-shot |" in table and "| fine-tuned (int8 base + LoRA) |" in table
+    assert "| zero-shot |" in table and "| fine-tuned (int8-wo base + LoRA) |" in table
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["after"]["n"] == 2
     assert any(line.startswith("zero-shot: WER") for line in lines)
     # A second run reuses the corpus and the adapter instead of training again.

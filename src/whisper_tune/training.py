@@ -218,6 +218,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
 
     durations = np.asarray(train_ds["duration"], dtype=np.float32)
     micro_per_epoch = len(epoch_batches(durations, cfg.train.batch_size, 0, 0, False, world, rank))
+    if world > 1:
+        log.info(
+            "rank %d of %d on %s: %d batches of %d per epoch",
+            rank,
+            world,
+            device,
+            micro_per_epoch,
+            cfg.train.batch_size,
+        )
     if micro_per_epoch == 0:
         raise UserError(
             f"{len(train_ds)} clips make no batch of {cfg.train.batch_size} on {world} devices: lower train.batch_size"
@@ -399,7 +408,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     )
     if main_rank:
         plot_run(run_dir)
-        _write_run_json(run_dir, cfg, device, result, trainable, total, resume_from)
+        _write_run_json(run_dir, cfg, device, result, trainable, total, resume_from, world)
         if not result.stopped_early:
             from .export import write_adapter_card
 
@@ -418,10 +427,11 @@ def _save_best(folder: Path, model, processor, scores: dict, cfg: TrainConfig, l
 
 
 def _write_run_json(
-    run_dir: Path, cfg: TrainConfig, device, result: TrainResult, trainable: int, total: int, resumed_from
+    run_dir: Path, cfg: TrainConfig, device, result: TrainResult, trainable: int, total: int, resumed_from, world: int
 ) -> None:
     info = {
         "config": to_dict(cfg),
+        "world_size": world,
         "base_model": cfg.model.base,
         "quantization": cfg.model.quantization,
         "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},

@@ -1,0 +1,40 @@
+"""Data-parallel training with two processes on the CPU (gloo): what torchrun or
+`accelerate launch` does on several GPUs, minus the GPUs."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from test_training import _overrides
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(overrides: list[str], *flags: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), "-m", "whisper_tune.cli", "train", *flags, *overrides]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_two_gloo_ranks_shard_the_data_write_once_and_resume(tiny_model_dir, small_corpus, tmp_path):
+    out = tmp_path / "run"
+    overrides = _overrides(tiny_model_dir, small_corpus, out, **{"train.batch_size": 2, "train.max_steps": 4})
+    first = _torchrun(overrides, "--stop-after", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    # each rank announces its own share of the batches
+    assert "rank 0 of 2" in first.stderr and "rank 1 of 2" in first.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]
+    second = _torchrun(overrides, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4]  # one writer, no step twice
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2 and run["steps"] == 4
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
