@@ -30,7 +30,7 @@ def test_two_gloo_ranks_shard_the_data_write_once_and_resume(tiny_model_dir, sma
     assert first.returncode == 0, first.stderr[-3000:]
     # each rank announces its own share of the batches
     assert "rank 0 of 2" in first.stderr and "rank 1 of 2" in first.stderr
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]
     second = _torchrun(overrides, "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -113,6 +113,15 @@ def _dist_setup() -> tuple[int, int, int]:
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _all_finite(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every rank: a rank that skipped its backward pass alone
+    would leave the others waiting in DDP's gradient all-reduce for ever."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if world > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
@@ -315,7 +324,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
                     labels = batch["labels"].to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                         loss = model(input_features=features, labels=labels, use_cache=False).loss
-                    if not torch.isfinite(loss):
+                    if not _all_finite(loss, world):
                         finite = False
                         break
                     scaler.scale(loss / n_micro).backward()
