@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import write_tone
 
 from whisper_tune.modeling import load_for_inference
@@ -111,3 +112,13 @@ def test_cli_writes_outputs_and_reports_bad_files(tiny_adapter, tmp_path):
     assert len(errors) == 1 and str(bad) in errors[0]
     assert (tmp_path / "out" / "good.srt").exists() and (tmp_path / "out" / "good.json").exists()
     check_srt((tmp_path / "out" / "good.srt").read_text())
+
+
+def test_language_auto_detects_instead_of_the_adapters(tiny_adapter, tmp_path):
+    from whisper_tune.modeling import load_for_inference
+
+    assert load_for_inference(None, str(tiny_adapter), torch.device("cpu")).language == "mr"
+    loaded = load_for_inference(None, str(tiny_adapter), torch.device("cpu"), language="auto")
+    assert loaded.language is None and loaded.mode == "merged"
+    unmerged = load_for_inference(None, str(tiny_adapter), torch.device("cpu"), merge=False)
+    assert unmerged.mode == "base + adapter (unmerged)" and hasattr(unmerged.model, "disable_adapter")

@@ -192,8 +192,7 @@ def cmd_transcribe(args) -> int:
         loaded = load_for_inference(
             args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
         )
-        language = None if args.language == "auto" else loaded.language
-        items = transcribe_files(loaded.model, loaded.processor, files, language, loaded.task)
+        items = transcribe_files(loaded.model, loaded.processor, files, loaded.language, loaded.task)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -453,13 +453,17 @@ def load_for_inference(
     exact: bool = False,
     language: str | None = None,
     task: str | None = None,
+    merge: bool = True,
 ) -> InferenceModel:
     """Base (+ adapter) for generation.
 
     The fast path merges the adapter into a half-precision copy of the base (fp32 on the
     CPU): merged generation costs what the plain model costs. ``exact=True`` keeps the
     quantized base the adapter was trained on, with the adapter unmerged, for a figure
-    faithful to training (8-bit weights cannot take a merge).
+    faithful to training (8-bit weights cannot take a merge). ``merge=False`` keeps the
+    adapter unmerged on the half-precision base, so that ``model.disable_adapter()`` gives
+    the base model without a second copy of the weights. ``language="auto"`` leaves the
+    language to Whisper's detection instead of the adapter's.
     """
     from peft import PeftModel
 
@@ -478,14 +482,16 @@ def load_for_inference(
     mode = "base"
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
-        if quantization == "none":
+        if quantization != "none":
+            mode = f"exact ({quantization} base + adapter)"
+        elif merge:
             model = model.merge_and_unload()
             mode = "merged"
         else:
-            mode = f"exact ({quantization} base + adapter)"
+            mode = "base + adapter (unmerged)"
     model.eval()
     processor = load_processor(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base)
-    language = language or meta.get("language")
+    language = None if language == "auto" else language or meta.get("language")
     task = task or meta.get("task") or "transcribe"
     if language:
         from .processor import resolve_language

@@ -74,25 +74,11 @@ class Comparer:
     transcript runs with the adapter switched off, so both share one copy of the weights."""
 
     def __init__(self, base: str | None, adapter: str | None, device: torch.device, language: str | None = None):
-        from peft import PeftModel
+        from .modeling import load_for_inference
 
-        from .config import ModelConfig
-        from .modeling import load_base, load_processor, read_adapter_meta, set_generation_language
-        from .processor import resolve_language
-
-        meta = read_adapter_meta(adapter) if adapter else {}
-        self.base = base or meta.get("base")
-        if not self.base:
-            raise UserError("no base model: pass --model (the adapter folder does not name its base)")
-        self.adapter = adapter
-        model = load_base(ModelConfig(base=self.base, quantization="none", gradient_checkpointing=False), device)
-        processor_from = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else self.base
-        self.processor = load_processor(processor_from)
-        language = language or meta.get("language")
-        self.language = resolve_language(language) if language and language != "auto" else None
-        self.task = meta.get("task", "transcribe")
-        set_generation_language(model, self.processor.tokenizer, self.language, self.task)
-        self.model = (PeftModel.from_pretrained(model, adapter) if adapter else model).eval()
+        loaded = load_for_inference(base, adapter, device, language=language, merge=False)
+        self.model, self.processor = loaded.model, loaded.processor
+        self.base, self.adapter, self.language, self.task = loaded.base, adapter, loaded.language, loaded.task
 
     def transcribe(self, audio, fine_tuned: bool) -> Transcription:
         from contextlib import nullcontext
