@@ -86,6 +86,15 @@ def tone(seconds: float, sr: int, freq: float = 440.0, amplitude: float = 0.5) -
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on (for servers and process groups the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, **kw) -> Path:
     import soundfile as sf
 

@@ -3,22 +3,16 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
+from conftest import free_port
 from test_training import _overrides
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(overrides: list[str], *flags: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(_free_port()), "-m", "whisper_tune.cli", "train", *flags, *overrides]
+    cmd += ["--master_port", str(free_port()), "-m", "whisper_tune.cli", "train", *flags, *overrides]
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 

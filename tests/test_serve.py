@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_tone
+from conftest import free_port, write_tone
 
 from whisper_tune.serve import Comparer, Limits, UploadRejected, check_upload, run_report
 
@@ -112,12 +111,6 @@ def test_app_builds_with_a_queue(comparer, run_folder):
     assert app._queue is not None  # requests wait their turn: one transcription at a time
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -138,7 +131,7 @@ def test_browser_uploads_a_clip_and_sees_both_transcripts(run_folder, tmp_path):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; scripts/setup.sh does it)")
     pytest.importorskip("gradio")
     sync_api = pytest.importorskip("playwright.sync_api")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "-m", "whisper_tune.cli", "serve", "--run", str(run_folder), "--port", str(port)]

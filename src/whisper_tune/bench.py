@@ -114,6 +114,13 @@ def recipe_model(folder: Path, device: torch.device):
     return get_peft_model(model, config)
 
 
+def _release(device: torch.device) -> None:
+    """Give the last row's memory back before the next row loads (rows run in one process)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -171,9 +178,7 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
     if first_peak is not None:  # peak_gpu_gib is then the steady peak after the first step
         result["first_step_peak_gpu_gib"] = first_peak
     del model, optimizer
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    _release(device)
     return result
 
 
@@ -193,8 +198,7 @@ def bench_train(
             r = time_training(row, folder, steps, device)
         except torch.OutOfMemoryError:
             progress(f"{row.label}, batch {row.batch}: out of memory (row left out)")
-            gc.collect()
-            torch.cuda.empty_cache()
+            _release(device)
             continue
         results.append(r)
         progress(
@@ -206,7 +210,7 @@ def bench_train(
             r["speed_vs_recipe"] = r["samples_per_s"] / recipe["samples_per_s"]
             if "peak_gpu_gib" in r:
                 r["memory_vs_recipe"] = _overall_peak(r) / _overall_peak(recipe)
-    result = {"command": command or _command(), "arch": arch, "steps": steps, "rows": results}
+    result = {"command": command or " ".join(sys.argv), "arch": arch, "steps": steps, "rows": results}
     result["environment"] = environment(device)
     write_result(result, out, f"train-{arch}", _train_table(result))
     return result
@@ -246,12 +250,6 @@ def _train_table(result: dict) -> list[str]:
                 f"| {r['peak_rss_gib']:.2f} |"
             )
     return lines
-
-
-def _command() -> str:
-    name = Path(sys.argv[0]).name
-    prog = "whisper-tune" if name in ("whisper-tune", "cli.py", "__main__.py") else f"python {sys.argv[0]}"
-    return " ".join([prog, *sys.argv[1:]])
 
 
 def write_result(result: dict, out: Path, stem: str, table: list[str]) -> None:
@@ -371,8 +369,7 @@ def bench_transcribe(
         engine, batch = ("generate", 8) if exact else (spec.split("/")[0], int(spec.split("/")[1]))
         if loaded is None or loaded.mode.startswith("exact") != exact:
             loaded = None
-            gc.collect()
-            torch.cuda.empty_cache() if device.type == "cuda" else None
+            _release(device)
             loaded = load_for_inference(str(base), str(adapter), device, exact=exact)
         amp = torch.float16 if exact and device.type == "cuda" else None
         dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
@@ -387,7 +384,7 @@ def bench_transcribe(
         if recipe:
             r["speed_vs_recipe"] = r["clips_per_s"] / recipe["clips_per_s"]
     result = {
-        "command": command or _command(),
+        "command": command or " ".join(sys.argv),
         "arch": arch,
         "clips": len(dataset),
         "data": data,
