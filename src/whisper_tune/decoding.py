@@ -2,10 +2,11 @@
 per decoding step.
 
 Greedy decoding of a batch of 30 s windows is one encoder pass and then one small decoder
-step per token. With transformers' ``generate`` each step costs the launch of a few thousand
-kernels from Python (caches, logits processors, 32 layers of modules), so on a large GPU the
-decoder waits on the CPU: 64 tokens of large-v2 took 1.6 s per batch whatever the batch
-size. Here each step is replayed as one CUDA graph over buffers allocated once: the
+step per token. With transformers' ``generate`` each step launches hundreds of small kernels
+from Python (caches, logits processors, 32 layers of modules), so on a large GPU the
+decoder mostly waits on the CPU: 64 tokens of large-v2 took 1.75 s for a batch of 8 (4.6
+clips/s; benchmarks/results/history/0-before-eval_speed-large-v2-gpu.md), where this
+decoder takes 0.34 s (23.9 clips/s). Here each step is replayed as one CUDA graph over buffers allocated once: the
 self-attention cache has a fixed length and a position mask, the cross-attention keys and
 values are computed once per batch. No ``torch.compile``: its static-cache path crashed the
 process on our GPU image, and a graph capture that fails falls back to the same steps run
