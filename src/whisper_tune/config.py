@@ -54,7 +54,7 @@ class ModelConfig:
     base: str = "openai/whisper-large-v2"  # hub id or local folder
     # int8-wo (the default: int8 weights, one scale per row, dequantized inside each Linear:
     # 8-bit memory at bf16 speed) | int8 (bitsandbytes LLM.int8: the recipe's exact numerics,
-    # 2-5x slower) | nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
+    # 2-5x slower on a GPU) | nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
     quantization: str = "int8-wo"
     int8_threshold: float = 6.0  # LLM.int8 outlier threshold; 0 = all-int8 matmuls (faster, less exact)
     # recompute activations: less memory, about 30 % slower; a number in (0, 1) recomputes
