@@ -24,7 +24,8 @@ def test_bench_transcribe_runs(tmp_path):
     assert main([*args, "--rows", "recipe", "generate/2", "fast/2"]) == 0
     rows = json.loads((tmp_path / "transcribe-tiny-test-cpu.json").read_text())["rows"]
     assert [r["engine"] for r in rows] == ["generate", "generate", "fast"]
-    assert rows[0]["mode"] == "exact (int8 base + adapter)" and rows[1]["mode"] == "merged"
+    assert rows[0]["quantization"] == "int8" and not rows[0]["merged"]
+    assert rows[1]["quantization"] == "none" and rows[1]["merged"]
 
 
 def test_bench_rows_are_validated():

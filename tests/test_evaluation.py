@@ -40,7 +40,8 @@ def test_evaluate_writes_reports_for_base_and_adapter(tiny_model_dir, tiny_adapt
         )
         saved = json.loads((folder / "summary.json").read_text())
         assert {"wer", "cer", "normalized_wer", "normalized_cer", "n", "seconds", "clips_per_s"} <= saved.keys()
-        assert saved["model"]["mode"] == expected_mode and saved["n"] == summary.n > 0
+        assert saved["model"]["merged"] == (adapter is not None) and saved["model"]["quantization"] == "none"
+        assert saved["n"] == summary.n > 0
         clips = [json.loads(line) for line in (folder / "clips.jsonl").read_text().splitlines()]
         assert len(clips) == summary.n and all(
             {"reference", "hypothesis", "errors", "flags"} <= c.keys() for c in clips
@@ -48,4 +49,4 @@ def test_evaluate_writes_reports_for_base_and_adapter(tiny_model_dir, tiny_adapt
     summary, _ = evaluate(
         None, str(tiny_adapter), data, "test", tmp_path / "exact", exact=True, max_new_tokens=8, progress=False
     )
-    assert summary.model["mode"] == "exact (int8 base + adapter)"
+    assert summary.model["quantization"] == "int8" and not summary.model["merged"]

@@ -10,6 +10,7 @@ from whisper_tune.modeling import (
     add_lora,
     load_base,
     load_processor,
+    lora_model,
     parameter_counts,
     resolve_model,
     set_generation_language,
@@ -33,9 +34,9 @@ def one_batch(four_clips, tiny_model_dir, tmp_path_factory):
 def test_lora_overfits_one_batch_and_base_stays_frozen(quantization, tiny_model_dir, one_batch):
     torch.manual_seed(0)
     cfg = ModelConfig(base=str(tiny_model_dir), quantization=quantization, gradient_checkpointing=False)
-    model = add_lora(load_base(cfg, torch.device("cpu")), LoraSettings(r=16, alpha=32, dropout=0.0), cfg)
+    model = lora_model(cfg, LoraSettings(r=16, alpha=32, dropout=0.0), torch.device("cpu"))
     if quantization == "int8-wo":
-        from whisper_tune.modeling import Int8WeightOnlyLinear
+        from whisper_tune.quantization import Int8WeightOnlyLinear
 
         layer = model.base_model.model.model.encoder.layers[0]
         assert isinstance(layer.fc1, Int8WeightOnlyLinear) and layer.fc1.weight.dtype == torch.int8
@@ -113,12 +114,12 @@ def test_model_errors(tmp_path):
 def test_quantization_without_bitsandbytes_says_so(monkeypatch):
     import sys
 
-    from whisper_tune.modeling import require_bitsandbytes
+    from whisper_tune.quantization import get_holding
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import now raises ImportError
     with pytest.raises(UserError, match="quantization nf4 needs bitsandbytes.*model.quantization=none"):
-        require_bitsandbytes("nf4", torch.device("cpu"))
-    require_bitsandbytes("none", torch.device("cpu"))
+        get_holding("nf4").check_available(torch.device("cpu"))
+    get_holding("none").check_available(torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
@@ -153,9 +154,7 @@ def test_lora_targets_and_encoder_freezing(tiny_model_dir, targets, freeze, expe
     import re
 
     cfg = ModelConfig(base=str(tiny_model_dir), quantization="none", gradient_checkpointing=False)
-    model = add_lora(
-        load_base(cfg, torch.device("cpu")), LoraSettings(r=2, alpha=4, targets=targets, freeze_encoder=freeze), cfg
-    )
+    model = lora_model(cfg, LoraSettings(r=2, alpha=4, targets=targets, freeze_encoder=freeze), torch.device("cpu"))
     adapted = {
         re.sub(r".*model\.(encoder|decoder)\.layers\.\d+\.", r"\1.", n.rsplit(".lora_A", 1)[0])
         for n, _ in model.named_parameters()
@@ -178,7 +177,7 @@ def test_int8_weight_only_stays_close_to_full_precision(tiny_model_dir, one_batc
 def _lora_grads(tiny_model_dir, one_batch, quantization, share):
     torch.manual_seed(0)
     cfg = ModelConfig(base=str(tiny_model_dir), quantization=quantization, gradient_checkpointing=share)
-    model = add_lora(load_base(cfg, torch.device("cpu")), LoraSettings(r=8, alpha=16, dropout=0.0), cfg)
+    model = lora_model(cfg, LoraSettings(r=8, alpha=16, dropout=0.0), torch.device("cpu"))
     torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))  # a live path
     model.train()
     model(**one_batch).loss.backward()
@@ -208,7 +207,7 @@ def test_gradient_checkpointing_share_is_validated():
 
 
 def test_int8_weight_only_backward_keeps_int8_not_a_dequantized_copy():
-    from whisper_tune.modeling import Int8WeightOnlyLinear
+    from whisper_tune.quantization import Int8WeightOnlyLinear
 
     torch.manual_seed(0)
     dense = torch.nn.Linear(64, 96)
@@ -231,7 +230,7 @@ def test_int8_weight_only_backward_keeps_int8_not_a_dequantized_copy():
 def test_half_norms_stay_in_bf16_under_autocast(tiny_model_dir):
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_tune.modeling import HalfLayerNorm, use_half_norms
+    from whisper_tune.speedups import HalfLayerNorm, use_half_norms
 
     fp32 = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
     assert use_half_norms(fp32) == 0  # fp32 norms (CPU, bitsandbytes bases) are left alone
@@ -252,7 +251,7 @@ def test_half_norms_stay_in_bf16_under_autocast(tiny_model_dir):
 def test_lean_attention_equals_transformers(tiny_model_dir):
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_tune.modeling import use_lean_attention
+    from whisper_tune.speedups import use_lean_attention
 
     torch.manual_seed(0)
     features = torch.randn(2, 80, 3000)

@@ -119,6 +119,6 @@ def test_language_auto_detects_instead_of_the_adapters(tiny_adapter, tmp_path):
 
     assert load_for_inference(None, str(tiny_adapter), torch.device("cpu")).language == "mr"
     loaded = load_for_inference(None, str(tiny_adapter), torch.device("cpu"), language="auto")
-    assert loaded.language is None and loaded.mode == "merged"
+    assert loaded.language is None and loaded.merged
     unmerged = load_for_inference(None, str(tiny_adapter), torch.device("cpu"), merge=False)
-    assert unmerged.mode == "base + adapter (unmerged)" and hasattr(unmerged.model, "disable_adapter")
+    assert not unmerged.merged and not unmerged.holding.quantized and hasattr(unmerged.model, "disable_adapter")

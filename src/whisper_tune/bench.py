@@ -26,15 +26,7 @@ import torch
 
 from .config import LoraSettings, ModelConfig
 from .errors import UserError
-from .modeling import (
-    ARCHITECTURES,
-    add_lora,
-    amp_dtype,
-    architecture_config,
-    compile_layers,
-    load_base,
-    pick_device,
-)
+from .modeling import ARCHITECTURES, amp_dtype, architecture_config, lora_model, pick_device
 from .reporting import environment, peak_memory_gib
 
 GPU_TRAIN_ROWS = [
@@ -136,9 +128,7 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     else:
         cfg = ModelConfig(base=str(folder), quantization=row.mode, gradient_checkpointing=row.checkpointing)
-        model = add_lora(load_base(cfg, device), LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"), cfg)
-        if row.compile:
-            compile_layers(model)
+        model = lora_model(cfg, LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"), device, compile=row.compile)
         amp = amp_dtype(device)
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.0, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -367,7 +357,7 @@ def bench_transcribe(
     for spec in specs:
         exact = spec == "recipe"
         engine, batch = ("generate", 8) if exact else (spec.split("/")[0], int(spec.split("/")[1]))
-        if loaded is None or loaded.mode.startswith("exact") != exact:
+        if loaded is None or loaded.holding.quantized != exact:
             loaded = None
             _release(device)
             loaded = load_for_inference(str(base), str(adapter), device, exact=exact)
@@ -377,7 +367,8 @@ def bench_transcribe(
         if exact:
             label = "recipe: LLM.int8 base + adapter, generate" + (", fp16 autocast" if amp else "")
         rate = time_transcription(loaded, dataset, engine, batch, amp, new_tokens)
-        results.append({"row": label, "engine": engine, "batch": batch, "clips_per_s": rate, "mode": loaded.mode})
+        held = {"mode": loaded.describe(), "quantization": loaded.holding.name, "merged": loaded.merged}
+        results.append({"row": label, "engine": engine, "batch": batch, "clips_per_s": rate} | held)
         progress(f"{label}, batch {batch}: {rate:.2f} clips/s")
     recipe = next((r for r in results if r["row"].startswith("recipe")), None)
     for r in results:

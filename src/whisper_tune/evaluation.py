@@ -21,6 +21,7 @@ import torch
 
 from .features import log_mel
 from .metrics import error_rates
+from .modeling import input_dtype
 from .normalizers import normalize, orthographic
 
 LOOP_REPEATS = {1: 4, 2: 3, 3: 3, 4: 3}  # n-gram length -> consecutive repeats that make a loop
@@ -41,11 +42,6 @@ class GenerationResult:
 
     def scores(self) -> dict[str, float]:
         return error_rates(self.references, self.hypotheses)
-
-
-def input_dtype(model) -> torch.dtype:
-    """The dtype the encoder's first convolution expects (fp32 under autocast too)."""
-    return model.get_encoder().conv1.weight.dtype
 
 
 def generate_on(
@@ -232,7 +228,7 @@ def evaluate(
     """Measure WER/CER of base (+ adapter) on ``split`` of ``data`` (a ``DataConfig``); writes
     ``summary.json`` and ``clips.jsonl`` into ``out_dir`` (the prepared split is cached in
     ``out_dir/prepared``). Without ``adapter`` this is the zero-shot baseline."""
-    from .modeling import amp_dtype, load_for_inference, pick_device
+    from .modeling import load_for_inference, pick_device
     from .prepare import prepare_split
 
     device = pick_device()
@@ -241,7 +237,6 @@ def evaluate(
     processor_dir = out / "processor"
     loaded.processor.save_pretrained(processor_dir)
     dataset = prepare_split(data, split, out / "prepared", str(processor_dir), progress=progress)
-    amp = amp_dtype(device) if loaded.mode.startswith("exact") else None  # 8-bit matmuls want autocast
     result = generate_on(
         loaded.model,
         loaded.processor,
@@ -250,14 +245,16 @@ def evaluate(
         loaded.task,
         batch_size,
         max_new_tokens,
-        amp,
+        loaded.autocast_dtype,
         max_samples,
         progress=progress,
     )
     info = {
         "base": loaded.base,
         "adapter": loaded.adapter,
-        "mode": loaded.mode,
+        "mode": loaded.describe(),
+        "quantization": loaded.holding.name,
+        "merged": loaded.merged,
         "language": loaded.language,
         "task": loaded.task,
         "data": data.source,

@@ -1,10 +1,12 @@
-"""Model loading: the base checkpoint (quantized or not), its processor and generation
-settings, and the LoRA adapters.
+"""Model loading: the base checkpoint (held as its :mod:`quantization` entry says), its
+processor and generation settings, the LoRA adapters, and a base (+ adapter) ready to
+generate.
 
-``quantization`` is one value: ``int8`` (bitsandbytes LLM.int8, the reference recipe),
-``nf4`` (4-bit NormalFloat with double quantization) or ``none`` (bf16 on GPUs that have
-it, fp16 on older GPUs, fp32 on the CPU). bitsandbytes serves int8 and nf4 on CUDA and,
-since 0.46, on the CPU, which is what the tests use.
+How the base is held lives in ``quantization.py``; the patches that make a step fast in
+``speedups.py``; an adapter folder's record of its base in ``run.py``. This module puts
+them together in the two shapes the rest of the package needs: :func:`lora_model` (what
+``train`` and ``bench train`` train) and :func:`load_for_inference` (what ``evaluate``,
+``transcribe``, ``merge``, ``serve`` and ``bench transcribe`` decode with).
 
 Language and task go into ``generation_config`` (``language``/``task`` plus the lookup
 tables Whisper's ``generate`` needs), never into ``forced_decoder_ids``, which
@@ -22,6 +24,8 @@ import torch
 from .config import LoraSettings, ModelConfig
 from .errors import UserError
 from .processor import BUNDLED, CONTROL_TOKENS, MAX_LABEL_TOKENS, languages, processor_path
+from .quantization import NONE, Holding, get_holding
+from .speedups import apply_speedups
 
 log = logging.getLogger(__name__)
 
@@ -96,37 +100,6 @@ def amp_dtype(device: torch.device, mixed_precision: str = "auto") -> torch.dtyp
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def require_bitsandbytes(quantization: str, device: torch.device) -> None:
-    """Fail early, with the fix, where bitsandbytes cannot serve the asked quantization."""
-    if quantization not in ("int8", "nf4"):
-        return
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception as e:  # ImportError, or a missing native library
-        raise UserError(
-            f"quantization {quantization} needs bitsandbytes, which cannot load here ({e}): "
-            f"pip install bitsandbytes, or set model.quantization=none"
-        ) from None
-    if device.type not in ("cuda", "cpu"):
-        raise UserError(f"bitsandbytes {quantization} does not run on {device.type}: set model.quantization=none")
-
-
-def quantization_config(quantization: str, int8_threshold: float, compute_dtype: torch.dtype):
-    """The BitsAndBytesConfig for a quantization name (None for ``none``)."""
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
-    if quantization == "nf4":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype,
-        )
-    return None
-
-
 def base_dtype(device: torch.device) -> torch.dtype:
     """The dtype of unquantized weights: half precision on GPUs, fp32 on the CPU."""
     if device.type == "cuda":
@@ -134,197 +107,32 @@ def base_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def input_dtype(model) -> torch.dtype:
+    """The dtype the encoder's first convolution expects (fp32 under autocast too)."""
+    return model.get_encoder().conv1.weight.dtype
+
+
 def load_base(cfg: ModelConfig, device: torch.device):
-    """The base Whisper model on ``device``, held as ``cfg.quantization`` says."""
+    """The base Whisper model on ``device``, held as ``cfg.quantization`` says (no LoRA, no
+    speed-ups yet: :func:`lora_model` and :func:`load_for_inference` add them)."""
     from transformers import WhisperForConditionalGeneration
 
-    require_bitsandbytes(cfg.quantization, device)
+    holding = get_holding(cfg.quantization)
+    holding.check_available(device)
     name = resolve_model(cfg.base)
     dtype = base_dtype(device)
-    bnb = cfg.quantization in ("int8", "nf4")
     try:
         model = WhisperForConditionalGeneration.from_pretrained(
             name,
-            quantization_config=quantization_config(cfg.quantization, cfg.int8_threshold, dtype) if bnb else None,
             dtype=dtype,
             device_map={"": device},
             attn_implementation=cfg.attn_implementation,
+            **holding.load_kwargs(cfg.int8_threshold, dtype),
         )
     except OSError as e:
         raise UserError(f"cannot load model {cfg.base!r}: {str(e).splitlines()[0]}") from None
-    if cfg.quantization == "int8-wo":
-        quantize_weight_only(model)
-    if cfg.attn_implementation == "sdpa":
-        use_lean_attention(model)
+    holding.after_load(model)
     return model
-
-
-class Int8WeightOnlyLinear(torch.nn.Linear):
-    """A frozen Linear held as int8 weights with one scale per output row, dequantized to the
-    compute dtype inside ``forward``.
-
-    8-bit memory for the base, but the matmul runs in bf16/fp16 on tensor cores: what makes
-    the reference recipe slow is LLM.int8's outlier-splitting matmul, not the 8 bits. It
-    subclasses ``nn.Linear`` so PEFT wraps it with LoRA like any Linear.
-    """
-
-    def __init__(self, linear: torch.nn.Linear):
-        torch.nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # symmetric, per output row
-        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self.weight = torch.nn.Parameter(quantized, requires_grad=False)
-        self.register_buffer("weight_scale", scale.to(linear.weight.dtype))
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return _Int8WeightOnlyMatmul.apply(x.to(dtype), self.weight, self.weight_scale, bias)
-
-
-class _Int8WeightOnlyMatmul(torch.autograd.Function):
-    """``x @ dequantize(W).T + b`` that keeps only the int8 weight for the backward pass.
-
-    Plain autograd would save each layer's dequantized half-precision weight until the
-    backward pass: a second, 16-bit copy of the whole base (3 GB for large-v2) held for the
-    length of every step. Dequantizing again in backward costs a few milliseconds.
-    """
-
-    @staticmethod
-    def forward(ctx, x, qweight, scale, bias):
-        ctx.save_for_backward(qweight, scale)
-        return torch.nn.functional.linear(x, _dequantize(qweight, scale, x.dtype), bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        qweight, scale = ctx.saved_tensors
-        grad_x = grad @ _dequantize(qweight, scale, grad.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, None, None, None
-
-
-def _dequantize(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return qweight.to(dtype) * scale.to(dtype)[:, None]
-
-
-def quantize_weight_only(model) -> None:
-    """Replace every Linear of the encoder and decoder layers by an Int8WeightOnlyLinear
-    (the output projection stays: it shares its weight with the token embeddings)."""
-    for layers in (model.model.encoder.layers, model.model.decoder.layers):
-        for parent in layers.modules():
-            for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear:
-                    setattr(parent, name, Int8WeightOnlyLinear(child))
-
-
-class HalfLayerNorm(torch.nn.LayerNorm):
-    """A LayerNorm that returns its weights' half dtype even under autocast.
-
-    Autocast runs every layer norm in fp32 and returns fp32, so each q/k/v/fc1 input is cast
-    back to bf16 separately and each cast copy is kept for the backward pass: on large-v2
-    those copies were the biggest single item of GPU time (28 %) and a good share of the
-    activation memory. The CUDA kernel still accumulates the statistics in fp32.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.nn.functional.layer_norm(
-                x.to(self.weight.dtype), self.normalized_shape, self.weight, self.bias, self.eps
-            )
-
-
-def use_half_norms(model) -> int:
-    """Swap every half-precision LayerNorm of ``model`` for a HalfLayerNorm (bitsandbytes
-    bases keep the recipe's fp32 norms); returns how many were swapped."""
-    swapped = 0
-    for module in model.modules():
-        if type(module) is torch.nn.LayerNorm and module.weight.dtype in (torch.bfloat16, torch.float16):
-            module.__class__ = HalfLayerNorm
-            swapped += 1
-    return swapped
-
-
-def use_lean_attention(model) -> int:
-    """Give the encoder's self-attention and the decoder's cross-attention a forward without
-    transformers' copies; returns the attention modules changed.
-
-    transformers makes q, k, v and the output contiguous around the attention call and scales
-    q in a separate op: up to five copies of a (batch, 1500, d_model) tensor per layer and
-    pass, which SDPA does not need (it reads strided heads and takes the scale). Neither
-    attention has a mask; calls that bring a key/value cache (generation) keep
-    transformers' own forward.
-    """
-    import types
-
-    changed = []
-    changed += [layer.self_attn for layer in model.model.encoder.layers]
-    changed += [layer.encoder_attn for layer in model.model.decoder.layers]
-    for attn in changed:
-        attn.forward = types.MethodType(_lean_attention_forward, attn)
-    return len(changed)
-
-
-def _lean_attention_forward(self, hidden_states, key_value_states=None, attention_mask=None, **kwargs):
-    if any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "past_key_value")):
-        return type(self).forward(
-            self, hidden_states, key_value_states=key_value_states, attention_mask=attention_mask, **kwargs
-        )
-    source = hidden_states if key_value_states is None else key_value_states
-    batch, length, _ = hidden_states.shape
-    q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-    k = self.k_proj(source).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-    v = self.v_proj(source).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-    dropout = self.dropout if self.training else 0.0
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scaling)
-    return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
-
-
-def compile_layers(model) -> int:
-    """``torch.compile`` each encoder and decoder layer (LoRA included); returns how many.
-
-    Fusing the norms, activations, dropout and residual adds of a layer cut 15-20 % of a
-    large-v2 step on an H100 after a one-off compile of about a minute. Layer by layer, not
-    the whole model, so the rest (the loss, generation during evaluation) stays eager.
-    Compile errors fall back to eager code.
-    """
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = [*inner.model.encoder.layers, *inner.model.decoder.layers]
-    for layer in layers:
-        layer.compile()
-    return len(layers)
-
-
-def set_checkpointing(model, share: bool | float, reentrant: bool = False) -> None:
-    """Recompute activations in the first ``share`` of the encoder's and the decoder's layers
-    (True = all, False = none): less memory for about a third more compute per recomputed
-    layer, so a share lets a batch just fit instead of paying for every layer.
-
-    ``reentrant`` is for bitsandbytes bases: LLM.int8's matmul keeps its input on the autograd
-    context, outside the saved tensors that non-reentrant checkpointing frees, so only the
-    reentrant kind (the recipe's) saves memory there: 5.4 instead of 28.7 GiB on large-v2.
-    Reentrant checkpointing needs the layer inputs to require grad, hence the two hooks.
-    """
-    share = float(share)
-    if share <= 0:
-        return
-    if reentrant:
-        model.enable_input_require_grads()  # the decoder's token embeddings
-        model.model.encoder.conv1.register_forward_hook(_output_requires_grad)  # the encoder's input, as the recipe
-    # renamed activation_checkpointing_enable in transformers 5.24
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": reentrant})  # the checkpoint() keyword arguments, first in both names
-    for layers in (model.model.encoder.layers, model.model.decoder.layers):
-        keep = round(share * len(layers))
-        for i, layer in enumerate(layers):
-            layer.gradient_checkpointing = i < keep
-
-
-def _output_requires_grad(module, inputs, output):
-    output.requires_grad_(True)
 
 
 def load_processor(base: str):
@@ -364,33 +172,35 @@ def set_generation_language(model, tokenizer, language: str, task: str, max_leng
 
 
 def add_lora(model, lora: LoraSettings, cfg: ModelConfig):
-    """Wrap ``model`` with trainable LoRA adapters; the base stays frozen.
+    """Wrap ``model`` with trainable LoRA adapters; the base stays frozen, prepared as its
+    holding says (bitsandbytes bases: PEFT's ``prepare_model_for_kbit_training``, as the
+    recipe)."""
+    from peft import LoraConfig, get_peft_model
 
-    Quantized bases go through PEFT's ``prepare_model_for_kbit_training`` as in the
-    recipe (layer norms in fp32, input gradients on, checkpointing).
-    """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if cfg.quantization in ("int8", "nf4"):  # bitsandbytes layers: the recipe's preparation
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        use_half_norms(model)
-    set_checkpointing(model, cfg.gradient_checkpointing, reentrant=cfg.quantization in ("int8", "nf4"))
+    holding = get_holding(cfg.quantization)
+    model = holding.prepare_for_lora(model)
     targets = lora.target_modules()
     if lora.freeze_encoder:
         names = "|".join(targets)
         targets = rf".*decoder\.layers\.\d+\.(self_attn|encoder_attn|)\.?({names})$"
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
     model = get_peft_model(model, config)
-    if cfg.quantization not in ("int8", "nf4"):
+    if not holding.cast_adapter_inputs:
         # PEFT casts each adapter's input to the adapter's fp32 and autocast casts it back:
         # two copies of the activations per adapter. Autocast alone serves (and without
         # autocast the base is fp32 on the CPU, so the adapter's dtype already matches).
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
+    return model
+
+
+def lora_model(cfg: ModelConfig, lora: LoraSettings, device: torch.device, compile: bool = False):
+    """The model ``train`` trains and ``bench train`` times: the held base, LoRA, and the
+    speed-ups for training (checkpointing, half-precision norms, lean attention, optionally
+    per-layer compile)."""
+    model = add_lora(load_base(cfg, device), lora, cfg)
+    apply_speedups(model, cfg, train=True, compile=compile)
     return model
 
 
@@ -430,7 +240,7 @@ def read_adapter_meta(folder: str | Path) -> dict:
     if (folder / ADAPTER_META).is_file():
         return json.loads((folder / ADAPTER_META).read_text(encoding="utf-8"))
     peft_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    return {"base": peft_config.get("base_model_name_or_path"), "quantization": "none"}
+    return {"base": peft_config.get("base_model_name_or_path"), "quantization": NONE}
 
 
 @dataclass
@@ -441,9 +251,19 @@ class InferenceModel:
     processor: object
     base: str
     adapter: str | None
-    mode: str  # "base", "merged" or "exact (int8 base + adapter)"
+    holding: Holding  # how the base is held: the training holding with exact=True, else unquantized
+    merged: bool  # the adapter is merged into the weights (False: unmerged, or no adapter)
     language: str | None
     task: str
+    autocast_dtype: torch.dtype | None = None  # generate under autocast (8-bit matmuls pick their dtype)
+
+    def describe(self) -> str:
+        """A label for printing and reports (never parsed: ask ``holding`` and ``merged``)."""
+        if not self.adapter:
+            return "base"
+        if self.holding.quantized:
+            return f"exact ({self.holding.name} base + adapter)"
+        return "merged" if self.merged else "base + adapter (unmerged)"
 
 
 def load_for_inference(
@@ -459,7 +279,7 @@ def load_for_inference(
 
     The fast path merges the adapter into a half-precision copy of the base (fp32 on the
     CPU): merged generation costs what the plain model costs. ``exact=True`` keeps the
-    quantized base the adapter was trained on, with the adapter unmerged, for a figure
+    base held as the adapter was trained on it, with the adapter unmerged, for a figure
     faithful to training (8-bit weights cannot take a merge). ``merge=False`` keeps the
     adapter unmerged on the half-precision base, so that ``model.disable_adapter()`` gives
     the base model without a second copy of the weights. ``language="auto"`` leaves the
@@ -471,24 +291,20 @@ def load_for_inference(
     base = base or meta.get("base")
     if not base:
         raise UserError("no base model: pass --model (the adapter folder does not name its base)")
-    quantization = meta.get("quantization", "none") if exact else "none"
     cfg = ModelConfig(
         base=base,
-        quantization=quantization,
+        quantization=meta.get("quantization", NONE) if exact else NONE,
         int8_threshold=meta.get("int8_threshold", 6.0),
         gradient_checkpointing=False,
     )
+    holding = get_holding(cfg.quantization)
     model = load_base(cfg, device)
-    mode = "base"
+    merged = False
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
-        if quantization != "none":
-            mode = f"exact ({quantization} base + adapter)"
-        elif merge:
-            model = model.merge_and_unload()
-            mode = "merged"
-        else:
-            mode = "base + adapter (unmerged)"
+        if merge and not holding.quantized:
+            model, merged = model.merge_and_unload(), True
+    apply_speedups(model, cfg, train=False)
     model.eval()
     processor = load_processor(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base)
     language = None if language == "auto" else language or meta.get("language")
@@ -498,4 +314,5 @@ def load_for_inference(
 
         language = resolve_language(language)
     set_generation_language(model, processor.tokenizer, language, task)
-    return InferenceModel(model, processor, base, adapter, mode, language, task)
+    amp = amp_dtype(device) if holding.eval_autocast else None
+    return InferenceModel(model, processor, base, adapter, holding, merged, language, task, amp)

@@ -35,14 +35,13 @@ import yaml
 from . import checkpoint
 from .config import TrainConfig, to_dict
 from .errors import UserError
-from .evaluation import generate_on, input_dtype
+from .evaluation import generate_on
 from .features import SpeechCollator
 from .modeling import (
-    add_lora,
     amp_dtype,
-    compile_layers,
-    load_base,
+    input_dtype,
     load_processor,
+    lora_model,
     parameter_counts,
     pick_device,
     set_generation_language,
@@ -192,12 +191,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
 
     # The model first: a wrong base or a missing bitsandbytes fails before data work.
     processor = load_processor(cfg.model.base)
-    model = load_base(cfg.model, device)
+    model = lora_model(cfg.model, cfg.lora, device, compile=cfg.train.compile)
     language = resolve_language(cfg.data.language)
     set_generation_language(model, processor.tokenizer, language, cfg.data.task)
-    model = add_lora(model, cfg.lora, cfg.model)
-    if cfg.train.compile and device.type == "cuda":
-        compile_layers(model)
     trainable, total = parameter_counts(model)
     log.info(
         "trainable params: %s || all params: %s || trainable%%: %.4f",

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .audio import CHUNK_SECONDS, AudioError, duration, load_audio
-from .evaluation import input_dtype
 from .features import log_mel_whole
+from .modeling import input_dtype
 
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".wma")
 

@@ -1,0 +1,204 @@
+"""How the frozen base is held in memory while LoRA trains on it: one :class:`Holding` per
+value of ``model.quantization``, each saying how to load, how to prepare for LoRA, which
+checkpointing it needs, whether an adapter merges into it and how it evaluates.
+
+The rest of the package asks the entry instead of testing the name, so a new holding (fp8,
+int4 weight-only) is one entry here, not an edit in every stage. The names users write are
+the keys of :data:`HOLDINGS` (``config.QUANTIZATIONS`` lists the same names for validation
+before torch loads; a test holds the two equal).
+
+* ``int8-wo`` (the default): int8 weights with one scale per output row, dequantized to the
+  compute dtype inside each Linear. 8-bit memory, but the matmul runs in bf16/fp16 on tensor
+  cores: what makes the reference recipe slow is LLM.int8's outlier-splitting matmul, not
+  the 8 bits.
+* ``int8``: bitsandbytes LLM.int8, the reference recipe's numerics.
+* ``nf4``: bitsandbytes 4-bit NormalFloat with double quantization.
+* ``none``: half precision on GPUs (bf16 where supported), fp32 on the CPU.
+
+bitsandbytes serves int8 and nf4 on CUDA and, since 0.46, on the CPU, which the tests use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+
+class Int8WeightOnlyLinear(torch.nn.Linear):
+    """A frozen Linear held as int8 weights with one scale per output row, dequantized to the
+    compute dtype inside ``forward``. It subclasses ``nn.Linear`` so PEFT wraps it with LoRA
+    like any Linear."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # symmetric, per output row
+        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.weight = torch.nn.Parameter(quantized, requires_grad=False)
+        self.register_buffer("weight_scale", scale.to(linear.weight.dtype))
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return _Int8WeightOnlyMatmul.apply(x.to(dtype), self.weight, self.weight_scale, bias)
+
+
+class _Int8WeightOnlyMatmul(torch.autograd.Function):
+    """``x @ dequantize(W).T + b`` that keeps only the int8 weight for the backward pass.
+
+    Plain autograd would save each layer's dequantized half-precision weight until the
+    backward pass: a second, 16-bit copy of the whole base (3 GB for large-v2) held for the
+    length of every step. Dequantizing again in backward costs a few milliseconds.
+    """
+
+    @staticmethod
+    def forward(ctx, x, qweight, scale, bias):
+        ctx.save_for_backward(qweight, scale)
+        return torch.nn.functional.linear(x, _dequantize(qweight, scale, x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        qweight, scale = ctx.saved_tensors
+        grad_x = grad @ _dequantize(qweight, scale, grad.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None
+
+
+def _dequantize(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return qweight.to(dtype) * scale.to(dtype)[:, None]
+
+
+def quantize_weight_only(model) -> None:
+    """Replace every Linear of the encoder and decoder layers by an Int8WeightOnlyLinear
+    (the output projection stays: it shares its weight with the token embeddings)."""
+    for layers in (model.model.encoder.layers, model.model.decoder.layers):
+        for parent in layers.modules():
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.Linear:
+                    setattr(parent, name, Int8WeightOnlyLinear(child))
+
+
+def _freeze(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _kbit_prepare(model):
+    """The recipe's preparation of a bitsandbytes base: fp32 norms, frozen weights, input
+    gradients on (checkpointing is set separately, per layer)."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One way of holding the frozen base; every stage asks it rather than the name."""
+
+    name: str
+    summary: str  # one line for help texts and reports
+    bitsandbytes: str | None = None  # "8bit" | "4bit": loaded through a BitsAndBytesConfig
+    weight_only_int8: bool = False  # swap Linear layers for Int8WeightOnlyLinear after loading
+    # bitsandbytes keeps its matmul inputs on the autograd context, outside the saved tensors
+    # that non-reentrant checkpointing frees: only the reentrant kind saves memory there
+    reentrant_checkpointing: bool = False
+    # keep PEFT's cast of each adapter's input to fp32 (bitsandbytes layers want it; for the
+    # others autocast alone serves, and the cast costs two copies of the activations)
+    cast_adapter_inputs: bool = False
+    # half-precision norms that stay half under autocast (see speedups.HalfLayerNorm);
+    # bitsandbytes bases keep the recipe's fp32 norms
+    half_norms: bool = True
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the weights are not plain floating point, so that an adapter cannot be
+        merged into them: ``--exact`` inference keeps such a base with the adapter unmerged."""
+        return self.bitsandbytes is not None or self.weight_only_int8
+
+    @property
+    def eval_autocast(self) -> bool:
+        """8-bit and 4-bit matmuls want autocast to pick their compute dtype when generating."""
+        return self.quantized
+
+    def check_available(self, device: torch.device) -> None:
+        """Fail early, with the fix, where this holding cannot run."""
+        if self.bitsandbytes is None:
+            return
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as e:  # ImportError, or a missing native library
+            raise UserError(
+                f"quantization {self.name} needs bitsandbytes, which cannot load here ({e}): "
+                f"pip install bitsandbytes, or set model.quantization=none"
+            ) from None
+        if device.type not in ("cuda", "cpu"):
+            raise UserError(f"bitsandbytes {self.name} does not run on {device.type}: set model.quantization=none")
+
+    def load_kwargs(self, int8_threshold: float, compute_dtype: torch.dtype) -> dict:
+        """Extra ``from_pretrained`` arguments: the BitsAndBytesConfig, when there is one."""
+        if self.bitsandbytes is None:
+            return {}
+        from transformers import BitsAndBytesConfig
+
+        if self.bitsandbytes == "8bit":
+            return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)}
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+        return {"quantization_config": config}
+
+    def after_load(self, model) -> None:
+        """What happens to the loaded base before anything else sees it."""
+        if self.weight_only_int8:
+            quantize_weight_only(model)
+
+    def prepare_for_lora(self, model):
+        """The frozen base, ready for adapters (bitsandbytes bases: the recipe's preparation)."""
+        return _kbit_prepare(model) if self.bitsandbytes else _freeze(model)
+
+
+INT8_WO, INT8, NF4, NONE = "int8-wo", "int8", "nf4", "none"
+HOLDINGS: dict[str, Holding] = {
+    h.name: h
+    for h in (
+        Holding(
+            INT8_WO,
+            "int8 weights, one scale per row, bf16 matmuls: 8-bit memory at bf16 speed",
+            weight_only_int8=True,
+        ),
+        Holding(
+            INT8,
+            "bitsandbytes LLM.int8: the reference recipe's numerics, 2-5x slower on a GPU",
+            bitsandbytes="8bit",
+            reentrant_checkpointing=True,
+            cast_adapter_inputs=True,
+            half_norms=False,
+        ),
+        Holding(
+            NF4,
+            "bitsandbytes 4-bit NormalFloat, double quantization: the least memory",
+            bitsandbytes="4bit",
+            reentrant_checkpointing=True,
+            cast_adapter_inputs=True,
+            half_norms=False,
+        ),
+        Holding(NONE, "unquantized: bf16/fp16 on GPUs, fp32 on the CPU"),
+    )
+}
+DEFAULT = INT8_WO
+
+
+def get_holding(name: str) -> Holding:
+    """The entry for a ``model.quantization`` value."""
+    try:
+        return HOLDINGS[name]
+    except KeyError:
+        raise UserError(f"unknown quantization {name!r}: choose one of {', '.join(HOLDINGS)}") from None
