@@ -158,7 +158,7 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from whisper_tune.config import ModelConfig
-    from whisper_tune.modeling import write_adapter_meta
+    from whisper_tune.run import write_adapter_meta
 
     torch.manual_seed(2)
     base = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)

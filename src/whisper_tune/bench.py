@@ -290,7 +290,7 @@ def random_adapter(base: Path, out: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
-    from .modeling import write_adapter_meta
+    from .run import write_adapter_meta
 
     model = WhisperForConditionalGeneration.from_pretrained(base, dtype=torch.float16)
     lora = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)

@@ -143,13 +143,9 @@ def cmd_evaluate(args) -> int:
         config_name=args.config_name,
         max_seconds=args.max_seconds,
     )
-    if args.out:
-        out = args.out
-    elif args.adapter:  # beside the run's other outputs
-        suffix = "-exact" if args.exact else ""
-        out = str(Path(args.adapter).resolve().parent / f"eval-{Path(args.adapter).name}-{args.split}{suffix}")
-    else:
-        out = f"eval-{Path(args.model).name}-{args.split}"
+    from .run import default_eval_dir
+
+    out = args.out or default_eval_dir(args.model, args.adapter, args.split, args.exact)
     summary, folder = evaluate(
         args.model,
         args.adapter,

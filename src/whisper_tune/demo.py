@@ -123,12 +123,14 @@ def run_demo(
     ]
     cfg = load_train_config("demo", cfg_overrides)
     from . import checkpoint
+    from .run import RunDir
 
-    resume = checkpoint.latest(run_dir / "checkpoints") is not None and not (run_dir / "adapter").exists()
-    if (run_dir / "adapter" / "adapter_config.json").exists():
-        report(f"fine-tune: reusing {run_dir / 'adapter'}")
-        trained = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        train_info = {"steps": trained["steps"], "samples_per_s": trained["samples_per_s"], "wall_s": trained["wall_s"]}
+    run = RunDir(run_dir)
+    resume = checkpoint.latest(run.checkpoints) is not None and not run.adapter.exists()
+    trained = run.read_record() if run.finished_adapter() else None
+    if trained is not None:
+        report(f"fine-tune: reusing {run.adapter}")
+        train_info = {"steps": trained.steps, "samples_per_s": trained.samples_per_s, "wall_s": trained.wall_s}
     else:
         report(
             f"fine-tune: {cfg.train.max_steps} steps of batch {cfg.train.batch_size}, {cfg.model.quantization} base "

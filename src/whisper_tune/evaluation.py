@@ -10,7 +10,6 @@ fine-tuned Whisper fails that a corpus-level WER hides.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from .features import log_mel
 from .metrics import error_rates
 from .modeling import input_dtype
 from .normalizers import normalize, orthographic
+from .run import write_eval_report
 
 LOOP_REPEATS = {1: 4, 2: 3, 3: 3, 4: 3}  # n-gram length -> consecutive repeats that make a loop
 _CHAR_LOOP = re.compile(r"(\S{1,10}?)\1{7,}")  # loops inside a word (scripts written without spaces)
@@ -201,18 +201,6 @@ def summarize(result: GenerationResult, model_info: dict | None = None) -> tuple
     return summary, clips
 
 
-def write_report(out_dir: Path, summary: EvalSummary, clips: list[dict]) -> Path:
-    """``summary.json`` and ``clips.jsonl`` (worst clips first) in ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, ensure_ascii=False), encoding="utf-8")
-    ordered = sorted(clips, key=lambda c: -(c["wer"] or 0))
-    (out_dir / "clips.jsonl").write_text(
-        "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in ordered), encoding="utf-8"
-    )
-    return out_dir
-
-
 def evaluate(
     base: str | None,
     adapter: str | None,
@@ -262,4 +250,4 @@ def evaluate(
         "device": str(device),
     }
     summary, clips = summarize(result, info)
-    return summary, write_report(out, summary, clips)
+    return summary, write_eval_report(out, asdict(summary), clips)

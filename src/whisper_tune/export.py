@@ -8,7 +8,6 @@ merge loses the small LoRA deltas to rounding.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .run import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,10 @@ def model_card(
     kind: str, base: str, language: str | None, task: str, adapter_dir: Path | None = None, scores: dict | None = None
 ) -> str:
     """A Hub model card (YAML front matter + how to load), made offline from what the run recorded."""
-    run = _run_info(adapter_dir)
-    cfg = run.get("config", {})
-    scores = scores or run.get("best")
+    run = RunDir.of_adapter(adapter_dir) if adapter_dir else None
+    record = run.read_record() if run else None
+    cfg = record.config if record else {}
+    scores = scores or (record.best if record else None)
     library = "peft" if kind == "adapter" else "transformers"
     front = ["---", f"library_name: {library}", f"base_model: {base}", "pipeline_tag: automatic-speech-recognition"]
     if language:
@@ -94,7 +95,7 @@ def model_card(
             f"- Base held as: {cfg.get('model', {}).get('quantization')} during training",
             f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
             f"targets={lora.get('targets')}",
-            f"- Training: {run.get('steps')} steps of batch {train.get('batch_size')}, lr "
+            f"- Training: {record.steps} steps of batch {train.get('batch_size')}, lr "
             f"{train.get('learning_rate')}, warm-up {train.get('warmup_steps')}",
         ]
     lines += ["", "## Results", ""]
@@ -126,16 +127,6 @@ def model_card(
         ]
     lines += ["```", "", "Made with [whisper-tune](https://pypi.org/project/whisper-tune/).", ""]
     return "\n".join(lines)
-
-
-def _run_info(adapter_dir: Path | None) -> dict:
-    """run.json of the run an adapter folder came from (its parent folder), if any."""
-    if adapter_dir is None:
-        return {}
-    for candidate in (adapter_dir / "run.json", adapter_dir.parent / "run.json"):
-        if candidate.is_file():
-            return json.loads(candidate.read_text(encoding="utf-8"))
-    return {}
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:

@@ -25,6 +25,7 @@ from .config import LoraSettings, ModelConfig
 from .errors import UserError
 from .processor import BUNDLED, CONTROL_TOKENS, MAX_LABEL_TOKENS, languages, processor_path
 from .quantization import NONE, Holding, get_holding
+from .run import AdapterMeta
 from .speedups import apply_speedups
 
 log = logging.getLogger(__name__)
@@ -210,39 +211,6 @@ def parameter_counts(model) -> tuple[int, int]:
     return int(trainable), int(total)
 
 
-ADAPTER_META = "whisper_tune.json"  # written beside adapter_config.json: what evaluate/merge need
-
-
-def write_adapter_meta(folder: Path, cfg: ModelConfig, language: str, task: str) -> None:
-    """Record base, quantization and language next to an adapter, so later commands need
-    only the adapter folder."""
-    import json
-
-    meta = {
-        "base": cfg.base,
-        "quantization": cfg.quantization,
-        "int8_threshold": cfg.int8_threshold,
-        "language": language,
-        "task": task,
-    }
-    (Path(folder) / ADAPTER_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
-
-def read_adapter_meta(folder: str | Path) -> dict:
-    """The adapter's whisper-tune record, or what PEFT's adapter_config.json says of its base."""
-    import json
-
-    folder = Path(folder)
-    if not (folder / "adapter_config.json").is_file():
-        raise UserError(
-            f"{folder} is not a LoRA adapter folder (no adapter_config.json): give a run's adapter/ or best/ folder"
-        )
-    if (folder / ADAPTER_META).is_file():
-        return json.loads((folder / ADAPTER_META).read_text(encoding="utf-8"))
-    peft_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    return {"base": peft_config.get("base_model_name_or_path"), "quantization": NONE}
-
-
 @dataclass
 class InferenceModel:
     """A model ready to generate, and how it was put together."""
@@ -287,14 +255,14 @@ def load_for_inference(
     """
     from peft import PeftModel
 
-    meta = read_adapter_meta(adapter) if adapter else {}
-    base = base or meta.get("base")
+    meta = AdapterMeta.read(adapter) if adapter else AdapterMeta(base=None)
+    base = base or meta.base
     if not base:
         raise UserError("no base model: pass --model (the adapter folder does not name its base)")
     cfg = ModelConfig(
         base=base,
-        quantization=meta.get("quantization", NONE) if exact else NONE,
-        int8_threshold=meta.get("int8_threshold", 6.0),
+        quantization=meta.quantization if exact else NONE,
+        int8_threshold=meta.int8_threshold,
         gradient_checkpointing=False,
     )
     holding = get_holding(cfg.quantization)
@@ -307,8 +275,8 @@ def load_for_inference(
     apply_speedups(model, cfg, train=False)
     model.eval()
     processor = load_processor(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base)
-    language = None if language == "auto" else language or meta.get("language")
-    task = task or meta.get("task") or "transcribe"
+    language = None if language == "auto" else language or meta.language
+    task = task or meta.task or "transcribe"
     if language:
         from .processor import resolve_language
 

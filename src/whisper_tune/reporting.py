@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .run import METRICS_FILE, PLOT_FILE
+
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "training.png"
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "jiwer", "whisper-tune")
 
 

@@ -14,7 +14,6 @@ The functions below (``Comparer``, ``check_upload``, ``run_report``) work withou
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,40 +119,26 @@ class RunReport:
         return "\n".join(lines)
 
 
-def run_adapter(run_dir: Path) -> Path:
-    """The adapter a run folder holds: ``best/`` when training kept one, else ``adapter/``."""
-    for name in ("best", "adapter"):
-        if (run_dir / name / "adapter_config.json").is_file():
-            return run_dir / name
-    raise UserError(f"{run_dir} holds no adapter (best/ or adapter/): give a whisper-tune train output folder")
-
-
 def run_report(run_dir: str | Path, worst: int = WORST_CLIPS) -> RunReport:
     """What a run folder says about itself: metrics, and the evaluation reports written in it
     or beside it (``evaluate --adapter RUN/best`` writes into the run folder; the demo writes
     ``eval-before``/``eval-after`` beside it). Zero-shot reports count as "before"."""
     from .reporting import read_metrics
+    from .run import RunDir, read_eval_clips
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} not found")
-    report = RunReport(run_dir, run_adapter(run_dir), read_metrics(run_dir))
-    summaries = sorted(
-        {*run_dir.glob("*/summary.json"), *run_dir.parent.glob("*/summary.json")}, key=lambda p: p.stat().st_mtime
-    )
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise UserError(f"run folder {run.path} not found")
+    report = RunReport(run.path, run.serving_adapter(), read_metrics(run.path))
     last = None
-    for path in summaries:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+    for folder, summary in run.eval_reports():
         adapter = (summary.get("model") or {}).get("adapter")
-        if adapter and not Path(adapter).resolve().is_relative_to(run_dir.resolve()):
-            continue  # another run's adapter
         label = f"fine-tuned ({Path(adapter).name})" if adapter else "base (zero-shot)"
-        report.scores.append(summary | {"label": label, "report": path.parent.name})
+        report.scores.append(summary | {"label": label, "report": folder.name})
         if adapter:
-            last = path.parent
-    if last is not None and (last / "clips.jsonl").is_file():
-        rows = [json.loads(line) for line in (last / "clips.jsonl").read_text(encoding="utf-8").splitlines() if line]
-        report.worst = rows[:worst]
+            last = folder
+    if last is not None:
+        report.worst = read_eval_clips(last)[:worst]
         audio = _clip_audio(last / "prepared", [r["id"] for r in report.worst])
         for row in report.worst:
             row["audio"] = audio.get(row["id"])

@@ -19,7 +19,6 @@ A run folder::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from . import checkpoint
 from .config import TrainConfig, to_dict
@@ -45,11 +43,11 @@ from .modeling import (
     parameter_counts,
     pick_device,
     set_generation_language,
-    write_adapter_meta,
 )
 from .prepare import load_prepared, prepare_split
 from .processor import resolve_language
 from .reporting import MetricsLog, environment, peak_memory_gib, plot_run
+from .run import RunDir, RunRecord, write_adapter_meta
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +181,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
             f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another train.output_dir"
         )
     if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
-            yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8"
-        )
+        RunDir(run_dir).write_config(cfg)
     _seed_everything(cfg.train.seed)
 
     # The model first: a wrong base or a missing bitsandbytes fails before data work.
@@ -426,7 +421,7 @@ def _save_best(folder: Path, model, processor, scores: dict, cfg: TrainConfig, l
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         write_adapter_meta(tmp, cfg.model, language, cfg.data.task)
-        (tmp / "eval.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
+        RunDir(folder.parent).write_best(tmp, scores)
 
     checkpoint.write_atomically(folder, fill)
 
@@ -434,19 +429,20 @@ def _save_best(folder: Path, model, processor, scores: dict, cfg: TrainConfig, l
 def _write_run_json(
     run_dir: Path, cfg: TrainConfig, device, result: TrainResult, trainable: int, total: int, resumed_from, world: int
 ) -> None:
-    info = {
-        "config": to_dict(cfg),
-        "world_size": world,
-        "base_model": cfg.model.base,
-        "quantization": cfg.model.quantization,
-        "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
-        "steps": result.steps,
-        "finished": not result.stopped_early,
-        "resumed_from": str(resumed_from) if resumed_from else None,
-        "final_train_loss": result.final_loss,
-        "best": result.best,
-        "samples_per_s": result.samples_per_s,
-        "wall_s": result.wall_s,
-        "environment": environment(device),
-    } | peak_memory_gib(device)
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+    record = RunRecord(
+        config=to_dict(cfg),
+        world_size=world,
+        base_model=cfg.model.base,
+        quantization=cfg.model.quantization,
+        parameters={"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
+        steps=result.steps,
+        finished=not result.stopped_early,
+        resumed_from=str(resumed_from) if resumed_from else None,
+        final_train_loss=result.final_loss,
+        best=result.best,
+        samples_per_s=result.samples_per_s,
+        wall_s=result.wall_s,
+        environment=environment(device),
+        extra=peak_memory_gib(device),
+    )
+    RunDir(run_dir).write_record(record)

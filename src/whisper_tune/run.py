@@ -1,0 +1,232 @@
+"""The run folder, as a file format with one owner.
+
+``train`` writes a folder that later commands (``evaluate``, ``merge``, ``export-ct2``,
+``serve``, ``demo``) need alone, as litgpt's ``save_hyperparameters`` does::
+
+    config.yaml            the resolved configuration (load_train_config reads it back)
+    run.json               how the run went: steps, rates, best scores, versions (RunRecord)
+    metrics.jsonl          one line per logged step; training.png, tensorboard/
+    adapter/               the final adapter: PEFT files, processor, whisper_tune.json
+    best/                  the adapter with the best eval score, and its eval.json
+    checkpoints/step-N/    the last checkpoints (see checkpoint.py)
+    processor/  prepared/{train,eval}/
+    eval-NAME-SPLIT/       evaluation reports: summary.json, clips.jsonl (evaluate writes them
+                           beside the adapter it scores)
+
+Every reader and writer of these files goes through this module, so a renamed key is one
+edit here. An adapter folder records its base in ``whisper_tune.json`` (:class:`AdapterMeta`)
+so that ``evaluate --adapter DIR`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+CONFIG_FILE = "config.yaml"
+RECORD_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training.png"
+ADAPTER_META = "whisper_tune.json"  # written beside adapter_config.json: what evaluate/merge need
+BEST_SCORES = "eval.json"  # in best/: the scores that made it the best
+EVAL_SUMMARY = "summary.json"
+EVAL_CLIPS = "clips.jsonl"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---- an adapter folder ---------------------------------------------------------------
+
+
+@dataclass
+class AdapterMeta:
+    """What an adapter folder says of how it was trained (``whisper_tune.json``)."""
+
+    base: str | None
+    quantization: str = "none"  # the holding it was trained on (quantization.HOLDINGS)
+    int8_threshold: float = 6.0
+    language: str | None = None
+    task: str | None = None
+
+    def write(self, folder: str | Path) -> None:
+        _write_json(Path(folder) / ADAPTER_META, asdict(self))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> AdapterMeta:
+        """The adapter's record, or what PEFT's adapter_config.json says of its base."""
+        folder = Path(folder)
+        if not (folder / "adapter_config.json").is_file():
+            raise UserError(
+                f"{folder} is not a LoRA adapter folder (no adapter_config.json): give a run's adapter/ or best/ folder"
+            )
+        if (folder / ADAPTER_META).is_file():
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in _read_json(folder / ADAPTER_META).items() if k in known})
+        return cls(base=_read_json(folder / "adapter_config.json").get("base_model_name_or_path"))
+
+
+def write_adapter_meta(folder: str | Path, cfg, language: str | None, task: str) -> None:
+    """Record base, holding and language (from a ``ModelConfig``) next to an adapter."""
+    AdapterMeta(cfg.base, cfg.quantization, cfg.int8_threshold, language, task).write(folder)
+
+
+# ---- evaluation reports --------------------------------------------------------------
+
+
+def write_eval_report(out_dir: str | Path, summary: dict, clips: list[dict]) -> Path:
+    """``summary.json`` and ``clips.jsonl`` (worst clips first) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / EVAL_SUMMARY, summary)
+    ordered = sorted(clips, key=lambda c: -(c["wer"] or 0))
+    (out / EVAL_CLIPS).write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in ordered), encoding="utf-8")
+    return out
+
+
+def read_eval_clips(report_dir: Path) -> list[dict]:
+    """The per-clip rows of an evaluation report, worst first (empty when absent)."""
+    path = Path(report_dir) / EVAL_CLIPS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def default_eval_dir(model: str | None, adapter: str | None, split: str, exact: bool) -> Path:
+    """Where ``evaluate`` reports when not told: beside the adapter (in its run folder), else
+    ``eval-MODEL-SPLIT`` here."""
+    if adapter:
+        suffix = "-exact" if exact else ""
+        return Path(adapter).resolve().parent / f"eval-{Path(adapter).name}-{split}{suffix}"
+    return Path(f"eval-{Path(model).name}-{split}")
+
+
+# ---- the run folder ------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """``run.json``: how a run went. Keys this version does not know (peak memory figures,
+    keys of later versions) are kept in ``extra``; keys an older record lacks take defaults."""
+
+    config: dict = field(default_factory=dict)  # the resolved TrainConfig, as config.yaml
+    world_size: int = 1
+    base_model: str | None = None
+    quantization: str | None = None
+    parameters: dict = field(default_factory=dict)  # trainable, total, trainable_percent
+    steps: int = 0
+    finished: bool = False
+    resumed_from: str | None = None
+    final_train_loss: float | None = None
+    best: dict | None = None  # {"step", "wer", "cer"} of the best evaluation
+    samples_per_s: float = 0.0
+    wall_s: float = 0.0
+    environment: dict = field(default_factory=dict)  # versions and hardware
+    extra: dict = field(default_factory=dict)  # peak memory figures (peak_gpu_gib, ...)
+
+    def to_dict(self) -> dict:
+        """The JSON layout: the fields, with the ``extra`` figures at the top level."""
+        data = asdict(self)
+        extra = data.pop("extra")
+        return data | extra
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunRecord:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: data[k] for k in known & data.keys()}, extra={k: v for k, v in data.items() if k not in known})
+
+
+class RunDir:
+    """The paths of a run folder and typed reads and writes of its records."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    config_file = property(lambda self: self.path / CONFIG_FILE)
+    record_file = property(lambda self: self.path / RECORD_FILE)
+    metrics_file = property(lambda self: self.path / METRICS_FILE)
+    plot_file = property(lambda self: self.path / PLOT_FILE)
+    adapter = property(lambda self: self.path / "adapter")
+    best = property(lambda self: self.path / "best")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    processor = property(lambda self: self.path / "processor")
+
+    def prepared(self, which: str) -> Path:
+        """The prepared split ``train`` or ``eval`` of this run."""
+        return self.path / "prepared" / which
+
+    def write_config(self, cfg) -> None:
+        """``config.yaml``: the resolved TrainConfig, loadable as a recipe."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        data = dataclasses.asdict(cfg)
+        self.config_file.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+    def write_record(self, record: RunRecord) -> None:
+        _write_json(self.record_file, record.to_dict())
+
+    def read_record(self) -> RunRecord | None:
+        """``run.json``, or None for a run that has not finished a first attempt."""
+        if not self.record_file.is_file():
+            return None
+        try:
+            return RunRecord.from_dict(_read_json(self.record_file))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{self.record_file} is not a whisper-tune run record ({e})") from None
+
+    def finished_adapter(self) -> Path | None:
+        """The final adapter, when training completed."""
+        return self.adapter if (self.adapter / "adapter_config.json").is_file() else None
+
+    def serving_adapter(self) -> Path:
+        """The adapter to use: ``best/`` when training kept one, else ``adapter/``."""
+        for folder in (self.best, self.adapter):
+            if (folder / "adapter_config.json").is_file():
+                return folder
+        raise UserError(f"{self.path} holds no adapter (best/ or adapter/): give a whisper-tune train output folder")
+
+    def write_best(self, folder: Path, scores: dict) -> None:
+        """The scores that made an adapter the best, beside it."""
+        _write_json(Path(folder) / BEST_SCORES, scores)
+
+    def eval_reports(self) -> list[tuple[Path, dict]]:
+        """(folder, summary) of the evaluation reports about this run, oldest first: those in
+        it (``evaluate --adapter RUN/best``) and those beside it that scored one of its
+        adapters or a base model (the demo's ``eval-before``/``eval-after``)."""
+        found = sorted(
+            {*self.path.glob(f"*/{EVAL_SUMMARY}"), *self.path.parent.glob(f"*/{EVAL_SUMMARY}")},
+            key=lambda p: p.stat().st_mtime,
+        )
+        reports = []
+        for path in found:
+            summary = _read_json(path)
+            adapter = (summary.get("model") or {}).get("adapter")
+            if adapter and not Path(adapter).resolve().is_relative_to(self.path.resolve()):
+                continue  # another run's adapter
+            reports.append((path.parent, summary))
+        return reports
+
+    @classmethod
+    def of_adapter(cls, adapter_dir: str | Path) -> RunDir | None:
+        """The run an adapter folder came from (the folder holding it), if it recorded one."""
+        adapter_dir = Path(adapter_dir)
+        for candidate in (adapter_dir, adapter_dir.parent):
+            if (candidate / RECORD_FILE).is_file():
+                return cls(candidate)
+        return None
