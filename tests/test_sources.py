@@ -165,3 +165,18 @@ def test_missing_source_and_unreachable_hub(tmp_path):
         open_source(str(tmp_path / "nothing-here"))
     with pytest.raises(UserError, match="could not load hub dataset"):
         open_source("nobody/no-such-dataset-xyz")
+
+
+def test_open_source_knows_prepared_folders_and_split_aliases(small_corpus, tmp_path):
+    from whisper_tune.config import DataConfig
+    from whisper_tune.prepare import prepare
+    from whisper_tune.sources import PreparedSource
+
+    cv = open_source(DataConfig(source=str(small_corpus), language="mr"))
+    assert isinstance(cv, CommonVoiceSource) and cv.check_split("train+validation") == ["train", "dev"]
+    assert ManifestSource.split_aliases == {}  # only Common Voice knows 'validation'
+    out = prepare(cv, "test", tmp_path / "prepared", num_proc=1, progress=False).out
+    prepared = open_source(DataConfig(source=str(out)))
+    assert isinstance(prepared, PreparedSource) and prepared.folder == out
+    with pytest.raises(UserError, match="prepared already"):
+        list(prepared.rows("test"))

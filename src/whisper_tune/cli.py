@@ -37,18 +37,9 @@ def cmd_prepare(args) -> int:
     from .prepare import PrepareOptions, prepare
     from .sources import open_source
 
-    options = PrepareOptions(
-        language=args.language, task=args.task, processor=args.processor, max_seconds=args.max_seconds
-    )
-    source = open_source(
-        args.data,
-        language=options.language,
-        audio_column=args.audio_column,
-        text_column=args.text_column,
-        streaming=args.streaming,
-        config_name=args.config_name,
-    )
-    result = prepare(source, args.split, args.out, options, num_proc=args.num_proc)
+    data = _data_config(args)
+    options = PrepareOptions.from_data(data, args.processor)
+    result = prepare(open_source(data), args.split, args.out, options, num_proc=args.num_proc)
     _print_prepared(result, args.split)
     return 0
 
@@ -128,21 +119,11 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """WER and CER (orthographic and normalized) of a base model, or base + adapter, on a split."""
-    from .config import DataConfig
     from .evaluation import evaluate
 
     if not args.model and not args.adapter:
         raise UserError("evaluate needs --model BASE, --adapter DIR, or both")
-    data = DataConfig(
-        source=args.data,
-        language=args.language,
-        task=args.task,
-        audio_column=args.audio_column,
-        text_column=args.text_column,
-        streaming=args.streaming,
-        config_name=args.config_name,
-        max_seconds=args.max_seconds,
-    )
+    data = _data_config(args)
     from .run import default_eval_dir
 
     out = args.out or default_eval_dir(args.model, args.adapter, args.split, args.exact)
@@ -268,6 +249,14 @@ def cmd_export_ct2(args) -> int:
     out = export_ct2(args.model, args.out, quantization=args.quantization, adapter=args.adapter)
     print(f"wrote CTranslate2 model ({args.quantization}) to {out}; load it with faster_whisper.WhisperModel('{out}')")
     return 0
+
+
+def _data_config(args):
+    """The one DataConfig that ``prepare`` and ``evaluate`` build from their data flags."""
+    from .config import DataConfig, from_dict
+
+    fields = ("language", "task", "audio_column", "text_column", "streaming", "config_name", "max_seconds")
+    return from_dict(DataConfig, {"source": args.data} | {f: getattr(args, f) for f in fields})
 
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:

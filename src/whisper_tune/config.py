@@ -16,7 +16,11 @@ from typing import Any
 
 import yaml
 
+from .audio import CHUNK_SECONDS
 from .errors import UserError
+
+TASKS = ("transcribe", "translate")
+MAX_SECONDS = float(CHUNK_SECONDS)  # Whisper sees one 30 s window per training example
 
 
 @dataclass
@@ -32,10 +36,10 @@ class DataConfig:
     text_column: str | None = None  # None: guess (text, sentence, ...)
     streaming: bool = False  # read a Hugging Face dataset as it downloads
     config_name: str | None = None  # Hugging Face dataset configuration (e.g. a language code)
-    max_seconds: float = 30.0  # longer clips are rejected and listed, never truncated
+    max_seconds: float = MAX_SECONDS  # longer clips are rejected and listed, never truncated
 
     def __post_init__(self):
-        if self.task not in ("transcribe", "translate"):
+        if self.task not in TASKS:
             raise ValueError(f"data.task must be 'transcribe' or 'translate', got {self.task!r}")
 
 

@@ -26,15 +26,15 @@ from itertools import islice
 from pathlib import Path
 
 from .audio import SILENCE_DB, AudioError, duration, load_audio, rms_db
+from .config import MAX_SECONDS, TASKS, DataConfig
 from .errors import UserError
 from .features import label_ids, set_prefix
-from .processor import MAX_LABEL_TOKENS, cache_root, load_tokenizer, processor_path, resolve_language
-from .sources import DataSource, Row
+from .processor import MAX_LABEL_TOKENS, load_tokenizer, processor_path, resolve_language
+from .sources import DataSource, PreparedSource, Row, open_source
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MAX_SECONDS = 30.0  # Whisper sees at most one 30 s window per training example
 REASONS = {
     "missing": "audio file not found",
     "undecodable": "audio cannot be decoded",
@@ -51,7 +51,7 @@ REASONS = {
 class PrepareOptions:
     """What a prepared split depends on besides its source."""
 
-    language: str = "mr"  # Whisper language code or English name
+    language: str = DataConfig.language  # Whisper language code or English name
     task: str = "transcribe"  # or "translate"
     processor: str = "bundled"  # tokenizer source: bundled offline build, a model folder or hub id
     max_seconds: float = MAX_SECONDS  # longer clips are rejected, never truncated
@@ -60,10 +60,15 @@ class PrepareOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "language", resolve_language(self.language))
-        if self.task not in ("transcribe", "translate"):
+        if self.task not in TASKS:
             raise UserError(f"unknown task {self.task!r}: use 'transcribe' or 'translate'")
         if not 0 < self.max_seconds <= MAX_SECONDS:
             raise UserError(f"max_seconds must be in (0, {MAX_SECONDS:g}], got {self.max_seconds}")
+
+    @classmethod
+    def from_data(cls, data: DataConfig, processor: str = "bundled") -> PrepareOptions:
+        """The options a ``DataConfig`` implies (the one mapping from data settings)."""
+        return cls(language=data.language, task=data.task, processor=processor, max_seconds=data.max_seconds)
 
 
 @dataclass
@@ -301,27 +306,16 @@ def load_prepared(out_dir: str | Path):
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def prepare_split(data, split: str, out: Path, processor: str, num_proc: int | None = None, progress: bool = True):
-    """The prepared dataset of ``split`` for a ``DataConfig``: the source itself when it is a
-    prepared folder already, the demo corpus (made on first use) for ``source: demo``."""
-    from .sources import open_source
-
-    spec = data.source
-    if (Path(spec) / "prepared.json").exists():
-        return load_prepared(spec)
-    if spec == "demo":
-        from .demo_data import make_demo_data
-
-        spec = str(make_demo_data(cache_root() / "demo-corpus", data.language, progress=progress).folder)
-    source = open_source(
-        spec,
-        language=data.language,
-        audio_column=data.audio_column,
-        text_column=data.text_column,
-        streaming=data.streaming,
-        config_name=data.config_name,
-    )
-    options = PrepareOptions(language=data.language, task=data.task, processor=processor, max_seconds=data.max_seconds)
+def prepare_split(
+    data: DataConfig, split: str, out: Path, processor: str, num_proc: int | None = None, progress: bool = True
+):
+    """The prepared dataset of ``split`` for a ``DataConfig``, whatever its source: prepared
+    into ``out`` (or reused from there), or loaded as it is when the source is a prepared
+    folder already."""
+    source = open_source(data, progress=progress)
+    if isinstance(source, PreparedSource):
+        return load_prepared(source.folder)
+    options = PrepareOptions.from_data(data, processor)
     result = prepare(source, split, out, options, num_proc=num_proc, progress=progress)
     if result.rejected_total:
         log.warning("%s: %d clips rejected, listed in %s", split, result.rejected_total, Path(out) / "rejected.jsonl")

@@ -7,8 +7,10 @@ the transcript), so decoding, validation and feature extraction happen once, in
 torchcodec with its own resampler, and our front end must be the same in training and
 inference.
 
-``open_source(spec)`` picks the source from one string:
+``open_source(data)`` takes a ``DataConfig`` (or one string) and knows every kind:
 
+* ``demo``: the demo corpus (espeak-ng Marathi, made in the cache on first use);
+* a folder that ``prepare`` made (``prepared.json``): used as it is, nothing is decoded;
 * ``cv:PATH`` or a folder holding Common Voice TSVs (``train.tsv``, ``dev.tsv``,
   ``test.tsv``, ``validated.tsv``, ``clips/``), or its parent holding ``<language>/``;
 * ``manifest:PATH`` or a ``.csv``/``.tsv``/``.jsonl``/``.json`` file of audio path + text;
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DataConfig
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class DataSource:
     """A corpus that yields :class:`Row` for named splits."""
 
     kind = "source"
+    split_aliases: dict[str, str] = {}  # other names users give a split
 
     def splits(self) -> list[str] | None:
         """Split names, or None when the source is a single unsplit list."""
@@ -101,7 +105,7 @@ class DataSource:
         available = self.splits()
         if available is None or split is None:
             return [None] if available is None else list(available)
-        names = [CV_SPLIT_ALIASES.get(n, n) if self.kind == "common_voice" else n for n in split_names(split)]
+        names = [self.split_aliases.get(n, n) for n in split_names(split)]
         for name in names:
             if name not in available:
                 raise UserError(
@@ -120,6 +124,7 @@ class CommonVoiceSource(DataSource):
     """A Common Voice release folder: ``<lang>/{train,dev,test,...}.tsv`` and ``clips/``."""
 
     kind = "common_voice"
+    split_aliases = CV_SPLIT_ALIASES
 
     def __init__(self, folder: Path, language: str | None = None):
         folder = Path(folder)
@@ -317,20 +322,61 @@ class HFSource(DataSource):
         }
 
 
+class DemoSource(CommonVoiceSource):
+    """The demo corpus (``source: demo``): the shipped Marathi sentences spoken by espeak-ng
+    into a Common Voice layout in the cache, made on first use and reused after."""
+
+    def __init__(self, language: str, progress: bool = True):
+        from .demo_data import make_demo_data
+        from .processor import cache_root
+
+        super().__init__(make_demo_data(cache_root() / "demo-corpus", language, progress=progress).folder)
+
+
+class PreparedSource(DataSource):
+    """A folder that ``prepare`` already made: its clips are decoded and tokenized, so it is
+    loaded (``prepare.load_prepared``), never read row by row."""
+
+    kind = "prepared"
+    MARKER = "prepared.json"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def splits(self) -> None:
+        return None
+
+    def _rows(self, split: str | None) -> Iterator[Row]:
+        raise UserError(f"{self.folder} is prepared already: load it with load_prepared, or give the original corpus")
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "location": str(self.folder.resolve())}
+
+
 def _looks_like_common_voice(folder: Path, language: str | None) -> bool:
     candidates = [folder] + ([folder / language] if language else [])
     return any((c / "clips").is_dir() and any((c / f"{s}.tsv").is_file() for s in CV_SPLITS) for c in candidates)
 
 
 def open_source(
-    spec: str,
+    data: DataConfig | str,
     language: str | None = None,
     audio_column: str | None = None,
     text_column: str | None = None,
     streaming: bool = False,
     config_name: str | None = None,
+    progress: bool = True,
 ) -> DataSource:
-    """Open a data source from one string (see the module docstring for the forms)."""
+    """The source a ``DataConfig`` names (its language, columns, streaming and dataset
+    configuration applied), or the source one string names with those given as keywords.
+    See the module docstring for the forms."""
+    if isinstance(data, DataConfig):
+        spec, language, audio_column, text_column = data.source, data.language, data.audio_column, data.text_column
+        streaming, config_name = data.streaming, data.config_name
+    else:
+        spec = data
+    if spec == "demo":
+        return DemoSource(language or DataConfig.language, progress=progress)
     kind, _, rest = spec.partition(":")
     if kind in ("cv", "manifest", "hf") and rest:
         if kind == "cv":
@@ -339,6 +385,8 @@ def open_source(
             return ManifestSource(Path(rest), audio_column, text_column)
         return HFSource(rest, audio_column, text_column, streaming, config_name)
     path = Path(spec)
+    if (path / PreparedSource.MARKER).is_file():
+        return PreparedSource(path)
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         return ManifestSource(path, audio_column, text_column)
     if path.is_dir():
@@ -351,5 +399,5 @@ def open_source(
         return HFSource(spec, audio_column, text_column, streaming, config_name)
     raise UserError(
         f"data source {spec!r} not found: give a Common Voice folder, a manifest (.csv/.tsv/.jsonl), "
-        f"a dataset folder, or a hub id like owner/name"
+        f"a dataset folder, a prepared folder, 'demo', or a hub id like owner/name"
     )
