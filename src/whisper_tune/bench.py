@@ -24,23 +24,24 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraSettings, ModelConfig
+from .config import ModelConfig
 from .errors import UserError
-from .modeling import ARCHITECTURES, amp_dtype, architecture_config, lora_model, pick_device
+from .modeling import ARCHITECTURES, architecture_config, lora_model, pick_device
+from .quantization import INT8, INT8_WO, NF4, NONE
 from .reporting import environment, peak_memory_gib
 
 GPU_TRAIN_ROWS = [
     "recipe",
-    "int8/8/1",
-    "int8-wo/8/1",
-    "int8-wo/32/1",
-    "int8-wo/32/1/compile",
-    "nf4/8/1",
-    "none/8/1",
-    "none/32/0",
-    "none/24/0/compile",
+    f"{INT8}/8/1",
+    f"{INT8_WO}/8/1",
+    f"{INT8_WO}/32/1",
+    f"{INT8_WO}/32/1/compile",
+    f"{NF4}/8/1",
+    f"{NONE}/8/1",
+    f"{NONE}/32/0",
+    f"{NONE}/24/0/compile",
 ]
-CPU_TRAIN_ROWS = ["recipe", "int8-wo/8/1", "none/8/1"]
+CPU_TRAIN_ROWS = ["recipe", f"{INT8_WO}/8/1", f"{NONE}/8/1"]
 LABEL_TOKENS = 40  # a typical Common Voice sentence
 
 
@@ -87,13 +88,25 @@ def save_random(arch: str, folder: Path) -> None:
     build_processor(folder)
 
 
+REFERENCE_RECIPE = "marathi-large-v2-int8"  # the shipped recipe file: LoRA, optimizer and schedule of every row
+
+
+def reference_config(folder: Path, overrides: list[str] = ()):
+    """The reference recipe's TrainConfig on a local checkpoint, with ``key=value`` overrides."""
+    from .config import load_train_config
+
+    return load_train_config(REFERENCE_RECIPE, [f"model.base={folder}", *overrides])
+
+
 def recipe_model(folder: Path, device: torch.device):
     """The reference recipe's model, as its notebook builds it (bitsandbytes 8-bit base,
     fp32 norms and checkpointing from ``prepare_model_for_kbit_training``, the conv1 hook
-    that makes inputs require grad, LoRA r=32/alpha 64 on q/v)."""
+    that makes inputs require grad), with the recipe file's LoRA: the baseline, deliberately
+    not whisper-tune's own model code."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
 
+    lora = reference_config(folder).lora
     model = WhisperForConditionalGeneration.from_pretrained(
         folder,
         quantization_config=BitsAndBytesConfig(load_in_8bit=True),
@@ -102,7 +115,9 @@ def recipe_model(folder: Path, device: torch.device):
     )
     model = prepare_model_for_kbit_training(model)
     model.model.encoder.conv1.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
-    config = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, bias="none")
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules(), lora_dropout=lora.dropout, bias="none"
+    )
     return get_peft_model(model, config)
 
 
@@ -118,24 +133,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device) -> dict:
-    """Seconds per optimizer step and peak memory for one row (one warm-up step, untimed)."""
-    from .training import make_optimizer
+def _row_model(row: TrainRow, folder: Path, device: torch.device):
+    """(model, optimizer step) of a row: the recipe's notebook model with the Trainer's
+    optimizer (AdamW, fp16 autocast), or exactly what ``whisper-tune train`` builds."""
+    from .training import OptimizerStep, build_optimizer
 
+    overrides = [
+        f"model.gradient_checkpointing={row.checkpointing}",
+        f"train.batch_size={row.batch}",
+        f"train.compile={str(row.compile).lower()}",
+    ]
+    cfg = reference_config(folder, overrides + ([f"model.quantization={row.mode}"] if row.mode != "recipe" else []))
     if row.mode == "recipe":
         model = recipe_model(folder, device)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
         amp = torch.float16 if device.type == "cuda" else None
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    else:
-        cfg = ModelConfig(base=str(folder), quantization=row.mode, gradient_checkpointing=row.checkpointing)
-        model = lora_model(cfg, LoraSettings(r=32, alpha=64, dropout=0.05, targets="qv"), device, compile=row.compile)
-        amp = amp_dtype(device)
-        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.0, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        return model, OptimizerStep(model, optimizer, amp, cfg.train.max_grad_norm)
+    model = lora_model(cfg.model, cfg.lora, device, compile=row.compile)
+    _, _, step = build_optimizer(model, cfg, total_steps=1, device=device)
+    return model, step
+
+
+def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device) -> dict:
+    """Seconds per optimizer step and peak memory for one row (one warm-up step, untimed).
+    The step is ``training.OptimizerStep``, the one ``whisper-tune train`` runs."""
+    model, step = _row_model(row, folder, device)
     generator = torch.Generator().manual_seed(0)  # the same batch for every row
-    mel_bins = model.config.num_mel_bins
-    features = torch.randn(row.batch, mel_bins, 3000, generator=generator).to(device)
-    labels = torch.randint(0, 50000, (row.batch, LABEL_TOKENS), generator=generator).to(device)
+    batch = {
+        "input_features": torch.randn(row.batch, model.config.num_mel_bins, 3000, generator=generator),
+        "labels": torch.randint(0, 50000, (row.batch, LABEL_TOKENS), generator=generator),
+    }
+    batch = {k: v.to(device) for k, v in batch.items()}
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -146,12 +174,7 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = model(input_features=features, labels=labels, use_cache=False).loss
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        outcome = step(iter([batch]), 1)
         _sync(device)
         times.append(time.perf_counter() - start)
     step_s = sum(times[1:]) / steps
@@ -163,11 +186,11 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
         "step_s": step_s,
         "samples_per_s": row.batch / step_s,
         "first_step_s": times[0],
-        "loss": loss.item(),
+        "loss": outcome.loss,
     } | peak_memory_gib(device)
     if first_peak is not None:  # peak_gpu_gib is then the steady peak after the first step
         result["first_step_peak_gpu_gib"] = first_peak
-    del model, optimizer
+    del model, step
     _release(device)
     return result
 
@@ -285,17 +308,20 @@ def synthetic_clips(n: int, seed: int = 0):
 
 
 def random_adapter(base: Path, out: Path) -> None:
-    """A LoRA adapter (r=32 on q/v) with random, non-zero weights, recorded as trained on an
-    LLM.int8 base, as the recipe's would be."""
+    """A LoRA adapter shaped as the reference recipe's (r=32 on q/v) with random, non-zero
+    weights, recorded as trained on the recipe's base holding (LLM.int8)."""
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
     from .run import write_adapter_meta
 
+    cfg = reference_config(base)
     model = WhisperForConditionalGeneration.from_pretrained(base, dtype=torch.float16)
-    lora = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules(), init_lora_weights=False
+    )
     get_peft_model(model, lora).save_pretrained(out)
-    write_adapter_meta(out, ModelConfig(base=str(base), quantization="int8"), "mr", "transcribe")
+    write_adapter_meta(out, cfg.model, cfg.data.language, cfg.data.task)
 
 
 def time_transcription(loaded, dataset, engine: str, batch: int, amp, new_tokens: int) -> float:
@@ -309,7 +335,7 @@ def time_transcription(loaded, dataset, engine: str, batch: int, amp, new_tokens
             loaded.model,
             loaded.processor,
             dataset,
-            "mr",
+            loaded.language,
             batch_size=batch,
             amp=amp,
             max_samples=limit,
@@ -351,7 +377,7 @@ def bench_transcribe(
         from .config import DataConfig
         from .prepare import prepare_split
 
-        prepared = prepare_split(DataConfig(source=data, language="mr"), "train", work / "prepared", str(base))
+        prepared = prepare_split(DataConfig(source=data), "train", work / "prepared", str(base))
         dataset = prepared.select(range(min(clips, len(prepared))))
     results, loaded = [], None
     for spec in specs:

@@ -306,17 +306,24 @@ def load_prepared(out_dir: str | Path):
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def prepare_split(
+def prepared_folder(
     data: DataConfig, split: str, out: Path, processor: str, num_proc: int | None = None, progress: bool = True
-):
-    """The prepared dataset of ``split`` for a ``DataConfig``, whatever its source: prepared
-    into ``out`` (or reused from there), or loaded as it is when the source is a prepared
-    folder already."""
+) -> Path:
+    """The finished prepared folder of ``split`` for a ``DataConfig``, whatever its source:
+    ``out`` (prepared now, or reused when done already), or the source itself when it is a
+    prepared folder."""
     source = open_source(data, progress=progress)
     if isinstance(source, PreparedSource):
-        return load_prepared(source.folder)
+        return source.folder
     options = PrepareOptions.from_data(data, processor)
     result = prepare(source, split, out, options, num_proc=num_proc, progress=progress)
     if result.rejected_total:
         log.warning("%s: %d clips rejected, listed in %s", split, result.rejected_total, Path(out) / "rejected.jsonl")
-    return load_prepared(out)
+    return Path(out)
+
+
+def prepare_split(
+    data: DataConfig, split: str, out: Path, processor: str, num_proc: int | None = None, progress: bool = True
+):
+    """The prepared dataset of ``split`` for a ``DataConfig`` (see :func:`prepared_folder`)."""
+    return load_prepared(prepared_folder(data, split, out, processor, num_proc=num_proc, progress=progress))

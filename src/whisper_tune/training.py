@@ -8,13 +8,8 @@ same adapter as an uninterrupted one), generation-based WER on an 8-bit base, an
 checkpoints that hold only the adapter. Under ``torchrun``/``accelerate launch`` each rank
 holds its own quantized copy on its own GPU and takes every world-size-th batch.
 
-A run folder::
-
-    config.yaml  run.json  metrics.jsonl  training.png  tensorboard/
-    adapter/            final adapter (PeftModel.from_pretrained loads it) + processor
-    best/               adapter with the best eval WER (or CER) + its scores
-    checkpoints/step-N/ the last K checkpoints
-    prepared/{train,eval}/  the prepared splits
+The run folder's layout is ``run.py``'s; the step (``OptimizerStep``) is shared with
+``whisper-tune bench train``, so the benchmark times what users run.
 """
 
 from __future__ import annotations
@@ -24,6 +19,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +40,7 @@ from .modeling import (
     pick_device,
     set_generation_language,
 )
-from .prepare import load_prepared, prepare_split
+from .prepare import load_prepared, prepared_folder
 from .processor import resolve_language
 from .reporting import MetricsLog, environment, peak_memory_gib, plot_run
 from .run import RunDir, RunRecord, write_adapter_meta
@@ -162,287 +158,418 @@ def _oom_message(cfg: TrainConfig) -> str:
     )
 
 
+# ---- one optimizer step (shared with bench) ------------------------------------------
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step did."""
+
+    loss: float  # mean training loss of the micro-batches (of those run, when not finite)
+    samples: int  # clips this rank trained on
+    finite: bool  # False: a non-finite loss on some rank; the step was skipped
+    bad_loss: float | None = None  # the non-finite value, for the message
+
+
+class OptimizerStep:
+    """One optimizer step over ``n_micro`` micro-batches: forward under autocast, scaled
+    backward, the cross-rank finiteness check, clipping, the (scaled) optimizer step.
+
+    ``whisper-tune train`` and ``whisper-tune bench train`` both call this object, so the
+    benchmark times the code users run. The learning-rate schedule is the caller's (it
+    advances on skipped steps too).
+    """
+
+    def __init__(self, model, optimizer, amp: torch.dtype | None, max_grad_norm: float, world: int = 1):
+        self.model, self.optimizer, self.amp = model, optimizer, amp
+        self.max_grad_norm, self.world = max_grad_norm, world
+        self.device = next(p for p in model.parameters()).device
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.feature_dtype = input_dtype(_unwrap(model))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        features = batch["input_features"].to(self.device, self.feature_dtype, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            return self.model(input_features=features, labels=labels, use_cache=False).loss
+
+    def __call__(self, batches: Iterator[dict], n_micro: int) -> StepOutcome:
+        """Consume ``n_micro`` batches from ``batches`` (fewer when a loss is not finite)."""
+        loss_sum, samples = 0.0, 0
+        for _ in range(n_micro):
+            batch = next(batches)
+            loss = self._loss(batch)
+            if not _all_finite(loss, self.world):
+                self.optimizer.zero_grad(set_to_none=True)
+                return StepOutcome(loss_sum, samples, False, loss.item())
+            self.scaler.scale(loss / n_micro).backward()
+            loss_sum += loss.item() / n_micro
+            samples += len(batch["labels"])
+        if self.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepOutcome(loss_sum, samples, True)
+
+
+def build_optimizer(model, cfg: TrainConfig, total_steps: int, device: torch.device, world: int = 1):
+    """(optimizer, schedule, step) for the trainable parameters of ``model``, as ``cfg`` says."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg.train.learning_rate, cfg.train.weight_decay, device)
+    scheduler = linear_schedule(optimizer, cfg.train.warmup_steps, total_steps)
+    amp = amp_dtype(device, cfg.train.mixed_precision)
+    return optimizer, scheduler, OptimizerStep(model, optimizer, amp, cfg.train.max_grad_norm, world)
+
+
+# ---- the run -------------------------------------------------------------------------
+
+
+def prepare_run_data(cfg: TrainConfig, run: RunDir, progress: bool = True) -> dict[str, Path]:
+    """The prepared folders of the train (and eval) split: prepared into the run folder with
+    the processor the run saved (reused when done already), or the source itself when it is
+    a prepared folder. Training then only opens prepared folders."""
+    splits = {"train": cfg.data.train_split} | ({"eval": cfg.data.eval_split} if cfg.eval.every >= 0 else {})
+    return {
+        which: prepared_folder(cfg.data, split, run.prepared(which), str(run.processor), progress=progress)
+        for which, split in splits.items()
+    }
+
+
+@dataclass
+class Position:
+    """Where the run is: what a checkpoint saves besides weights and optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_done: int = 0  # micro-batches of this rank's current epoch already trained
+    best: dict | None = None  # {"step", "wer", "cer"} of the best evaluation
+
+
+class TrainingRun:
+    """A training run as named steps (torchtune's recipe shape): :meth:`setup` builds the
+    model, data and optimizer and resumes; :meth:`fit` loops over epochs, each step being
+    :class:`OptimizerStep` then :meth:`_after_step` (log, maybe evaluate, maybe save);
+    :meth:`finish` writes the adapter and the run record."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True):
+        self.cfg, self.resume_asked, self.stop_after, self.progress = cfg, resume, stop_after, progress
+        self.world, self.rank, local_rank = _dist_setup()
+        self.main_rank = self.rank == 0
+        self.device = pick_device(local_rank)
+        self.run = RunDir(cfg.train.output_dir)
+        self.pos = Position()
+        self.resumed_from: Path | None = None
+
+    # -- setup --------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._check_folder()
+        if self.main_rank:
+            self.run.write_config(self.cfg)
+        _seed_everything(self.cfg.train.seed)
+        self._build_model()  # the model first: a wrong base or a missing bitsandbytes fails before data work
+        if self.main_rank:
+            self.processor.save_pretrained(self.run.processor)
+            self.folders = prepare_run_data(self.cfg, self.run, self.progress)
+        _barrier(self.world)
+        if not self.main_rank:  # rank 0 prepared them: this finds them finished
+            self.folders = prepare_run_data(self.cfg, self.run, progress=False)
+        self._build_data()
+        self.optimizer, self.scheduler, self.step_fn = build_optimizer(
+            self.model, self.cfg, self.total_steps, self.device, self.world
+        )
+        self._resume()
+        resumed_step = self.pos.step if self.resumed_from else None
+        self.metrics = MetricsLog(self.run.path, resumed_step) if self.main_rank else None
+        if self.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = self.step_fn.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids)
+
+    def _check_folder(self) -> None:
+        if not self.resume_asked and checkpoint.finished(self.run.checkpoints):
+            raise UserError(
+                f"{self.run.path} already holds checkpoints: pass --resume to continue, or choose another "
+                f"train.output_dir"
+            )
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        self.processor = load_processor(cfg.model.base)
+        self.model = lora_model(cfg.model, cfg.lora, self.device, compile=cfg.train.compile)
+        self.language = resolve_language(cfg.data.language)
+        set_generation_language(self.model, self.processor.tokenizer, self.language, cfg.data.task)
+        self.trainable, self.total = parameter_counts(self.model)
+        log.info(
+            "trainable params: %s || all params: %s || trainable%%: %.4f",
+            f"{self.trainable:,}",
+            f"{self.total:,}",
+            100 * self.trainable / self.total,
+        )
+
+    def _build_data(self) -> None:
+        """Open the prepared splits; count this rank's batches and the run's steps."""
+        cfg = self.cfg
+        train_ds = load_prepared(self.folders["train"])
+        self.eval_ds = load_prepared(self.folders["eval"]) if self.main_rank and "eval" in self.folders else None
+        if len(train_ds) == 0:
+            raise UserError(
+                f"no usable training clips in {cfg.data.source} ({cfg.data.train_split}): "
+                f"see {self.run.prepared('train') / 'rejected.jsonl'}"
+            )
+        self.durations = np.asarray(train_ds["duration"], dtype=np.float32)
+        batches = epoch_batches(self.durations, cfg.train.batch_size, 0, 0, False, self.world, self.rank)
+        self.micro_per_epoch = len(batches)
+        if self.world > 1:
+            log.info(
+                "rank %d of %d on %s: %d batches of %d per epoch",
+                self.rank,
+                self.world,
+                self.device,
+                self.micro_per_epoch,
+                cfg.train.batch_size,
+            )
+        if self.micro_per_epoch == 0:
+            raise UserError(
+                f"{len(train_ds)} clips make no batch of {cfg.train.batch_size} on {self.world} devices: "
+                f"lower train.batch_size"
+            )
+        steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.grad_accum)
+        self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+        self.collate = SpeechCollator(self.processor.feature_extractor, self.model.config.decoder_start_token_id)
+        self.data = train_ds.select_columns(["audio", "labels"]).with_format("numpy")
+
+    def _resume(self) -> None:
+        self.resumed_from = checkpoint.latest(self.run.checkpoints) if self.resume_asked else None
+        if self.resumed_from is None:
+            if self.resume_asked:
+                log.warning("no checkpoint in %s: starting from scratch", self.run.checkpoints)
+            return
+        state = checkpoint.load(self.resumed_from, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_fn.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.pos = Position(state["step"], state["epoch"], state["micro_done"], state["best"])
+        log.info("resuming from %s (step %d)", self.resumed_from, self.pos.step)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train until ``max_steps``/``epochs`` (or ``stop_after``), then :meth:`finish`."""
+        from tqdm.auto import tqdm
+
+        self.start, self.samples, self.window, self.last_loss = time.perf_counter(), 0, [], None
+        self.target = min(self.total_steps, self.stop_after) if self.stop_after else self.total_steps
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.pos.step,
+            unit="step",
+            desc="train",
+            disable=not (self.progress and self.main_rank),
+        )
+        self.model.train()
+        try:
+            while self.pos.step < self.target:
+                self._run_epoch()
+        except torch.OutOfMemoryError:
+            raise TrainingStopped(_oom_message(self.cfg)) from None
+        finally:
+            self.bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        return self.finish()
+
+    def _loader(self):
+        cfg = self.cfg.train
+        batches = epoch_batches(
+            self.durations, cfg.batch_size, cfg.seed, self.pos.epoch, cfg.group_by_length, self.world, self.rank
+        )[self.pos.micro_done :]
+        return torch.utils.data.DataLoader(
+            self.data,
+            batch_sampler=batches,
+            collate_fn=self.collate,
+            num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _run_epoch(self) -> None:
+        """The rest of the current epoch (a new epoch needs a new batch order and loader)."""
+        batches = iter(self._loader())
+        while self.pos.step < self.target and self.pos.micro_done < self.micro_per_epoch:
+            n_micro = min(self.cfg.train.grad_accum, self.micro_per_epoch - self.pos.micro_done)
+            outcome = self.step_fn(batches, n_micro)
+            self.pos.micro_done += n_micro
+            if not outcome.finite:
+                self._on_non_finite(outcome)
+            self.scheduler.step()
+            self.pos.step += 1
+            self.samples += outcome.samples * self.world
+            if outcome.finite:
+                self.window.append(outcome.loss)
+                self.last_loss = outcome.loss
+            end_of_epoch = self.pos.micro_done >= self.micro_per_epoch
+            self._after_step(end_of_epoch)
+            if end_of_epoch:
+                break
+
+    def _on_non_finite(self, outcome: StepOutcome) -> None:
+        if self.cfg.train.on_nan == "stop":
+            last = checkpoint.latest(self.run.checkpoints)
+            raise TrainingStopped(
+                f"loss became {outcome.bad_loss} at step {self.pos.step + 1}: stopped; last good checkpoint: "
+                f"{last or 'none yet'}. Lower train.learning_rate or use mixed_precision=bf16/no, "
+                f"then --resume; or set train.on_nan=skip to drop such batches"
+            )
+        log.warning("non-finite loss at step %d: batch skipped", self.pos.step + 1)
+
+    def _after_step(self, end_of_epoch: bool) -> None:
+        """Progress, the metrics line, maybe an evaluation, maybe a checkpoint."""
+        rate = self.samples / (time.perf_counter() - self.start)
+        self.bar.update(1)
+        self.bar.set_postfix(
+            loss=f"{self.last_loss:.3f}" if self.last_loss is not None else "nan",
+            lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+            samples_s=f"{rate:.2f}",
+        )
+        step = self.pos.step
+        record = self._log_record(rate, end_of_epoch)
+        if self.main_rank and self._wants_eval(end_of_epoch):
+            record |= self._evaluate()
+        if self.main_rank and record:
+            self.metrics.log({"step": step} | record)
+        if end_of_epoch:
+            self.pos.epoch, self.pos.micro_done = self.pos.epoch + 1, 0
+        if self.main_rank and (step % self.cfg.train.save_every == 0 or step == self.target):
+            self._save_checkpoint()
+        _barrier(self.world)
+
+    def _log_record(self, rate: float, end_of_epoch: bool) -> dict:
+        """The training part of a metrics line, every ``log_every`` steps (and at epoch ends)."""
+        step = self.pos.step
+        if not self.main_rank or not (step % self.cfg.train.log_every == 0 or end_of_epoch or step == self.target):
+            return {}
+        record = {"train_loss": sum(self.window) / len(self.window)} if self.window else {}
+        self.window = []
+        return record | {
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": rate,
+            "epoch": self.pos.epoch + self.pos.micro_done / self.micro_per_epoch,
+        }
+
+    def _wants_eval(self, end_of_epoch: bool) -> bool:
+        every, step = self.cfg.eval.every, self.pos.step
+        if self.eval_ds is None:
+            return False
+        return (every > 0 and step % every == 0) or (every == 0 and end_of_epoch) or step == self.total_steps
+
+    def _evaluate(self) -> dict:
+        """WER/CER on the eval split; a new best adapter is saved to ``best/``."""
+        cfg = self.cfg
+        result = generate_on(
+            _unwrap(self.model),
+            self.processor,
+            self.eval_ds,
+            self.language,
+            cfg.data.task,
+            cfg.eval.batch_size,
+            cfg.eval.max_new_tokens,
+            self.step_fn.amp,
+            cfg.eval.max_samples,
+        )
+        scores = {f"eval_{k}": v for k, v in result.scores().items()} | {"eval_clips_per_s": result.clips_per_s}
+        score = scores[f"eval_{cfg.eval.metric}"]
+        if self.pos.best is None or score < self.pos.best[cfg.eval.metric]:
+            self.pos.best = {"step": self.pos.step, "wer": scores["eval_wer"], "cer": scores["eval_cer"]}
+            self._save_adapter(self.run.best, self.pos.best)
+        return scores
+
+    def _save_adapter(self, folder: Path, scores: dict | None = None) -> None:
+        """An adapter folder that later commands need alone: PEFT files, processor, record."""
+
+        def fill(tmp: Path) -> None:
+            _unwrap(self.model).save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            write_adapter_meta(tmp, self.cfg.model, self.language, self.cfg.data.task)
+            if scores is not None:
+                self.run.write_best(tmp, scores)
+
+        checkpoint.write_atomically(folder, fill)
+
+    def _save_checkpoint(self) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.step_fn.scaler.state_dict(),
+            "epoch": self.pos.epoch,
+            "micro_done": self.pos.micro_done,
+            "best": self.pos.best,
+        }
+        path = checkpoint.save(self.run.checkpoints, self.pos.step, _unwrap(self.model), state)
+        checkpoint.prune(self.run.checkpoints, self.cfg.train.keep_last)
+        return path
+
+    # -- the end ------------------------------------------------------------------------
+
+    def finish(self) -> TrainResult:
+        """The final adapter (when the run completed), the plot, ``run.json`` and the card."""
+        wall = time.perf_counter() - self.start
+        step = self.pos.step
+        result = TrainResult(
+            self.run.path,
+            self.run.adapter,
+            step,
+            self.last_loss,
+            self.pos.best,
+            self.samples / wall if wall else 0.0,
+            wall,
+            stopped_early=step < self.total_steps,
+        )
+        if not self.main_rank:
+            return result
+        if not result.stopped_early:
+            self._save_adapter(self.run.adapter)
+        plot_run(self.run.path)
+        self.run.write_record(self._record(result))
+        if not result.stopped_early:
+            from .export import write_adapter_card
+
+            write_adapter_card(self.run.adapter, self.cfg.model.base, self.language, self.cfg.data.task)
+        return result
+
+    def _record(self, result: TrainResult) -> RunRecord:
+        cfg = self.cfg
+        return RunRecord(
+            config=to_dict(cfg),
+            world_size=self.world,
+            base_model=cfg.model.base,
+            quantization=cfg.model.quantization,
+            parameters={
+                "trainable": self.trainable,
+                "total": self.total,
+                "trainable_percent": 100 * self.trainable / self.total,
+            },
+            steps=result.steps,
+            finished=not result.stopped_early,
+            resumed_from=str(self.resumed_from) if self.resumed_from else None,
+            final_train_loss=result.final_loss,
+            best=result.best,
+            samples_per_s=result.samples_per_s,
+            wall_s=result.wall_s,
+            environment=environment(self.device),
+            extra=peak_memory_gib(self.device),
+        )
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns where the adapter is.
 
     ``stop_after`` ends the run after that many optimizer steps in total, leaving a
     checkpoint to ``resume`` from, with the schedule of the full run unchanged.
     """
-    from tqdm.auto import tqdm
-
-    world, rank, local_rank = _dist_setup()
-    main_rank = rank == 0
-    device = pick_device(local_rank)
-    run_dir = Path(cfg.train.output_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    resume_from = checkpoint.latest(ckpt_dir) if resume else None
-    if not resume and checkpoint.finished(ckpt_dir):
-        raise UserError(
-            f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another train.output_dir"
-        )
-    if main_rank:
-        RunDir(run_dir).write_config(cfg)
-    _seed_everything(cfg.train.seed)
-
-    # The model first: a wrong base or a missing bitsandbytes fails before data work.
-    processor = load_processor(cfg.model.base)
-    model = lora_model(cfg.model, cfg.lora, device, compile=cfg.train.compile)
-    language = resolve_language(cfg.data.language)
-    set_generation_language(model, processor.tokenizer, language, cfg.data.task)
-    trainable, total = parameter_counts(model)
-    log.info(
-        "trainable params: %s || all params: %s || trainable%%: %.4f",
-        f"{trainable:,}",
-        f"{total:,}",
-        100 * trainable / total,
-    )
-
-    processor_dir = run_dir / "processor"
-    if main_rank:
-        processor.save_pretrained(processor_dir)
-        train_ds = prepare_split(cfg.data, cfg.data.train_split, run_dir / "prepared" / "train", str(processor_dir))
-        eval_ds = (
-            prepare_split(cfg.data, cfg.data.eval_split, run_dir / "prepared" / "eval", str(processor_dir))
-            if cfg.eval.every >= 0
-            else None
-        )
-    _barrier(world)
-    if not main_rank:
-        train_ds = load_prepared(run_dir / "prepared" / "train")
-        eval_ds = None
-    if len(train_ds) == 0:
-        raise UserError(
-            f"no usable training clips in {cfg.data.source} ({cfg.data.train_split}): "
-            f"see {run_dir / 'prepared' / 'train' / 'rejected.jsonl'}"
-        )
-
-    durations = np.asarray(train_ds["duration"], dtype=np.float32)
-    micro_per_epoch = len(epoch_batches(durations, cfg.train.batch_size, 0, 0, False, world, rank))
-    if world > 1:
-        log.info(
-            "rank %d of %d on %s: %d batches of %d per epoch",
-            rank,
-            world,
-            device,
-            micro_per_epoch,
-            cfg.train.batch_size,
-        )
-    if micro_per_epoch == 0:
-        raise UserError(
-            f"{len(train_ds)} clips make no batch of {cfg.train.batch_size} on {world} devices: lower train.batch_size"
-        )
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.train.grad_accum)
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.train.learning_rate, cfg.train.weight_decay, device)
-    scheduler = linear_schedule(optimizer, cfg.train.warmup_steps, total_steps)
-    amp = amp_dtype(device, cfg.train.mixed_precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-
-    step, epoch, micro_done, best = 0, 0, 0, None
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, model)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        step, epoch, micro_done, best = state["step"], state["epoch"], state["micro_done"], state["best"]
-        log.info("resuming from %s (step %d)", resume_from, step)
-    elif resume:
-        log.warning("no checkpoint in %s: starting from scratch", ckpt_dir)
-
-    metrics = MetricsLog(run_dir, resume_step=step if resume_from else None) if main_rank else None
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    collate = SpeechCollator(processor.feature_extractor, _unwrap(model).config.decoder_start_token_id)
-    data = train_ds.select_columns(["audio", "labels"]).with_format("numpy")
-    feature_dtype = input_dtype(_unwrap(model))
-
-    def evaluate_now() -> dict:
-        result = generate_on(
-            _unwrap(model),
-            processor,
-            eval_ds,
-            language,
-            cfg.data.task,
-            cfg.eval.batch_size,
-            cfg.eval.max_new_tokens,
-            amp,
-            cfg.eval.max_samples,
-        )
-        return {f"eval_{k}": v for k, v in result.scores().items()} | {"eval_clips_per_s": result.clips_per_s}
-
-    def save_checkpoint() -> Path:
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "micro_done": micro_done,
-            "best": best,
-        }
-        path = checkpoint.save(ckpt_dir, step, _unwrap(model), state)
-        checkpoint.prune(ckpt_dir, cfg.train.keep_last)
-        return path
-
-    start, samples, window_loss, window_n, last_loss = time.perf_counter(), 0, 0.0, 0, None
-    target = min(total_steps, stop_after) if stop_after else total_steps
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", disable=not (progress and main_rank))
-    model.train()
-    try:
-        while step < target:
-            batches = epoch_batches(
-                durations, cfg.train.batch_size, cfg.train.seed, epoch, cfg.train.group_by_length, world, rank
-            )[micro_done:]
-            loader = torch.utils.data.DataLoader(
-                data,
-                batch_sampler=batches,
-                collate_fn=collate,
-                num_workers=cfg.train.num_workers,
-                generator=torch.Generator().manual_seed(cfg.train.seed),
-                pin_memory=device.type == "cuda",
-            )
-            loader_iter = iter(loader)
-            while step < target and micro_done < micro_per_epoch:
-                n_micro = min(cfg.train.grad_accum, micro_per_epoch - micro_done)
-                step_loss, step_samples, finite = 0.0, 0, True
-                for _ in range(n_micro):
-                    batch = next(loader_iter)
-                    features = batch["input_features"].to(device, feature_dtype, non_blocking=True)
-                    labels = batch["labels"].to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        loss = model(input_features=features, labels=labels, use_cache=False).loss
-                    if not _all_finite(loss, world):
-                        finite = False
-                        break
-                    scaler.scale(loss / n_micro).backward()
-                    step_loss += loss.item() / n_micro
-                    step_samples += len(labels)
-                micro_done += n_micro
-                if not finite:
-                    optimizer.zero_grad(set_to_none=True)
-                    if cfg.train.on_nan == "stop":
-                        last = checkpoint.latest(ckpt_dir)
-                        raise TrainingStopped(
-                            f"loss became {loss.item()} at step {step + 1}: stopped; last good checkpoint: "
-                            f"{last or 'none yet'}. Lower train.learning_rate or use mixed_precision=bf16/no, "
-                            f"then --resume; or set train.on_nan=skip to drop such batches"
-                        )
-                    log.warning("non-finite loss at step %d: batch skipped", step + 1)
-                else:
-                    if cfg.train.max_grad_norm > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                samples += step_samples * world
-                if finite:
-                    window_loss, window_n, last_loss = window_loss + step_loss, window_n + 1, step_loss
-                rate = samples / (time.perf_counter() - start)
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{last_loss:.3f}" if last_loss is not None else "nan",
-                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                    samples_s=f"{rate:.2f}",
-                )
-                end_of_epoch = micro_done >= micro_per_epoch
-                record = {}
-                if main_rank and (step % cfg.train.log_every == 0 or end_of_epoch or step == target):
-                    if window_n:
-                        record |= {"train_loss": window_loss / window_n}
-                    record |= {
-                        "lr": scheduler.get_last_lr()[0],
-                        "samples_per_s": rate,
-                        "epoch": epoch + micro_done / micro_per_epoch,
-                    }
-                    window_loss, window_n = 0.0, 0
-                wants_eval = eval_ds is not None and (
-                    (cfg.eval.every > 0 and step % cfg.eval.every == 0)
-                    or (cfg.eval.every == 0 and end_of_epoch)
-                    or step == total_steps
-                )
-                if main_rank and wants_eval:
-                    scores = evaluate_now()
-                    record |= scores
-                    score = scores[f"eval_{cfg.eval.metric}"]
-                    if best is None or score < best[cfg.eval.metric]:
-                        best = {"step": step, "wer": scores["eval_wer"], "cer": scores["eval_cer"]}
-                        _save_best(run_dir / "best", _unwrap(model), processor, best, cfg, language)
-                if main_rank and record:
-                    metrics.log({"step": step} | record)
-                if end_of_epoch:
-                    epoch, micro_done = epoch + 1, 0
-                if main_rank and (step % cfg.train.save_every == 0 or step == target):
-                    save_checkpoint()
-                _barrier(world)
-                if end_of_epoch:
-                    break  # a new epoch needs a new batch order and loader
-            del loader_iter, loader
-    except torch.OutOfMemoryError:
-        raise TrainingStopped(_oom_message(cfg)) from None
-    finally:
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-    wall = time.perf_counter() - start
-    adapter_dir = run_dir / "adapter"
-    if main_rank and step >= total_steps:
-        _unwrap(model).save_pretrained(adapter_dir)
-        processor.save_pretrained(adapter_dir)
-        write_adapter_meta(adapter_dir, cfg.model, language, cfg.data.task)
-    result = TrainResult(
-        run_dir,
-        adapter_dir,
-        step,
-        last_loss,
-        best,
-        samples / wall if wall else 0.0,
-        wall,
-        stopped_early=step < total_steps,
-    )
-    if main_rank:
-        plot_run(run_dir)
-        _write_run_json(run_dir, cfg, device, result, trainable, total, resume_from, world)
-        if not result.stopped_early:
-            from .export import write_adapter_card
-
-            write_adapter_card(adapter_dir, cfg.model.base, language, cfg.data.task)
-    return result
-
-
-def _save_best(folder: Path, model, processor, scores: dict, cfg: TrainConfig, language: str) -> None:
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        write_adapter_meta(tmp, cfg.model, language, cfg.data.task)
-        RunDir(folder.parent).write_best(tmp, scores)
-
-    checkpoint.write_atomically(folder, fill)
-
-
-def _write_run_json(
-    run_dir: Path, cfg: TrainConfig, device, result: TrainResult, trainable: int, total: int, resumed_from, world: int
-) -> None:
-    record = RunRecord(
-        config=to_dict(cfg),
-        world_size=world,
-        base_model=cfg.model.base,
-        quantization=cfg.model.quantization,
-        parameters={"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
-        steps=result.steps,
-        finished=not result.stopped_early,
-        resumed_from=str(resumed_from) if resumed_from else None,
-        final_train_loss=result.final_loss,
-        best=result.best,
-        samples_per_s=result.samples_per_s,
-        wall_s=result.wall_s,
-        environment=environment(device),
-        extra=peak_memory_gib(device),
-    )
-    RunDir(run_dir).write_record(record)
+    run = TrainingRun(cfg, resume, stop_after, progress)
+    run.setup()
+    return run.fit()
