@@ -118,3 +118,45 @@ def test_help_lists_subcommands():
         "demo",
     ):
         assert name in proc.stdout
+
+
+SUBCOMMANDS = {
+    "prepare",
+    "train",
+    "evaluate",
+    "transcribe",
+    "merge",
+    "export-ct2",
+    "serve",
+    "bench",
+    "make-demo-data",
+    "make-processor",
+    "demo",
+    "import-ct2",
+}
+
+
+def test_the_subcommand_table_is_the_documented_set():
+    """A subcommand added or lost shows here, in --help and in the README's examples."""
+    from pathlib import Path
+
+    from whisper_tune.cli import COMMANDS, build_parser
+
+    assert set(COMMANDS) == SUBCOMMANDS
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    parser = build_parser()
+    for name, command in COMMANDS.items():
+        assert command.run.__doc__, name  # the docstring is the help
+        assert f"whisper-tune {name}" in readme, f"README has no example of {name}"
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([name, "--help"])
+        assert done.value.code == 0
+
+
+def test_data_flags_take_defaults_from_the_config():
+    from whisper_tune.cli import DATA_FLAGS, build_parser
+    from whisper_tune.config import DataConfig
+
+    args = build_parser().parse_args(["evaluate", "--data", "x"])
+    assert {f: getattr(args, f) for f in DATA_FLAGS} == {f: getattr(DataConfig(), f) for f in DATA_FLAGS}
+    assert not hasattr(args, "processor")  # evaluate takes its tokenizer from the model

