@@ -78,80 +78,28 @@ def _scores(summary) -> dict:
     }
 
 
-def run_demo(
-    out_dir: str | Path = DEFAULT_OUT,
-    model: str | None = None,
-    steps: int | None = None,
-    eval_samples: int = 25,
-    overrides: list[str] = (),
-    progress: bool = True,
-    report=print,
-) -> DemoResult:
-    """The whole demo; ``report`` receives one line per stage (the CLI prints them)."""
-    from .config import DataConfig, load_train_config
-    from .demo_data import make_demo_data
-    from .evaluation import evaluate
-    from .training import train
-
-    out = Path(out_dir)
-    corpus = make_demo_data(out / "corpus", "mr", progress=progress)
-    report(f"demo corpus: {corpus.folder} ({', '.join(f'{k} {v}' for k, v in corpus.clips.items())} clips)")
-    base, source = resolve_base(out, model)
-    report(f"base model: {base} ({source})")
-    data = DataConfig(source=str(corpus.folder), language="mr", train_split="train", eval_split="test")
-    tokens = 96  # the test sentences are short; zero-shot runaway output is cut here
-
-    before, _ = evaluate(
-        base,
-        None,
-        data,
-        "test",
-        out / "eval-before",
-        max_new_tokens=tokens,
-        max_samples=eval_samples,
-        progress=progress,
-    )
-    report(f"zero-shot: WER {before.wer:.1f} %, CER {before.cer:.1f} % on {before.n} held-out clips")
-
-    run_dir = out / "run"
-    cfg_overrides = [
-        f"model.base={base}",
-        f"data.source={corpus.folder}",
-        f"train.output_dir={run_dir}",
-        "eval.every=-1",
-        *([f"train.max_steps={steps}"] if steps else []),
-        *overrides,
-    ]
-    cfg = load_train_config("demo", cfg_overrides)
+def _fine_tune(cfg, report, progress: bool) -> dict:
+    """Train the demo recipe, resuming an interrupted run and reusing a finished one."""
     from . import checkpoint
     from .run import RunDir
+    from .training import train
 
-    run = RunDir(run_dir)
-    resume = checkpoint.latest(run.checkpoints) is not None and not run.adapter.exists()
+    run = RunDir(cfg.train.output_dir)
     trained = run.read_record() if run.finished_adapter() else None
     if trained is not None:
         report(f"fine-tune: reusing {run.adapter}")
-        train_info = {"steps": trained.steps, "samples_per_s": trained.samples_per_s, "wall_s": trained.wall_s}
-    else:
-        report(
-            f"fine-tune: {cfg.train.max_steps} steps of batch {cfg.train.batch_size}, {cfg.model.quantization} base "
-            f"+ LoRA r={cfg.lora.r} ({'resuming' if resume else 'from scratch'})"
-        )
-        result = train(cfg, resume=resume, progress=progress)
-        train_info = {"steps": result.steps, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s}
-    after, _ = evaluate(
-        None,
-        str(run_dir / "adapter"),
-        data,
-        "test",
-        out / "eval-after",
-        max_new_tokens=tokens,
-        max_samples=eval_samples,
-        progress=progress,
+        return {"steps": trained.steps, "samples_per_s": trained.samples_per_s, "wall_s": trained.wall_s}
+    resume = checkpoint.latest(run.checkpoints) is not None
+    report(
+        f"fine-tune: {cfg.train.max_steps} steps of batch {cfg.train.batch_size}, {cfg.model.quantization} base "
+        f"+ LoRA r={cfg.lora.r} ({'resuming' if resume else 'from scratch'})"
     )
-    report(f"fine-tuned: WER {after.wer:.1f} %, CER {after.cer:.1f} %")
+    result = train(cfg, resume=resume, progress=progress)
+    return {"steps": result.steps, "samples_per_s": result.samples_per_s, "wall_s": result.wall_s}
 
-    rows = [("zero-shot", before), (f"fine-tuned ({cfg.model.quantization} base + LoRA)", after)]
+
+def _write_table(out: Path, base: str, source: str, train_info: dict, rows: list) -> Path:
+    """``results.md``: the before/after table with what was trained."""
     lines = ["| model | WER % | CER % | normalized WER % | normalized CER % | clips |", "|---|---|---|---|---|---|"]
     lines += [
         f"| {name} | {s.wer:.1f} | {s.cer:.1f} | {s.normalized_wer:.1f} | {s.normalized_cer:.1f} | {s.n} |"
@@ -164,6 +112,52 @@ def run_demo(
     )
     table = out / "results.md"
     table.write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+    return table
+
+
+def run_demo(
+    out_dir: str | Path = DEFAULT_OUT,
+    model: str | None = None,
+    steps: int | None = None,
+    eval_samples: int = 25,
+    overrides: list[str] = (),
+    progress: bool = True,
+    report=print,
+) -> DemoResult:
+    """The whole demo; ``report`` receives one line per stage (the CLI prints them)."""
+    from functools import partial
+
+    from .config import DataConfig, load_train_config
+    from .demo_data import make_demo_data
+    from .evaluation import evaluate
+
+    out = Path(out_dir)
+    corpus = make_demo_data(out / "corpus", DataConfig.language, progress=progress)
+    report(f"demo corpus: {corpus.folder} ({', '.join(f'{k} {v}' for k, v in corpus.clips.items())} clips)")
+    base, source = resolve_base(out, model)
+    report(f"base model: {base} ({source})")
+    data = DataConfig(source=str(corpus.folder), train_split="train", eval_split="test")
+    # the test sentences are short; zero-shot runaway output is cut at 96 tokens
+    score = partial(evaluate, data=data, split="test", max_new_tokens=96, max_samples=eval_samples, progress=progress)
+
+    before, _ = score(base, None, out_dir=out / "eval-before")
+    report(f"zero-shot: WER {before.wer:.1f} %, CER {before.cer:.1f} % on {before.n} held-out clips")
+    run_dir = out / "run"
+    cfg_overrides = [
+        f"model.base={base}",
+        f"data.source={corpus.folder}",
+        f"train.output_dir={run_dir}",
+        "eval.every=-1",
+        *([f"train.max_steps={steps}"] if steps else []),
+        *overrides,
+    ]
+    cfg = load_train_config("demo", cfg_overrides)
+    train_info = _fine_tune(cfg, report, progress)
+    after, _ = score(None, str(run_dir / "adapter"), out_dir=out / "eval-after")
+    report(f"fine-tuned: WER {after.wer:.1f} %, CER {after.cer:.1f} %")
+
+    rows = [("zero-shot", before), (f"fine-tuned ({cfg.model.quantization} base + LoRA)", after)]
+    table = _write_table(out, base, source, train_info, rows)
     plot = run_dir / "training.png"
     result = DemoResult(
         base, source, _scores(before), _scores(after), train_info, table, plot if plot.exists() else None

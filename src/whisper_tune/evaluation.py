@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import EVALUATE_MAX_NEW_TOKENS
 from .features import log_mel
 from .metrics import error_rates
 from .modeling import input_dtype
@@ -209,7 +210,7 @@ def evaluate(
     out_dir: str | Path,
     exact: bool = False,
     batch_size: int = 16,
-    max_new_tokens: int = 255,
+    max_new_tokens: int = EVALUATE_MAX_NEW_TOKENS,
     max_samples: int | None = None,
     progress: bool = True,
 ) -> tuple[EvalSummary, Path]:

@@ -207,29 +207,10 @@ def _summarize(out: Path) -> tuple[int, Counter, float]:
     return prepared, reasons, seconds
 
 
-def prepare(
-    source: DataSource,
-    split: str | None,
-    out_dir: str | Path,
-    options: PrepareOptions | None = None,
-    num_proc: int | None = None,
-    shard_size: int = 256,
-    progress: bool = True,
-) -> PrepareResult:
-    """Prepare ``split`` of ``source`` into ``out_dir`` (see the module docstring).
-
-    ``num_proc`` worker processes decode and tokenize (default: all cores, at most 8);
-    ``num_proc=1`` works in-process, which is easiest to debug.
-    """
-    from tqdm.auto import tqdm
-
-    options = options or PrepareOptions()
-    start = time.perf_counter()
-    out = Path(out_dir)
-    shards = out / "shards"
+def _start_folder(out: Path, fingerprint: dict, split: str | None, options: PrepareOptions) -> dict:
+    """The folder's ``prepared.json``: the finished or interrupted record of this same
+    preparation, or a new one; a folder holding anything else is refused."""
     meta_path = out / "prepared.json"
-    processor = processor_path(options.processor)
-    fingerprint = _fingerprint(source, split, options, load_tokenizer(processor))
     if meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("fingerprint") != fingerprint:
@@ -237,13 +218,10 @@ def prepare(
                 f"{out} holds a different preparation ({meta.get('source', {}).get('location')}, "
                 f"split {meta.get('split')}): choose another --out or delete that folder"
             )
-        if meta.get("complete"):
-            return PrepareResult(
-                out, meta["prepared"], meta["rejected"], meta["audio_seconds"], time.perf_counter() - start, reused=True
-            )
-    elif out.exists() and any(out.iterdir()):
+        return meta
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a prepared folder: choose another --out or empty it")
-    shards.mkdir(parents=True, exist_ok=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
     meta = {
         "fingerprint": fingerprint,
         "source": fingerprint["source"],
@@ -254,11 +232,24 @@ def prepare(
         "complete": False,
     }
     meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    return meta
 
-    num_proc = num_proc or min(os.cpu_count() or 1, 8)
+
+def _process_shards(
+    source: DataSource,
+    split: str | None,
+    shards: Path,
+    processor: str,
+    options: PrepareOptions,
+    num_proc: int,
+    shard_size: int,
+    progress: bool,
+) -> int:
+    """Decode and tokenize every shard not on disk yet; returns the rows processed now."""
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=source.count(split), unit="clip", desc=f"prepare {split or 'all'}", disable=not progress)
-    processed = 0
-    pool = None
+    processed, pool = 0, None
     if num_proc > 1:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(processor, options))
@@ -280,6 +271,33 @@ def prepare(
         bar.close()
         if pool:
             pool.terminate()
+    return processed
+
+
+def prepare(
+    source: DataSource,
+    split: str | None,
+    out_dir: str | Path,
+    options: PrepareOptions | None = None,
+    num_proc: int | None = None,
+    shard_size: int = 256,
+    progress: bool = True,
+) -> PrepareResult:
+    """Prepare ``split`` of ``source`` into ``out_dir`` (see the module docstring).
+
+    ``num_proc`` worker processes decode and tokenize (default: all cores, at most 8);
+    ``num_proc=1`` works in-process, which is easiest to debug.
+    """
+    options = options or PrepareOptions()
+    start = time.perf_counter()
+    out = Path(out_dir)
+    processor = processor_path(options.processor)
+    meta = _start_folder(out, _fingerprint(source, split, options, load_tokenizer(processor)), split, options)
+    if meta.get("complete"):
+        elapsed = time.perf_counter() - start
+        return PrepareResult(out, meta["prepared"], meta["rejected"], meta["audio_seconds"], elapsed, reused=True)
+    num_proc = num_proc or min(os.cpu_count() or 1, 8)
+    processed = _process_shards(source, split, out / "shards", processor, options, num_proc, shard_size, progress)
     prepared, reasons, audio_seconds = _summarize(out)
     meta |= {
         "complete": True,
@@ -287,7 +305,7 @@ def prepare(
         "rejected": dict(sorted(reasons.items())),
         "audio_seconds": round(audio_seconds, 3),
     }
-    meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "prepared.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     return PrepareResult(
         out, prepared, meta["rejected"], audio_seconds, time.perf_counter() - start, processed_now=processed
     )
