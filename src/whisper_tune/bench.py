@@ -8,9 +8,11 @@ versions and the exact command.
 
 A training row is ``recipe`` (the reference recipe reproduced as its notebook does it:
 LLM.int8 base, ``prepare_model_for_kbit_training``, LoRA r=32 on q/v, fp16 autocast with a
-gradient scaler) or ``MODE/BATCH/CHECKPOINTING`` for whisper-tune's own path
-(``load_base`` + ``add_lora`` + ``make_optimizer`` under the training loop's autocast), e.g.
-``int8-wo/8/0.5`` = int8-wo base, batch 8, half of the layers recomputed.
+gradient scaler) or ``QUANTIZATION/BATCH/CHECKPOINTING[/compile]`` for whisper-tune's own path, built and
+stepped by the code ``whisper-tune train`` runs (``modeling.lora_model``,
+``training.build_optimizer`` and ``training.OptimizerStep``) with the reference recipe
+file's LoRA and optimizer settings; e.g. ``none/8/0.5`` = unquantized base, batch 8, half
+of the layers recomputed.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class TrainRow:
             ModelConfig(quantization=row.mode, gradient_checkpointing=row.checkpointing)  # validates both
         except ValueError:
             raise UserError(
-                f"benchmark row {spec!r} is not 'recipe' or MODE/BATCH/CHECKPOINTING[/compile] (int8-wo/8/0.5)"
+                f"benchmark row {spec!r} is not 'recipe' or QUANTIZATION/BATCH/CHECKPOINTING[/compile] "
+                f"({ModelConfig.quantization}/8/0.5)"
             ) from None
         return row
 

