@@ -121,10 +121,8 @@ def test_sigkill_mid_run_then_resume(tiny_model_dir, small_corpus, tmp_path):
     proc.wait()
     done = checkpoint.finished(out / "checkpoints")
     assert done and not (out / "adapter").exists()
-    for ckpt in done:  # every folder that looks finished loads whole
-        assert (ckpt / "adapter_model.safetensors").exists() and torch.load(
-            ckpt / checkpoint.STATE_FILE, weights_only=False
-        )["step"] >= 1
+    for ckpt in done:  # every folder that looks finished loads whole (read_state checks every file)
+        assert checkpoint.read_state(ckpt)["step"] >= 1
     resume = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert _same(_adapter(reference.adapter_dir), _adapter(out / "adapter"))
