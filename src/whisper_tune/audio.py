@@ -84,6 +84,28 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
     return resample(samples, orig_sr, sr)
 
 
+def probe_duration(path: str | Path) -> float | None:
+    """A file's length in seconds from its header (libsndfile, else ffprobe), without
+    decoding it: lets a server refuse a 3-hour upload before spending memory on it.
+    None when neither can tell (the decoder then has the last word)."""
+    try:
+        import soundfile as sf
+
+        info = sf.info(str(path))
+        if info.samplerate > 0 and info.frames > 0:
+            return info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - libsndfile raises several types for unknown formats
+        pass
+    if shutil.which("ffprobe") is None:
+        return None
+    cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return float(run.stdout.strip()) if run.returncode == 0 else None
+    except (ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def rms_db(samples: np.ndarray) -> float:
     """Root-mean-square level in dBFS (-inf for digital silence)."""
     if samples.size == 0:

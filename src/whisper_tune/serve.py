@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .audio import AudioError, duration, load_audio
+from .audio import AudioError, duration, load_audio, probe_duration
 from .errors import UserError
 
 WORST_CLIPS = 5  # clips of the last evaluation shown with their audio
@@ -45,6 +45,9 @@ def check_upload(path: str | Path | None, limits: Limits):
     size_mb = Path(path).stat().st_size / 2**20
     if size_mb > limits.max_mb:
         raise UploadRejected(f"the file is {size_mb:.1f} MB; this app takes at most {limits.max_mb:g} MB")
+    probed = probe_duration(path)  # refuse a long file before decoding all of it
+    if probed is not None and probed > limits.max_seconds + 1:
+        raise UploadRejected(f"the audio is {probed:.0f} s long; this app takes at most {limits.max_seconds:g} s")
     try:
         audio = load_audio(path)
     except AudioError as e:

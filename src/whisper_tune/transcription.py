@@ -81,9 +81,21 @@ def transcribe_audio(
     language: str | None = None,
     task: str = "transcribe",
     max_new_tokens: int = 224,
+    prompt: str | None = None,
+    temperature: float = 0.0,
 ) -> tuple[list[Segment], str]:
-    """Segments with time stamps for one 16 kHz clip of any length, and the language used."""
+    """Segments with time stamps for one 16 kHz clip of any length, and the language used.
+
+    ``prompt`` is Whisper's initial prompt (previous-text tokens before the first window:
+    spellings, names, style); ``temperature`` above 0 samples instead of decoding greedily.
+    Both are left out of ``generate`` at their defaults, so the plain call is unchanged.
+    """
     device = next(model.parameters()).device
+    options = {}
+    if prompt and prompt.strip():
+        options["prompt_ids"] = _prompt_ids(model, processor, prompt, max_new_tokens).to(device)
+    if temperature > 0:
+        options["temperature"] = temperature
     features, mask = log_mel_whole(processor.feature_extractor, audio)
     features = features.to(device, input_dtype(model))
     with torch.inference_mode():
@@ -97,6 +109,7 @@ def transcribe_audio(
             return_timestamps=True,
             return_segments=True,
             max_new_tokens=max_new_tokens,
+            **options,
         )
     total = duration(audio)
     segments = []
@@ -109,6 +122,15 @@ def transcribe_audio(
         text = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
         segments = [Segment(0.0, round(total, 3), text)]
     return segments, language
+
+
+def _prompt_ids(model, processor, prompt: str, max_new_tokens: int) -> torch.Tensor:
+    """``<|startofprev|>`` + the prompt's last tokens: as openai/whisper, at most half the
+    decoder's context, and short enough that prompt, start tokens and ``max_new_tokens`` fit."""
+    ids = processor.get_prompt_ids(prompt, return_tensors="pt")
+    context = model.config.max_target_positions
+    keep = max(0, min(context // 2 - 1, context - max_new_tokens - 5))  # 5: start, language, task, time, end
+    return torch.cat([ids[:1], ids[1:][-keep:] if keep else ids[1:][:0]])
 
 
 def transcribe_files(
@@ -134,6 +156,12 @@ def transcribe_files_ct2(
     """``transcribe_files`` on a CTranslate2 export, through faster-whisper: same audio
     decoding, same Transcript and writers, greedy decoding with time stamps. On a CPU this is
     the fastest engine for a finished model (see benchmarks/results/cpu_transcribe.md)."""
+    model = load_ct2(model_dir, compute_type)
+    return _each_file(files, lambda audio: transcribe_audio_ct2(model, audio, language, task), progress)
+
+
+def load_ct2(model_dir: str | Path, compute_type: str = "default"):
+    """A faster-whisper model for a CTranslate2 folder, or UserError saying what to install."""
     try:
         from faster_whisper import WhisperModel
     except ImportError:
@@ -143,15 +171,29 @@ def transcribe_files_ct2(
             f"{model_dir} is a CTranslate2 model: transcribing it needs faster-whisper "
             f"(pip install 'whisper-tune[export]'), or pass the transformers model folder instead"
         ) from None
-    model = WhisperModel(str(model_dir), device="auto", compute_type=compute_type)
+    return WhisperModel(str(model_dir), device="auto", compute_type=compute_type)
 
-    def decode(audio):
-        segments, info = model.transcribe(
-            audio, language=language, task=task, beam_size=1, temperature=0.0, condition_on_previous_text=False
-        )
-        return [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments], info.language
 
-    return _each_file(files, decode, progress)
+def transcribe_audio_ct2(
+    model,
+    audio: np.ndarray,
+    language: str | None = None,
+    task: str = "transcribe",
+    prompt: str | None = None,
+    temperature: float = 0.0,
+) -> tuple[list[Segment], str]:
+    """``transcribe_audio`` for a faster-whisper model (``load_ct2``): one 16 kHz clip ->
+    (segments, language), greedy at temperature 0, without faster-whisper's own fallback."""
+    segments, info = model.transcribe(
+        audio,
+        language=language,
+        task=task,
+        beam_size=1,
+        temperature=temperature,
+        condition_on_previous_text=False,
+        initial_prompt=prompt or None,
+    )
+    return [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments], info.language
 
 
 def _each_file(files: list[Path], decode, progress: bool):

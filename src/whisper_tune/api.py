@@ -1,0 +1,544 @@
+"""``whisper-tune api``: an OpenAI-compatible speech-to-text server for a local model.
+
+Any program written for OpenAI's audio API (the ``openai`` client, curl scripts, subtitle
+tools) can point its base URL at this server and use a fine-tuned model instead:
+``POST /v1/audio/transcriptions``, ``POST /v1/audio/translations`` (json, text, srt, vtt,
+verbose_json), ``GET /v1/models`` and ``GET /health``, with OpenAI's error bodies.
+
+Why it is built this way:
+
+* FastAPI + uvicorn (both already installed with Gradio) parse HTTP and multipart forms;
+  nothing here reads raw HTTP.
+* One model per process, loaded before the server accepts requests: an adapter folder (base
+  + LoRA, merged on load), a merged transformers folder, or a CTranslate2 export run on
+  faster-whisper. Decoding reuses ``transcription.transcribe_audio`` (or its CTranslate2
+  twin), so a request gives exactly what ``whisper-tune transcribe`` gives.
+* One inference at a time: requests wait on an asyncio lock (bounded, 503 beyond
+  ``max_queue`` waiting) and the model runs in a worker thread, so concurrent clients queue
+  instead of running the GPU out of memory, and the event loop keeps answering meanwhile.
+* Safe defaults: binds 127.0.0.1 (a warning for any other address), an optional API key
+  compared in constant time, an upload size limit enforced from Content-Length and again
+  while the body streams in (a 2 GB body is refused, never buffered), and the duration
+  limit read from the file header before decoding where the format allows.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the `Request` annotations of the
+# handlers, which are imported inside build_app (FastAPI stays optional for the package).
+
+import argparse
+import asyncio
+import hmac
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .serve import Limits, UploadRejected, check_upload
+from .transcription import Segment, Transcript, get_writer
+
+log = logging.getLogger(__name__)
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+FORM_SLACK_BYTES = 1 << 20  # room for the form's other fields and multipart headers
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+API_KEY_ENV = "WHISPER_TUNE_API_KEY"
+
+
+# ---- the model ----------------------------------------------------------------------
+
+
+class Engine:
+    """One loaded model and the function that runs it on a clip.
+
+    ``transcribe`` blocks and is not meant to run twice at once: the app serialises calls.
+    ``model``/``processor`` are the transformers objects (None for a CTranslate2 engine).
+    """
+
+    def __init__(self, name: str, kind: str, decode, language: str | None, task: str, model=None, processor=None):
+        self.name, self.kind, self.decode = name, kind, decode
+        self.language, self.task = language, task
+        self.model, self.processor = model, processor
+        self.created = int(time.time())
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        task: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+    ) -> Transcript:
+        """A Transcript of one 16 kHz clip; ``language`` None uses the model's default
+        (the adapter's language, else Whisper's detection)."""
+        from .audio import duration
+
+        start = time.perf_counter()
+        segments, used = self.decode(audio, language or self.language, task or self.task, prompt, temperature)
+        return Transcript("upload", used, duration(audio), segments, time.perf_counter() - start)
+
+
+def load_engine(model: str | None = None, adapter: str | None = None, language: str | None = None, device=None):
+    """The Engine for ``--model``/``--adapter``: a CTranslate2 folder runs on faster-whisper,
+    anything else loads through ``modeling.load_for_inference`` with the adapter merged."""
+    from .processor import resolve_language
+    from .transcription import is_ct2_model
+
+    if model and is_ct2_model(model):
+        if adapter:
+            raise UserError("a CTranslate2 model has its adapter merged already: drop --adapter")
+        from .transcription import load_ct2, transcribe_audio_ct2
+
+        ct2 = load_ct2(model)
+        forced = None if language in (None, "auto") else resolve_language(language)
+
+        def decode(audio, lang, task, prompt, temperature):
+            return transcribe_audio_ct2(ct2, audio, lang, task, prompt=prompt, temperature=temperature)
+
+        return Engine(str(model), "ctranslate2", decode, forced, "transcribe")
+    from .modeling import load_for_inference, pick_device
+    from .transcription import transcribe_audio
+
+    loaded = load_for_inference(model, adapter, device or pick_device(), language=language, merge=True)
+
+    def decode(audio, lang, task, prompt, temperature):
+        return transcribe_audio(
+            loaded.model, loaded.processor, audio, lang, task, prompt=prompt, temperature=temperature
+        )
+
+    name = str(adapter or loaded.base)
+    return Engine(name, "transformers", decode, loaded.language, loaded.task, loaded.model, loaded.processor)
+
+
+def default_model_id(model: str | None, adapter: str | None) -> str:
+    """The id clients pass as ``model``: the served folder's name (``run/best`` -> ``run-best``
+    for the usual adapter names, so two runs' adapters do not both read ``best``)."""
+    path = Path(adapter or model or "whisper")
+    name = path.name or "whisper"
+    if name in ("best", "adapter", "final") and path.parent.name:
+        name = f"{path.parent.name}-{name}"
+    return name
+
+
+# ---- errors --------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class BodyTooLarge(Exception):
+    """Raised from inside the body stream once it passes the limit, to stop reading it."""
+
+
+def _error_response(error: ApiError):
+    from fastapi.responses import JSONResponse
+
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _install_error_handlers(app) -> None:
+    """Every error, ours or the framework's (404 route, 405, bad form), in OpenAI's shape."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request, exc: ApiError):
+        return _error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request, exc: HTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}"
+        return _error_response(ApiError(exc.status_code, message))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request, exc: RequestValidationError):
+        return _error_response(ApiError(400, f"invalid request: {exc.errors()}"))
+
+    @app.exception_handler(Exception)
+    async def on_bug(request, exc: Exception):
+        log.exception("whisper-tune api: request failed")
+        return _error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+
+
+# ---- requests ------------------------------------------------------------------------
+
+
+def check_api_key(authorization: str | None, api_key: str | None) -> None:
+    """401 unless the ``Authorization: Bearer KEY`` header holds the key (constant-time
+    comparison, so response times do not leak how much of a guess was right)."""
+    if not api_key:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(
+            401, "You didn't provide an API key: send it as 'Authorization: Bearer KEY'.", code="invalid_api_key"
+        )
+    if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+def _too_large(limits: Limits, what: str = "the request body is too large") -> ApiError:
+    return ApiError(413, f"{what}; this server takes at most {limits.max_mb:g} MB", param="file", code="file_too_large")
+
+
+def _limited_receive(receive, max_bytes: int):
+    """``receive`` that counts body bytes and stops the read past ``max_bytes``: the limit
+    holds for chunked uploads and lying Content-Length headers too."""
+    seen = 0
+
+    async def limited():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise BodyTooLarge()
+        return message
+
+    return limited
+
+
+async def read_form(request, limits: Limits):
+    """The multipart form, refused with 413 before (Content-Length) or while (byte count)
+    it streams in. Starlette spools file parts to disk past 1 MB, so memory stays small."""
+    from starlette.requests import Request
+
+    max_bytes = int(limits.max_mb * 2**20) + FORM_SLACK_BYTES
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(limits, f"the upload is {int(declared) / 2**20:.1f} MB")
+    limited = Request(request.scope, _limited_receive(request.receive, max_bytes))
+    try:
+        return await limited.form(max_files=1, max_fields=32)
+    except BodyTooLarge:
+        raise _too_large(limits) from None
+
+
+@dataclass
+class Options:
+    """A request's form fields, checked."""
+
+    model: str
+    response_format: str
+    language: str | None
+    prompt: str | None
+    temperature: float
+
+
+def parse_options(form, model_id: str) -> Options:
+    """Check the form's fields in OpenAI's order of complaints: 400 for a bad value, 404 for
+    a model this server does not serve."""
+    from .processor import resolve_language
+
+    model = _text_field(form, "model")
+    if not model:
+        raise ApiError(400, "you must provide a model parameter (see GET /v1/models)", param="model")
+    if model != model_id:
+        raise ApiError(
+            404, f"The model '{model}' does not exist; this server serves '{model_id}'.", code="model_not_found"
+        )
+    fmt = _text_field(form, "response_format") or "json"
+    if fmt not in RESPONSE_FORMATS:
+        raise ApiError(
+            400, f"unknown response_format '{fmt}': use one of {', '.join(RESPONSE_FORMATS)}", param="response_format"
+        )
+    language = _text_field(form, "language")
+    if language:
+        try:
+            language = resolve_language(language)
+        except UserError as e:
+            raise ApiError(400, str(e), param="language") from None
+    temperature = _text_field(form, "temperature") or "0"
+    try:
+        value = float(temperature)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ApiError(400, f"temperature must be a number from 0 to 1, not '{temperature}'", param="temperature")
+    return Options(model, fmt, language or None, _text_field(form, "prompt") or None, value)
+
+
+def _text_field(form, name: str) -> str | None:
+    value = form.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"'{name}' must be a text field, not a file", param=name)
+    return value.strip() if value else None
+
+
+def _upload(form, limits: Limits):
+    """The form's ``file`` part, after the exact size check (413)."""
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ApiError(400, "you must provide a file: an audio file as the multipart field 'file'", param="file")
+    size = upload.size if upload.size is not None else 0
+    if size > limits.max_mb * 2**20:
+        raise _too_large(limits, f"the file is {size / 2**20:.1f} MB")
+    return upload
+
+
+def decode_upload(upload, limits: Limits) -> np.ndarray:
+    """16 kHz audio of an upload, through ``serve.check_upload`` (size, header duration,
+    decoding, decoded duration); its reasons become 400 errors. Blocking: run in a thread."""
+    suffix = Path(upload.filename or "").suffix[:12]
+    with tempfile.TemporaryDirectory(prefix="whisper-tune-api-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        upload.file.seek(0)
+        with open(path, "wb") as out:
+            shutil.copyfileobj(upload.file, out, 1 << 20)
+        try:
+            return check_upload(path, limits)
+        except UploadRejected as e:
+            raise ApiError(400, str(e), param="file", code="invalid_audio") from None
+
+
+# ---- responses -----------------------------------------------------------------------
+
+
+def language_name(code: str | None) -> str | None:
+    """OpenAI reports the language by its English name ("english"), not its code."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return LANGUAGES.get(code, code) if code else code
+
+
+def verbose_json(transcript: Transcript, task: str, temperature: float) -> dict:
+    """OpenAI's verbose_json. Per-segment scores Whisper's long-form output does not give
+    here (tokens, avg_logprob, compression_ratio, no_speech_prob) are neutral placeholders."""
+    return {
+        "task": task,
+        "language": language_name(transcript.language),
+        "duration": round(transcript.duration, 3),
+        "text": transcript.text,
+        "segments": [_segment(i, s, temperature) for i, s in enumerate(transcript.segments)],
+    }
+
+
+def _segment(index: int, segment: Segment, temperature: float) -> dict:
+    return {
+        "id": index,
+        "seek": int(segment.start * 100),
+        "start": segment.start,
+        "end": segment.end,
+        "text": segment.text,
+        "tokens": [],
+        "temperature": temperature,
+        "avg_logprob": 0.0,
+        "compression_ratio": 0.0,
+        "no_speech_prob": 0.0,
+    }
+
+
+def render(transcript: Transcript, fmt: str, task: str, temperature: float):
+    """The response for one response_format; srt/vtt/text come from the file writers, so the
+    API and ``whisper-tune transcribe --format`` write the same bytes."""
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    if fmt == "json":
+        return JSONResponse({"text": transcript.text})
+    if fmt == "verbose_json":
+        return JSONResponse(verbose_json(transcript, task, temperature))
+    writer = get_writer({"text": "txt"}.get(fmt, fmt))
+    return PlainTextResponse(writer.format(transcript), media_type="text/plain; charset=utf-8")
+
+
+# ---- the app -------------------------------------------------------------------------
+
+
+class Queue:
+    """One inference at a time; at most ``max_waiting`` more wait, the rest get 503."""
+
+    def __init__(self, max_waiting: int):
+        self.lock = asyncio.Lock()
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` in a worker thread once the lock is free. The lock is released when
+        the thread finishes, not when the request goes away: a client that disconnects
+        mid-inference cannot let a second inference start beside the first."""
+        if self.waiting >= self.max_waiting:
+            raise ApiError(503, "the server is busy: too many requests waiting; retry later", type="server_error")
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        work.add_done_callback(lambda _: self.lock.release())
+        return await asyncio.shield(work)
+
+
+def build_app(
+    engine: Engine,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    model_id: str | None = None,
+    max_queue: int = 32,
+):
+    """The FastAPI app around a loaded engine (tests build it directly and serve it)."""
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.routing import APIRouter
+
+    limits = limits or Limits()
+    model_id = model_id or default_model_id(engine.name, None)
+    queue = Queue(max_queue)
+    app = FastAPI(title="whisper-tune api", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_error_handlers(app)
+
+    async def authorized(request: Request) -> None:
+        check_api_key(request.headers.get("authorization"), api_key)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
+
+    async def handle(request: Request, task: str):
+        form = await read_form(request, limits)
+        try:
+            options = parse_options(form, model_id)
+            upload = _upload(form, limits)
+            audio = await asyncio.to_thread(decode_upload, upload, limits)
+        finally:
+            await form.close()
+        transcript = await queue.run(
+            engine.transcribe, audio, options.language, task, options.prompt, options.temperature
+        )
+        log.info("%s %.1f s of audio in %.2f s", task, transcript.duration, transcript.seconds)
+        return render(transcript, options.response_format, task, options.temperature)
+
+    @v1.post("/audio/transcriptions")
+    async def transcriptions(request: Request):
+        return await handle(request, "transcribe")
+
+    @v1.post("/audio/translations")
+    async def translations(request: Request):
+        return await handle(request, "translate")
+
+    @v1.get("/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(model_id, engine)]}
+
+    @v1.get("/models/{name}")
+    async def model(name: str):
+        if name != model_id:
+            raise ApiError(404, f"The model '{name}' does not exist.", code="model_not_found")
+        return _model_card(model_id, engine)
+
+    app.include_router(v1)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, "engine": engine.kind, "waiting": queue.waiting}
+
+    return app
+
+
+def _model_card(model_id: str, engine: Engine) -> dict:
+    return {"id": model_id, "object": "model", "created": engine.created, "owned_by": "whisper-tune"}
+
+
+def serve_api(
+    model: str | None = None,
+    adapter: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    language: str | None = None,
+    model_id: str | None = None,
+) -> None:
+    """Load the model once, then serve until interrupted."""
+    try:
+        import uvicorn
+        from fastapi import FastAPI  # noqa: F401
+    except ImportError:
+        raise UserError("the API server needs FastAPI and uvicorn: pip install 'whisper-tune[api]'") from None
+    if not model and not adapter:
+        raise UserError("give --model (a merged or CTranslate2 folder, or a base) and/or --adapter")
+    engine = load_engine(model, adapter, language)
+    model_id = model_id or default_model_id(model, adapter)
+    app = build_app(engine, limits or Limits(), api_key, model_id)
+    if host not in LOOPBACK:
+        print(
+            f"whisper-tune api: listening on {host}: anyone who can reach this address can use it"
+            + ("" if api_key else f" (no API key: set --api-key or {API_KEY_ENV})")
+        )
+    print(f"whisper-tune api: model '{model_id}' ({engine.kind}) on http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+# ---- command line (registered by cli.py as `whisper-tune api`) ------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``whisper-tune api`` options."""
+    p.add_argument(
+        "--model",
+        default=None,
+        help="merged transformers folder, CTranslate2 export (faster-whisper), or the base for --adapter",
+    )
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder (merged into its base on load)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; none: no key needed)",
+    )
+    p.add_argument("--model-id", default=None, help="the id clients pass as model (default: the folder's name)")
+    p.add_argument("--language", default=None, help="default language (default: the adapter's; 'auto' detects)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
+
+
+def run(args) -> int:
+    """Serve an OpenAI-compatible speech-to-text API for a local model."""
+    serve_api(
+        args.model,
+        args.adapter,
+        host=args.host,
+        port=args.port,
+        limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
+        api_key=args.api_key or None,
+        language=args.language,
+        model_id=args.model_id,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m whisper_tune.api`` until the CLI registers the command."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="whisper-tune api", description=run.__doc__)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except UserError as e:
+        print(f"whisper-tune: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""The OpenAI-compatible server, through the official ``openai`` client against a live
+uvicorn on a free port, with the tiny random Whisper (+ LoRA adapter) from conftest.
+
+Random weights give arbitrary text, so every answer is compared with what the library
+gives for the same clip directly (``transcribe_audio``): the server must add nothing and
+lose nothing on the way."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port, write_tone
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from whisper_tune.api import build_app, load_engine  # noqa: E402
+from whisper_tune.audio import load_audio  # noqa: E402
+from whisper_tune.serve import Limits  # noqa: E402
+from whisper_tune.transcription import transcribe_audio  # noqa: E402
+
+KEY = "sk-test-key"
+MODEL_ID = "tiny-run"
+LIMITS = Limits(max_mb=1.0, max_seconds=20.0)
+SRT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)$")
+VTT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d\d\d) --> (\d\d):(\d\d):(\d\d)\.(\d\d\d)$")
+
+
+class LiveServer:
+    """uvicorn serving ``app`` in a background thread until ``stop``."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+class CountingEngine:
+    """The engine with a record of how many inferences ran at once."""
+
+    def __init__(self, engine):
+        self.engine, self.active, self.most = engine, 0, 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def transcribe(self, *args, **kwargs):
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            time.sleep(0.2)  # widen the window in which a second inference could sneak in
+            return self.engine.transcribe(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_adapter):
+    import torch
+
+    return load_engine(adapter=str(tiny_adapter), device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def counted(engine):
+    return CountingEngine(engine)
+
+
+@pytest.fixture(scope="module")
+def server(counted):
+    live = LiveServer(build_app(counted, LIMITS, api_key=KEY, model_id=MODEL_ID))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def clips(small_corpus) -> list[Path]:
+    """Two spoken clips (48 kHz MP3) from the espeak-ng corpus."""
+    return sorted((small_corpus / "clips").glob("*.mp3"))[:2]
+
+
+def direct(engine, clip: Path, task: str = "transcribe") -> tuple[list, str]:
+    """What the library says about a clip, without the server."""
+    return transcribe_audio(engine.model, engine.processor, load_audio(clip), engine.language, task)
+
+
+def _text(segments) -> str:
+    return " ".join(s.text for s in segments if s.text).strip()
+
+
+def _seconds(groups) -> float:
+    h, m, s, ms = map(int, groups)
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+def parse_cues(text: str, pattern, numbered: bool) -> list[tuple[float, float, str]]:
+    """Strict SRT/VTT cue parser: index lines (SRT), well-formed ordered times, the text."""
+    cues = []
+    for n, block in enumerate(text.strip().split("\n\n"), start=1):
+        lines = block.split("\n")
+        if numbered:
+            assert lines.pop(0) == str(n)
+        match = pattern.match(lines[0])
+        assert match, lines[0]
+        start, end = _seconds(match.groups()[:4]), _seconds(match.groups()[4:])
+        assert start <= end and (not cues or start >= cues[-1][0])
+        cues.append((start, end, "\n".join(lines[1:])))
+    return cues
+
+
+def test_every_response_format_matches_the_library(client, engine, clips):
+    segments, language = direct(engine, clips[0])
+    expected = _text(segments)
+    assert expected  # random weights still say something
+
+    def ask(fmt):
+        with open(clips[0], "rb") as f:
+            return client.audio.transcriptions.create(model=MODEL_ID, file=f, response_format=fmt)
+
+    assert ask("json").text == expected
+    assert ask("text") == expected + "\n"
+
+    srt = parse_cues(ask("srt"), SRT_TIME, numbered=True)
+    assert [c[2] for c in srt] == [s.text for s in segments]
+    assert [t for c in srt for t in c[:2]] == pytest.approx([t for s in segments for t in (s.start, s.end)], abs=1e-3)
+
+    vtt_text = ask("vtt")
+    assert vtt_text.startswith("WEBVTT\n\n")
+    vtt = parse_cues(vtt_text.removeprefix("WEBVTT\n\n"), VTT_TIME, numbered=False)
+    assert [c[2] for c in vtt] == [s.text for s in segments]
+
+    verbose = ask("verbose_json")
+    assert verbose.text == expected and verbose.language == "marathi" and language == "mr"
+    assert verbose.duration == pytest.approx(load_audio(clips[0]).size / 16000, abs=1e-3)
+    assert " ".join(s.text for s in verbose.segments if s.text).strip() == verbose.text
+    assert [(s.id, s.start, s.end) for s in verbose.segments] == [(i, s.start, s.end) for i, s in enumerate(segments)]
+
+
+def test_translation_prompt_and_temperature(client, engine, clips):
+    with open(clips[1], "rb") as f:
+        result = client.audio.translations.create(model=MODEL_ID, file=f, response_format="verbose_json")
+    assert result.task == "translate" and result.text == _text(direct(engine, clips[1], "translate")[0])
+    prompt = "Marathi names"  # Whisper's initial prompt: the same text as the library gives with it
+    with open(clips[1], "rb") as f:
+        text = client.audio.transcriptions.create(model=MODEL_ID, file=f, prompt=prompt, response_format="text")
+    audio = load_audio(clips[1])
+    segments, _ = transcribe_audio(engine.model, engine.processor, audio, "mr", "transcribe", prompt=prompt)
+    assert text == _text(segments) + "\n"
+    with open(clips[1], "rb") as f:  # a prompt longer than the decoder's context keeps its end
+        assert client.audio.transcriptions.create(model=MODEL_ID, file=f, prompt="word " * 2000).text
+    with open(clips[1], "rb") as f:  # sampling is accepted; out of range is not
+        assert client.audio.transcriptions.create(model=MODEL_ID, file=f, temperature=0.4, language="mr").text
+    with open(clips[1], "rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model=MODEL_ID, file=f, temperature=3)
+    assert info.value.param == "temperature"
+
+
+def test_duration_is_read_from_the_header_before_decoding(tmp_path):
+    from whisper_tune.audio import probe_duration
+
+    assert probe_duration(write_tone(tmp_path / "a.wav", seconds=3.0)) == pytest.approx(3.0)
+    assert probe_duration(write_tone(tmp_path / "a.flac", seconds=2.0, sr=8000)) == pytest.approx(2.0)
+    assert probe_duration(write_tone(tmp_path / "a.mp3", seconds=2.0, sr=44100)) == pytest.approx(2.0, abs=0.1)
+    (tmp_path / "junk.mp3").write_bytes(b"junk" * 100)
+    assert probe_duration(tmp_path / "junk.mp3") is None
+
+
+def test_models_and_health(client, server):
+    import httpx
+
+    models = client.models.list()
+    assert [(m.id, m.object, m.owned_by) for m in models.data] == [(MODEL_ID, "model", "whisper-tune")]
+    assert isinstance(models.data[0].created, int)
+    health = httpx.get(f"{server.url}/health")  # no key needed: for load balancers and scripts
+    assert health.status_code == 200 and health.json()["model"] == MODEL_ID
+
+
+def test_wrong_or_missing_key_is_401(server, clips):
+    import httpx
+
+    wrong = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        wrong.models.list()
+    assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
+    with open(clips[0], "rb") as f, pytest.raises(openai.AuthenticationError):
+        wrong.audio.transcriptions.create(model=MODEL_ID, file=f)
+    missing = httpx.get(f"{server.url}/v1/models")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "invalid_request_error"
+    assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_oversize_upload_is_413(client, server, tmp_path):
+    big = write_tone(tmp_path / "big.wav", seconds=40.0)  # 1.2 MB of 16-bit WAV, limit 1 MB
+    with open(big, "rb") as f, pytest.raises(openai.APIStatusError) as info:
+        client.audio.transcriptions.create(model=MODEL_ID, file=f)
+    assert info.value.status_code == 413 and "at most 1 MB" in info.value.message
+
+
+def test_oversize_chunked_upload_is_stopped_while_streaming(server):
+    """No Content-Length to check: the byte count stops the read."""
+    import httpx
+
+    def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        for _ in range(40):  # 2.5 MB in 64 KB chunks
+            yield b"\0" * 65536
+        yield b"\r\n--b--\r\n"
+
+    response = httpx.post(
+        f"{server.url}/v1/audio/transcriptions",
+        content=body(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "file_too_large"
+
+
+def test_bad_audio_too_long_bad_format_and_unknown_model(client, tmp_path, clips):
+    bad = tmp_path / "notes.mp3"
+    bad.write_bytes(b"these are not the sounds you are looking for" * 50)
+    with open(bad, "rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model=MODEL_ID, file=f)
+    assert "cannot read this audio" in info.value.message and info.value.param == "file"
+
+    long = write_tone(tmp_path / "long.flac", seconds=30.0, sr=8000)  # small file, too long
+    with open(long, "rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model=MODEL_ID, file=f)
+    assert "30 s long" in info.value.message and "at most 20 s" in info.value.message
+
+    with open(clips[0], "rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model=MODEL_ID, file=f, response_format="xml")
+    assert "response_format" in info.value.message
+
+    with open(clips[0], "rb") as f, pytest.raises(openai.NotFoundError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert info.value.code == "model_not_found"
+
+
+def test_two_clients_at_once_queue_and_both_get_their_answer(server, engine, counted, clips):
+    expected = [_text(direct(engine, clip)[0]) for clip in clips]
+    results, errors = [None, None], []
+
+    def ask(i):
+        try:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+            with open(clips[i], "rb") as f:
+                results[i] = client.audio.transcriptions.create(model=MODEL_ID, file=f).text
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    counted.most = 0
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and results == expected
+    assert counted.most == 1  # the second waited for the first: one inference at a time
+
+
+def test_ctranslate2_export_is_served(tiny_model_dir, tiny_adapter, tmp_path, clips):
+    pytest.importorskip("faster_whisper")
+    from whisper_tune.export import export_ct2
+    from whisper_tune.transcription import load_ct2, transcribe_audio_ct2
+
+    ct2 = export_ct2(str(tiny_model_dir), tmp_path / "ct2", quantization="int8", adapter=str(tiny_adapter))
+    engine = load_engine(model=str(ct2), language="mr")
+    assert engine.kind == "ctranslate2"
+    live = LiveServer(build_app(engine, LIMITS, model_id="ct2"))  # no key: none needed
+    try:
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        with open(clips[0], "rb") as f:
+            text = client.audio.transcriptions.create(model="ct2", file=f).text
+    finally:
+        live.stop()
+    segments, _ = transcribe_audio_ct2(load_ct2(ct2), load_audio(clips[0]), "mr")
+    assert text == _text(segments)
