@@ -128,6 +128,7 @@ SUBCOMMANDS = {
     "merge",
     "export-ct2",
     "serve",
+    "api",
     "bench",
     "make-demo-data",
     "make-processor",

@@ -525,20 +525,3 @@ def run(args) -> int:
         model_id=args.model_id,
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m whisper_tune.api`` until the CLI registers the command."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="whisper-tune api", description=run.__doc__)
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except UserError as e:
-        print(f"whisper-tune: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

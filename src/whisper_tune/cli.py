@@ -330,7 +330,7 @@ def args_export_ct2(p: argparse.ArgumentParser) -> None:
     )
 
 
-# ---- serve and bench -----------------------------------------------------------------
+# ---- serve, api and bench ------------------------------------------------------------
 
 
 def cmd_serve(args) -> int:
@@ -372,6 +372,19 @@ def args_serve(p: argparse.ArgumentParser) -> None:
         default=limits.max_seconds,
         help=f"longest audio accepted (default: {limits.max_seconds:g})",
     )
+
+
+def cmd_api(args) -> int:
+    """An OpenAI-compatible speech-to-text server (POST /v1/audio/transcriptions) for a local model."""
+    from .api import run
+
+    return run(args)
+
+
+def args_api(p: argparse.ArgumentParser) -> None:
+    from .api import add_arguments
+
+    add_arguments(p)
 
 
 def cmd_bench(args) -> int:
@@ -516,6 +529,7 @@ COMMANDS: dict[str, Command] = {
     "merge": Command(cmd_merge, args_merge),
     "export-ct2": Command(cmd_export_ct2, args_export_ct2),
     "serve": Command(cmd_serve, args_serve),
+    "api": Command(cmd_api, args_api),
     "bench": Command(cmd_bench, args_bench),
     "make-demo-data": Command(cmd_make_demo_data, args_make_demo_data),
     "make-processor": Command(cmd_make_processor, args_make_processor),
