@@ -127,6 +127,7 @@ SUBCOMMANDS = {
     "transcribe",
     "merge",
     "export-ct2",
+    "export-ggml",
     "serve",
     "api",
     "bench",

@@ -330,6 +330,19 @@ def args_export_ct2(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_export_ggml(args) -> int:
+    """Convert a merged model (or base + adapter) to whisper.cpp's GGML file (f16, q8_0, q5_0, ...)."""
+    from .export_ggml import run
+
+    return run(args)
+
+
+def args_export_ggml(p: argparse.ArgumentParser) -> None:
+    from .export_ggml import add_arguments
+
+    add_arguments(p)
+
+
 # ---- serve, api and bench ------------------------------------------------------------
 
 
@@ -528,6 +541,7 @@ COMMANDS: dict[str, Command] = {
     "transcribe": Command(cmd_transcribe, args_transcribe),
     "merge": Command(cmd_merge, args_merge),
     "export-ct2": Command(cmd_export_ct2, args_export_ct2),
+    "export-ggml": Command(cmd_export_ggml, args_export_ggml),
     "serve": Command(cmd_serve, args_serve),
     "api": Command(cmd_api, args_api),
     "bench": Command(cmd_bench, args_bench),
