@@ -408,7 +408,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="transformers Whisper folder (the base, when --adapter is given)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder to merge into --model first")
     p.add_argument("--out", required=True, help="output file (or folder: ggml-model-TYPE.bin in it)")
-    p.add_argument("--type", dest="ftype", default="f16", choices=list(FTYPES), help="weight type (default f16)")
+    runnable = [t for t in FTYPES if t != "f32"]  # whisper.cpp's CPU encoder aborts on f32 files (issue 2557)
+    p.add_argument(
+        "--type", dest="ftype", default="f16", choices=runnable, help="weight type (default f16; q8_0 is about half)"
+    )
 
 
 def run(args) -> int:
