@@ -57,3 +57,31 @@ def test_load_yaml_errors(tmp_path):
         load_yaml(tmp_path / "bad.yaml")
     (tmp_path / "ok.yaml").write_text("data:\n  language: mr\n")
     assert from_dict(Outer, load_yaml(tmp_path / "ok.yaml")).data.language == "mr"
+
+
+BAD_SETTINGS = [
+    ("train.learning_rate=-1", "train.learning_rate must be positive"),
+    ("train.learning_rate=.nan", "train.learning_rate must be positive, got nan"),
+    ("train.weight_decay=-1", "train.weight_decay must be zero or more"),
+    ("train.warmup_steps=-3", "train.warmup_steps must be zero or more"),
+    ("train.max_grad_norm=-1", "train.max_grad_norm must be zero or more"),
+    ("train.keep_last=0", "train.keep_last must be positive"),
+    ("train.max_steps=-5", "train.max_steps must be positive"),
+    ("train.max_steps=0", "train.max_steps must be positive"),
+    ("train.epochs=.nan", "train.epochs must be positive"),
+    ("eval.batch_size=0", "eval.batch_size must be positive"),
+    ("eval.max_new_tokens=-1", "eval.max_new_tokens must be positive"),
+    ("eval.every=-2", "eval.every must be -1"),
+    ("eval.max_samples=0", "eval.max_samples must be positive"),
+    ("data.max_seconds=45", "data.max_seconds must be in (0, 30]"),
+    ("lora.dropout=.nan", "lora.dropout in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_SETTINGS, ids=[o for o, _ in BAD_SETTINGS])
+def test_out_of_range_settings_are_refused_with_the_key(override, message):
+    from whisper_tune.config import load_train_config
+
+    with pytest.raises(UserError) as refused:
+        load_train_config(None, [override])
+    assert message in str(refused.value) and "\n" not in str(refused.value)

@@ -189,3 +189,99 @@ def test_out_of_memory_names_the_knobs(tiny_model_dir, small_corpus, tmp_path, m
     monkeypatch.setattr(training, "SpeechCollator", Exhausted)
     with pytest.raises(TrainingStopped, match="lower train.batch_size.*gradient_checkpointing=true.*nf4"):
         train(_cfg(tiny_model_dir, small_corpus, tmp_path / "oom"), progress=False)
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "whisper_tune.cli", "train", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _one_line(proc, *fragments):
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("whisper-tune: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_resume_with_another_batch_size_continues_instead_of_hanging(tiny_model_dir, small_corpus, tmp_path):
+    """The saved position (3 of 4 batches of 4) is past the end of an epoch of batches of 8 or 16:
+    the resumed run re-derives it in samples and finishes (a hang fails on the timeout)."""
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, small_corpus, out), stop_after=3, progress=False)
+    for batch in (16, 8):
+        args = _overrides(tiny_model_dir, small_corpus, out, **{"train.batch_size": batch})
+        proc = _cli(*args, "--resume", "--stop-after", "5" if batch == 16 else "6", timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "resuming with train.batch_size: checkpoint" in proc.stderr
+    assert json.loads((out / "run.json").read_text())["steps"] == 6 and (out / "adapter").is_dir()
+
+
+def test_resume_refuses_another_adapter_shape_in_one_line(tiny_model_dir, small_corpus, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, small_corpus, out), stop_after=2, progress=False)
+    _one_line(
+        _cli(*_overrides(tiny_model_dir, small_corpus, out, **{"lora.r": 8}), "--resume"), "lora.r: checkpoint 4, now 8"
+    )
+
+
+def test_a_pickle_in_the_run_folder_is_never_loaded(tiny_model_dir, small_corpus, tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    train(_cfg(tiny_model_dir, small_corpus, out), stop_after=2, progress=False)
+    crafted = out / "checkpoints" / "step-000009"
+    crafted.mkdir()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"step": 9, "x": Payload()}, crafted / "training_state.pt")
+    _one_line(_cli(*_overrides(tiny_model_dir, small_corpus, out), "--resume"), "step-000009", "older whisper-tune")
+    assert not marker.exists()
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, small_corpus, tmp_path):
+    full = train(_cfg(tiny_model_dir, small_corpus, tmp_path / "full"), progress=False)
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, small_corpus, out, **{"train.save_every": 1, "train.keep_last": 3})
+    train(cfg, stop_after=4, progress=False)
+    latest = checkpoint.latest(out / "checkpoints")
+    (latest / checkpoint.TENSORS_FILE).write_bytes(b"\0" * 100)  # a truncated write
+    proc = _cli(
+        *_overrides(tiny_model_dir, small_corpus, out, **{"train.save_every": 1, "train.keep_last": 3}), "--resume"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{latest}" in proc.stderr and "falling back to" in proc.stderr and "step-000003" in proc.stderr
+    assert _same(_adapter(full.adapter_dir), _adapter(out / "adapter"))  # replayed from step 3 exactly
+
+
+def test_settings_are_refused_before_anything_loads_or_is_written(tiny_model_dir, small_corpus, tmp_path):
+    out = tmp_path / "run"
+    _one_line(_cli(*_overrides(tiny_model_dir, small_corpus, out, **{"data.language": "xx"})), "unknown language 'xx'")
+    _one_line(_cli(*_overrides(tiny_model_dir, tmp_path / "no-corpus", out)), "not found")
+    _one_line(_cli(*_overrides(tiny_model_dir, small_corpus, out, **{"train.learning_rate": -1})), "learning_rate")
+    assert not out.exists()
+
+
+def test_stale_temporary_folders_are_removed_and_a_full_disk_is_one_line(
+    tiny_model_dir, small_corpus, tmp_path, monkeypatch
+):
+    import errno
+
+    import whisper_tune.training as training
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / ".step-000002.tmp999999999").mkdir(parents=True)
+    (out / ".best.tmp999999999").mkdir()
+    real = checkpoint.write_atomically
+
+    def full_disk(final, fill):
+        if final.name == "adapter":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(final, fill)
+
+    monkeypatch.setattr(training.checkpoint, "write_atomically", full_disk)
+    with pytest.raises(TrainingStopped, match="disk full while writing .*adapter.*--resume"):
+        train(_cfg(tiny_model_dir, small_corpus, out, **{"train.max_steps": 2}), progress=False)
+    assert not list(out.glob(".*tmp*")) and not list((out / "checkpoints").glob(".*tmp*"))
+    assert not (out / "adapter").exists() and checkpoint.latest(out / "checkpoints") is not None

@@ -35,6 +35,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -353,29 +354,34 @@ def read_state(path: Path) -> dict:
     return _read(path)[1]
 
 
-def load(path: Path, model) -> dict:
+def load(path: Path, model, check: Callable[[Path, dict], None] | None = None) -> dict:
     """Load a checkpoint's adapter into ``model`` and return its training state.
 
     The model is only touched once every file has been read and checked, so a damaged checkpoint
     raises :class:`CheckpointUnreadable` with the model as it was; an older version's raises UserError.
+    ``check(path, state)`` runs before the model is touched: it raises to refuse a checkpoint that
+    reads whole but does not fit the run (another base, another adapter shape).
     """
     from peft.utils import set_peft_model_state_dict
 
     adapter, state = _read(path)
+    if check is not None:
+        check(path, state)
     set_peft_model_state_dict(model, adapter)
     return state
 
 
-def resume_state(folder: Path, model) -> tuple[Path, dict] | None:
+def resume_state(folder: Path, model, check: Callable[[Path, dict], None] | None = None) -> tuple[Path, dict] | None:
     """Load the newest checkpoint in ``folder`` that reads whole; None when there is none at all.
 
     A damaged one is skipped with one warning that names it, why, and what comes next; when
-    none reads, UserError names them all. An older version's checkpoint stops it (UserError).
+    none reads, UserError names them all. An older version's checkpoint, or one that ``check``
+    refuses, stops it (UserError).
     """
     tried = _step_folders(folder)[::-1]
     for i, path in enumerate(tried):
         try:
-            return path, load(path, model)
+            return path, load(path, model, check)
         except CheckpointUnreadable as error:
             nxt = f"falling back to {tried[i + 1]}" if i + 1 < len(tried) else "no older checkpoint left"
             log.warning("%s: %s", error, nxt)

@@ -8,6 +8,7 @@ loads, because a typo that silently falls back to a default wastes a GPU-day.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,22 @@ from .errors import UserError
 TASKS = ("transcribe", "translate")
 EVALUATE_MAX_NEW_TOKENS = 255  # `whisper-tune evaluate`: the recipe's final evaluation loop (128 while training)
 MAX_SECONDS = float(CHUNK_SECONDS)  # Whisper sees one 30 s window per training example
+
+
+def _positive(obj, section: str, *names: str) -> None:
+    """Each named field is a finite number above zero (NaN fails every comparison, so it is
+    named rather than slipping through)."""
+    for name in names:
+        value = getattr(obj, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{section}.{name} must be positive, got {value}")
+
+
+def _at_least_zero(obj, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{section}.{name} must be zero or more, got {value}")
 
 
 @dataclass
@@ -42,6 +59,8 @@ class DataConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"data.task must be 'transcribe' or 'translate', got {self.task!r}")
+        if not 0 < self.max_seconds <= MAX_SECONDS:
+            raise ValueError(f"data.max_seconds must be in (0, {MAX_SECONDS:g}], got {self.max_seconds!r}")
 
 
 QUANTIZATIONS = ("int8", "int8-wo", "nf4", "none")
@@ -127,10 +146,12 @@ class TrainSettings:
             raise ValueError(f"train.mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
         if self.on_nan not in ("stop", "skip"):
             raise ValueError(f"train.on_nan must be stop or skip, got {self.on_nan!r}")
-        if self.batch_size <= 0 or self.grad_accum <= 0 or self.save_every <= 0 or self.log_every <= 0:
-            raise ValueError("train.batch_size, grad_accum, save_every and log_every must be positive")
-        if self.epochs <= 0 and not self.max_steps:
-            raise ValueError("train.epochs must be positive (or set train.max_steps)")
+        _positive(self, "train", "batch_size", "grad_accum", "save_every", "log_every", "keep_last", "learning_rate")
+        _at_least_zero(self, "train", "warmup_steps", "weight_decay", "max_grad_norm", "num_workers")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"train.max_steps must be positive, or null to train by epochs; got {self.max_steps}")
+        if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {self.epochs}")
 
 
 @dataclass
@@ -146,6 +167,11 @@ class EvalSettings:
     def __post_init__(self):
         if self.metric not in ("wer", "cer"):
             raise ValueError(f"eval.metric must be wer or cer, got {self.metric!r}")
+        _positive(self, "eval", "batch_size", "max_new_tokens")
+        if self.every < -1:
+            raise ValueError(f"eval.every must be -1 (never), 0 (each epoch) or a number of steps, got {self.every}")
+        if self.max_samples is not None and self.max_samples <= 0:
+            raise ValueError(f"eval.max_samples must be positive or null (all clips), got {self.max_samples}")
 
 
 @dataclass

@@ -14,6 +14,8 @@ The run folder's layout is ``run.py``'s; the step (``OptimizerStep``) is shared 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
@@ -159,6 +161,21 @@ def _oom_message(cfg: TrainConfig) -> str:
     )
 
 
+@contextlib.contextmanager
+def _disk_full_says(folder: Path):
+    """A full disk while writing ``folder``: one line saying what to do, not a traceback (the
+    write is atomic, so nothing half-written is left)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise TrainingStopped(
+            f"disk full while writing {folder}: free space on {folder.parent} and run again with --resume "
+            f"(the last complete checkpoint is kept)"
+        ) from None
+
+
 # ---- one optimizer step (shared with bench) ------------------------------------------
 
 
@@ -269,6 +286,8 @@ class TrainingRun:
     def setup(self) -> None:
         self._check_folder()
         if self.main_rank:
+            self._check_settings()  # before anything loads or is written
+            self._clean_folder()
             self.run.write_config(self.cfg)
         _seed_everything(self.cfg.train.seed)
         self._build_model()  # the model first: a wrong base or a missing bitsandbytes fails before data work
@@ -295,6 +314,22 @@ class TrainingRun:
                 f"{self.run.path} already holds checkpoints: pass --resume to continue, or choose another "
                 f"train.output_dir"
             )
+
+    def _check_settings(self) -> None:
+        """What can be refused without loading anything: the language, a local base that is
+        not there, a data source that does not open (nothing is decoded yet)."""
+        from .modeling import resolve_model
+        from .sources import open_source
+
+        resolve_language(self.cfg.data.language)
+        resolve_model(self.cfg.model.base)
+        open_source(self.cfg.data, progress=self.progress)
+
+    def _clean_folder(self) -> None:
+        """Temporary folders that a killed write left (``.best.tmpPID``, ``.step-N.tmpPID``)."""
+        for folder in (self.run.path, self.run.checkpoints):
+            for stale in checkpoint.clean_stale(folder):
+                log.info("removed %s, left by an interrupted write", stale)
 
     def _build_model(self) -> None:
         cfg = self.cfg
@@ -342,19 +377,60 @@ class TrainingRun:
         self.collate = SpeechCollator(self.processor.feature_extractor, self.model.config.decoder_start_token_id)
         self.data = train_ds.select_columns(["audio", "labels"]).with_format("numpy")
 
+    def _identity(self) -> dict:
+        """What a checkpoint must agree on to be resumed (``REFUSED_CHANGES``), and the batch
+        layout that a resume may change (the position is then re-derived in samples)."""
+        cfg = self.cfg
+        lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": cfg.lora.target_modules()}
+        return {
+            "model": {"base": cfg.model.base, "quantization": cfg.model.quantization},
+            "lora": lora | {"freeze_encoder": cfg.lora.freeze_encoder},
+            "train": {"batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum, "world_size": self.world},
+        }
+
     def _resume(self) -> None:
-        self.resumed_from = checkpoint.latest(self.run.checkpoints) if self.resume_asked else None
-        if self.resumed_from is None:
+        found = None
+        if self.resume_asked:
+            found = checkpoint.resume_state(self.run.checkpoints, self.model, check=self._check_resumable)
+        if found is None:
             if self.resume_asked:
                 log.warning("no checkpoint in %s: starting from scratch", self.run.checkpoints)
             return
-        state = checkpoint.load(self.resumed_from, self.model)
+        self.resumed_from, state = found
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_fn.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         self.pos = Position(state["step"], state["epoch"], state["micro_done"], state["best"])
+        self._rebatch(state.get("run", {}).get("train"))
         log.info("resuming from %s (step %d)", self.resumed_from, self.pos.step)
+
+    def _check_resumable(self, path: Path, state: dict) -> None:
+        """Refuse, before the adapter loads, a checkpoint of another model, holding or adapter."""
+        saved = state.get("run")
+        if saved is None:
+            return
+        now = self._identity()
+        changed = checkpoint.resume_differences(
+            {k: saved.get(k, {}) for k in ("model", "lora")}, {k: now[k] for k in ("model", "lora")}
+        )
+        if changed:
+            raise UserError(
+                f"{path} was trained with other settings ({'; '.join(changed)}): resume with the run's own "
+                f"settings ({self.run.config_file}), or start a new run in another train.output_dir"
+            )
+
+    def _rebatch(self, saved: dict | None) -> None:
+        """A resume with another batch size, accumulation or number of processes: keep the
+        position in the epoch as a number of samples (a saved position past the end of the
+        new epoch starts the next one)."""
+        now = self._identity()["train"]
+        if saved and saved != now:
+            log.warning("resuming with %s", "; ".join(checkpoint.resume_differences({"train": saved}, {"train": now})))
+            samples = self.pos.micro_done * saved["batch_size"] * saved["world_size"]
+            self.pos.micro_done = samples // (now["batch_size"] * now["world_size"])
+        if self.pos.micro_done >= self.micro_per_epoch:
+            self.pos.epoch, self.pos.micro_done = self.pos.epoch + 1, 0
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -498,7 +574,8 @@ class TrainingRun:
             if scores is not None:
                 self.run.write_best(tmp, scores)
 
-        checkpoint.write_atomically(folder, fill)
+        with _disk_full_says(folder):
+            checkpoint.write_atomically(folder, fill)
 
     def _save_checkpoint(self) -> Path:
         state = {
@@ -508,8 +585,10 @@ class TrainingRun:
             "epoch": self.pos.epoch,
             "micro_done": self.pos.micro_done,
             "best": self.pos.best,
+            "run": self._identity(),
         }
-        path = checkpoint.save(self.run.checkpoints, self.pos.step, _unwrap(self.model), state)
+        with _disk_full_says(self.run.checkpoints):
+            path = checkpoint.save(self.run.checkpoints, self.pos.step, _unwrap(self.model), state)
         checkpoint.prune(self.run.checkpoints, self.cfg.train.keep_last)
         return path
 
