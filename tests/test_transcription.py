@@ -122,3 +122,34 @@ def test_language_auto_detects_instead_of_the_adapters(tiny_adapter, tmp_path):
     assert loaded.language is None and loaded.merged
     unmerged = load_for_inference(None, str(tiny_adapter), torch.device("cpu"), merge=False)
     assert not unmerged.merged and not unmerged.holding.quantized and hasattr(unmerged.model, "disable_adapter")
+
+
+def test_an_adapter_finds_its_local_base_from_anywhere(tiny_model_dir, tiny_adapter, tmp_path, monkeypatch):
+    """A base given as a relative path at training time: recorded so that it resolves from any
+    working folder and after the run and base folders move together; when it is gone, one
+    line names the recorded path and --model."""
+    import json
+    import shutil
+
+    from whisper_tune.config import ModelConfig
+    from whisper_tune.errors import UserError
+    from whisper_tune.run import AdapterMeta, write_adapter_meta
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_model_dir, project / "bases" / "tiny")
+    shutil.copytree(tiny_adapter, project / "runs" / "r" / "adapter")
+    monkeypatch.chdir(project)
+    write_adapter_meta("runs/r/adapter", ModelConfig(base="bases/tiny"), "mr", "transcribe")
+    assert json.loads((project / "runs/r/adapter/whisper_tune.json").read_text())["base_relative"] == "../../../bases/tiny"
+    monkeypatch.chdir(tmp_path)
+    assert load_for_inference(None, str(project / "runs/r/adapter"), torch.device("cpu")).base == str(
+        project / "bases" / "tiny"
+    )
+    moved = tmp_path / "elsewhere"
+    shutil.move(project, moved)
+    assert AdapterMeta.read(moved / "runs/r/adapter").resolve_base(moved / "runs/r/adapter") == str(
+        moved / "bases/tiny"
+    )
+    shutil.rmtree(moved / "bases")
+    with pytest.raises(UserError, match=f"trained on {project / 'bases' / 'tiny'}, which is not there.*--model"):
+        load_for_inference(None, str(moved / "runs/r/adapter"), torch.device("cpu"))

@@ -256,7 +256,7 @@ def load_for_inference(
     from peft import PeftModel
 
     meta = AdapterMeta.read(adapter) if adapter else AdapterMeta(base=None)
-    base = base or meta.base
+    base = base or meta.resolve_base(adapter)
     if not base:
         raise UserError("no base model: pass --model (the adapter folder does not name its base)")
     cfg = ModelConfig(

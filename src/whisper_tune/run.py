@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,44 @@ def _read_json(path: Path) -> Any:
 
 @dataclass
 class AdapterMeta:
-    """What an adapter folder says of how it was trained (``whisper_tune.json``)."""
+    """What an adapter folder says of how it was trained (``whisper_tune.json``).
+
+    A local base is recorded twice: as an absolute path, and relative to the adapter folder
+    (``base_relative``), so the adapter finds it from any working folder and after the run
+    and base folders move together. A hub id is recorded as it is."""
 
     base: str | None
     quantization: str = NONE  # the holding it was trained on (quantization.HOLDINGS)
     int8_threshold: float = 6.0
     language: str | None = None
     task: str | None = None
+    base_relative: str | None = None  # a local base, relative to the adapter folder
 
     def write(self, folder: str | Path) -> None:
-        _write_json(Path(folder) / ADAPTER_META, asdict(self))
+        folder = Path(folder)
+        record = asdict(self)
+        if self.base and Path(self.base).expanduser().exists():
+            local = Path(self.base).expanduser().resolve()
+            record["base"] = str(local)
+            record["base_relative"] = os.path.relpath(local, folder.resolve())
+        _write_json(folder / ADAPTER_META, record)
+
+    def resolve_base(self, folder: str | Path) -> str | None:
+        """The base to load: the recorded local folder where it is, else where it sits
+        relative to the adapter now; a hub id as recorded. A local base found in neither place
+        is an error that names the recorded path and the way out (``--model``)."""
+        if not self.base or Path(self.base).expanduser().exists():
+            return self.base
+        if self.base_relative:
+            moved = (Path(folder) / self.base_relative).resolve()
+            if moved.exists():
+                return str(moved)
+        if self.base_relative or _looks_local(self.base):
+            raise UserError(
+                f"the adapter in {folder} was trained on {self.base}, which is not there any more: pass "
+                f"--model PATH (the base model folder) to say where it is"
+            )
+        return self.base
 
     @classmethod
     def read(cls, folder: str | Path) -> AdapterMeta:
@@ -77,6 +106,11 @@ class AdapterMeta:
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in _read_json(folder / ADAPTER_META).items() if k in known})
         return cls(base=_read_json(folder / "adapter_config.json").get("base_model_name_or_path"))
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``owner/name``): absolute, ./-relative, or deeper."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).is_absolute()
 
 
 def write_adapter_meta(folder: str | Path, cfg, language: str | None, task: str) -> None:
