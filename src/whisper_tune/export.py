@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import write_atomically
 from .errors import UserError
 from .run import RunDir
 
@@ -32,14 +33,16 @@ def merge(base: str | None, adapter: str, out_dir: str | Path, dtype: str = "flo
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
     loaded = load_for_inference(base, adapter, torch.device("cpu"))  # fp32 on the CPU: an exact merge
-    out = Path(out_dir)
     model = loaded.model.to(DTYPES[dtype])
-    model.save_pretrained(out)
-    loaded.processor.save_pretrained(out)
-    loaded.processor.feature_extractor.save_pretrained(out)  # preprocessor_config.json for older readers
     card = model_card("merged", loaded.base, loaded.language, loaded.task, adapter_dir=Path(adapter))
-    (out / "README.md").write_text(card, encoding="utf-8")
-    return out
+
+    def fill(out: Path) -> None:
+        model.save_pretrained(out)
+        loaded.processor.save_pretrained(out)
+        loaded.processor.feature_extractor.save_pretrained(out)  # preprocessor_config.json for older readers
+        (out / "README.md").write_text(card, encoding="utf-8")
+
+    return write_atomically(Path(out_dir), fill)  # a kill or a full disk leaves no half-written model
 
 
 def export_ct2(
@@ -53,24 +56,27 @@ def export_ct2(
         raise UserError("export-ct2 needs ctranslate2: pip install 'whisper-tune[export]'") from None
     if quantization not in CT2_QUANTIZATIONS:
         raise UserError(f"unknown CTranslate2 quantization {quantization!r}: use {', '.join(CT2_QUANTIZATIONS)}")
-    out = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(merge(str(model_dir), adapter, Path(tmp) / "merged")) if adapter else Path(model_dir)
         if not (source / "config.json").is_file():
             raise UserError(f"{source} is not a transformers model folder (no config.json): run merge first")
-        files = [f for f in ("tokenizer.json", "preprocessor_config.json") if (source / f).is_file()]
-        TransformersConverter(str(source), copy_files=files, load_as_float16=quantization != "float32").convert(
-            str(out), quantization=quantization, force=True
-        )
-        if not (out / "preprocessor_config.json").exists():
-            from transformers import WhisperFeatureExtractor
 
-            WhisperFeatureExtractor.from_pretrained(str(source)).to_json_file(str(out / "preprocessor_config.json"))
-        if not (out / "tokenizer.json").exists():
-            from .modeling import load_processor
+        def fill(out: Path) -> None:
+            files = [f for f in ("tokenizer.json", "preprocessor_config.json") if (source / f).is_file()]
+            TransformersConverter(str(source), copy_files=files, load_as_float16=quantization != "float32").convert(
+                str(out), quantization=quantization, force=True
+            )
+            if not (out / "preprocessor_config.json").exists():
+                from transformers import WhisperFeatureExtractor
 
-            load_processor(str(source)).tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    return out
+                extractor = WhisperFeatureExtractor.from_pretrained(str(source))
+                extractor.to_json_file(str(out / "preprocessor_config.json"))
+            if not (out / "tokenizer.json").exists():
+                from .modeling import load_processor
+
+                load_processor(str(source)).tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+
+        return write_atomically(Path(out_dir), fill)
 
 
 def model_card(
