@@ -55,25 +55,15 @@ def _audio(seconds: float = 3.0) -> np.ndarray:
 
 
 def _make_tiny(out: Path, n_mels: int, vocab: int, n_lang: int) -> Path:
-    from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+    from whisper_tune.modeling import architecture_config
     from whisper_tune.processor import offline_processor_dir
 
     torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=vocab,
-        num_mel_bins=n_mels,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=256,
-        decoder_ffn_dim=256,
-        decoder_start_token_id=50258,
-        pad_token_id=EOT,
-        bos_token_id=EOT,
-        eos_token_id=EOT,
+    # whisper.cpp assumes an ffn 4x d_model: tiny-test's is 2x
+    config = architecture_config(
+        "tiny-test", vocab_size=vocab, num_mel_bins=n_mels, encoder_ffn_dim=256, decoder_ffn_dim=256
     )
     model = WhisperForConditionalGeneration(config).eval()
     model.model.decoder.embed_tokens.weight.data.normal_(0, 0.5)

@@ -140,7 +140,9 @@ def test_an_adapter_finds_its_local_base_from_anywhere(tiny_model_dir, tiny_adap
     shutil.copytree(tiny_adapter, project / "runs" / "r" / "adapter")
     monkeypatch.chdir(project)
     write_adapter_meta("runs/r/adapter", ModelConfig(base="bases/tiny"), "mr", "transcribe")
-    assert json.loads((project / "runs/r/adapter/whisper_tune.json").read_text())["base_relative"] == "../../../bases/tiny"
+    assert (
+        json.loads((project / "runs/r/adapter/whisper_tune.json").read_text())["base_relative"] == "../../../bases/tiny"
+    )
     monkeypatch.chdir(tmp_path)
     assert load_for_inference(None, str(project / "runs/r/adapter"), torch.device("cpu")).base == str(
         project / "bases" / "tiny"

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .processor import EOT, N_LANGUAGES_V2, SOT, VOCAB_V2, VOCAB_V3
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,10 @@ def whisper_config(m: CT2Model):
         decoder_ffn_dim=m.get("decoder/layer_0/ffn/linear_0/weight").shape[0],
         max_source_positions=m.get("encoder/position_encodings/encodings").shape[0],
         max_target_positions=m.get("decoder/position_encodings/encodings").shape[0],
-        pad_token_id=50257,
-        bos_token_id=50257,
-        eos_token_id=50257,
-        decoder_start_token_id=50258,
+        pad_token_id=EOT,
+        bos_token_id=EOT,
+        eos_token_id=EOT,
+        decoder_start_token_id=SOT,
         tie_word_embeddings=True,
     )
 
@@ -267,7 +268,7 @@ def import_ct2(source: str, out_dir: str | Path, dtype: str = "float16") -> Path
     config_json = json.loads(side["config.json"].read_text(encoding="utf-8")) if "config.json" in side else {}
     m = read_model_bin(parts, config_json)
     config = whisper_config(m)
-    if config.vocab_size not in (51865, 51866):
+    if config.vocab_size not in (VOCAB_V2, VOCAB_V3):
         raise UserError(
             f"{source}: vocabulary of {config.vocab_size} tokens is not a multilingual Whisper "
             f"(51865, or 51866 for large-v3); English-only models are not supported"
@@ -290,7 +291,7 @@ def import_ct2(source: str, out_dir: str | Path, dtype: str = "float16") -> Path
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         processor_dir = build_processor(
-            tmp, n_mels=config.num_mel_bins, num_languages=100 if config.vocab_size == 51866 else 99
+            tmp, n_mels=config.num_mel_bins, num_languages=100 if config.vocab_size == VOCAB_V3 else N_LANGUAGES_V2
         )
         from transformers import WhisperProcessor
 

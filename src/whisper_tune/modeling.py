@@ -23,7 +23,17 @@ import torch
 
 from .config import LoraSettings, ModelConfig
 from .errors import UserError
-from .processor import BUNDLED, CONTROL_TOKENS, MAX_LABEL_TOKENS, languages, processor_path
+from .processor import (
+    BUNDLED,
+    CONTROL_TOKENS,
+    EOT,
+    MAX_LABEL_TOKENS,
+    SOT,
+    VOCAB_V2,
+    VOCAB_V3,
+    languages,
+    processor_path,
+)
 from .quantization import NONE, Holding, get_holding
 from .run import AdapterMeta
 from .speedups import apply_speedups
@@ -31,37 +41,55 @@ from .speedups import apply_speedups
 log = logging.getLogger(__name__)
 
 
-ARCHITECTURES = {  # d_model, layers (encoder = decoder), attention heads, ffn width
-    "tiny-test": (64, 2, 2, 128),  # for tests: seconds on a CPU
-    "base": (512, 6, 8, 2048),  # 74 M parameters
-    "small": (768, 12, 12, 3072),  # 244 M
-    "large-v2": (1280, 32, 20, 5120),  # 1.55 B, the reference recipe's model
+@dataclass(frozen=True)
+class Architecture:
+    """A Whisper size: what a random-weight model of it needs (tests, benchmarks)."""
+
+    d_model: int
+    encoder_layers: int
+    decoder_layers: int
+    heads: int
+    ffn: int
+    mel_bins: int = 80  # 128 from large-v3 on
+    vocab: int = VOCAB_V2  # VOCAB_V3 from large-v3 on (a 100th language token, <|yue|>)
+
+
+ARCHITECTURES = {
+    "tiny-test": Architecture(64, 2, 2, 2, 128),  # for tests: seconds on a CPU
+    "tiny": Architecture(384, 4, 4, 6, 1536),  # 39 M parameters
+    "base": Architecture(512, 6, 6, 8, 2048),  # 74 M
+    "small": Architecture(768, 12, 12, 12, 3072),  # 244 M
+    "medium": Architecture(1024, 24, 24, 16, 4096),  # 769 M
+    "large-v2": Architecture(1280, 32, 32, 20, 5120),  # 1.55 B, the reference recipe's model
+    "large-v3": Architecture(1280, 32, 32, 20, 5120, mel_bins=128, vocab=VOCAB_V3),  # 1.55 B
+    "large-v3-turbo": Architecture(1280, 32, 4, 20, 5120, mel_bins=128, vocab=VOCAB_V3),  # 809 M: 4 decoder layers
 }
 
 
-def architecture_config(name: str):
+def architecture_config(name: str, **overrides):
     """A multilingual WhisperConfig of a named size (random weights for tests and benchmarks:
-    speed and memory do not depend on the values)."""
+    speed and memory do not depend on the values); ``overrides`` are WhisperConfig fields."""
     from transformers import WhisperConfig
 
-    d_model, layers, heads, ffn = ARCHITECTURES[name]
-    return WhisperConfig(
-        vocab_size=51865,
-        num_mel_bins=80,
-        d_model=d_model,
-        encoder_layers=layers,
-        decoder_layers=layers,
-        encoder_attention_heads=heads,
-        decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
+    arch = ARCHITECTURES[name]
+    fields = dict(
+        vocab_size=arch.vocab,
+        num_mel_bins=arch.mel_bins,
+        d_model=arch.d_model,
+        encoder_layers=arch.encoder_layers,
+        decoder_layers=arch.decoder_layers,
+        encoder_attention_heads=arch.heads,
+        decoder_attention_heads=arch.heads,
+        encoder_ffn_dim=arch.ffn,
+        decoder_ffn_dim=arch.ffn,
         max_source_positions=1500,
         max_target_positions=448,
-        decoder_start_token_id=50258,
-        pad_token_id=50257,
-        bos_token_id=50257,
-        eos_token_id=50257,
+        decoder_start_token_id=SOT,
+        pad_token_id=EOT,
+        bos_token_id=EOT,
+        eos_token_id=EOT,
     )
+    return WhisperConfig(**(fields | overrides))
 
 
 def resolve_model(name: str) -> str:

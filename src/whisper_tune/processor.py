@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 TIKTOKEN_FILE = "multilingual.tiktoken"
 N_LANGUAGES_V2 = 99  # large-v2, base, small...: 99 language tokens; large-v3 adds <|yue|> (100)
+EOT = 50257  # <|endoftext|>: also pad and bos in Whisper's configs
+SOT = 50258  # <|startoftranscript|>: the decoder's start; the language tokens follow it
+VOCAB_V2 = 51865  # multilingual up to large-v2: 50257 text tokens + specials + 1501 timestamps
+VOCAB_V3 = VOCAB_V2 + 1  # large-v3 and turbo: <|yue|> moves every later special token by one
 TIME_PRECISION = 0.02  # seconds per timestamp token
 N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
