@@ -71,3 +71,45 @@ def test_levels():
 def test_resample_noop_keeps_samples():
     x = tone(0.5, 16000)
     assert np.array_equal(resample(x, 16000), x)
+
+
+def _reason(source) -> tuple[str, str]:
+    with pytest.raises(AudioError) as e:
+        load_audio(source)
+    return e.value.reason, e.value.detail
+
+
+def test_folder_named_like_a_clip_is_not_a_file(tmp_path):
+    (tmp_path / "x.mp3").mkdir()
+    assert _reason(tmp_path / "x.mp3") == ("not_a_file", f"{tmp_path / 'x.mp3'} is a folder, not an audio file")
+
+
+def test_empty_file_and_empty_bytes(tmp_path):
+    (tmp_path / "e.wav").write_bytes(b"")
+    assert _reason(tmp_path / "e.wav") == ("empty", f"{tmp_path / 'e.wav'} is an empty file (0 bytes)")
+    assert _reason(b"")[0] == "empty"
+
+
+def test_header_only_wav_decodes_to_no_samples(tmp_path):
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "h.wav"), np.zeros(0, dtype=np.float32), 16000)
+    assert load_audio(tmp_path / "h.wav").size == 0  # callers reject it as "empty"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_samples_are_refused(tmp_path, bad):
+    import soundfile as sf
+
+    x = tone(1.0, 16000)
+    x[100:200] = bad
+    sf.write(str(tmp_path / "n.wav"), x, 16000, subtype="FLOAT")
+    assert _reason(tmp_path / "n.wav") == ("not_finite", "audio has non-finite samples (NaN/Inf)")
+
+
+def test_truncated_mp3_is_undecodable_not_a_short_clip(tmp_path):
+    good = write_tone(tmp_path / "a.mp3", seconds=3.0, sr=16000).read_bytes()
+    (tmp_path / "cut.mp3").write_bytes(good[: int(len(good) * 0.3)])
+    reason, detail = _reason(tmp_path / "cut.mp3")
+    assert reason == "undecodable" and detail.startswith("truncated: decodes to 0.") and "of the 3.0 s" in detail
+    assert load_audio(good).size == 48000  # a whole file passes the same check

@@ -50,3 +50,27 @@ def test_evaluate_writes_reports_for_base_and_adapter(tiny_model_dir, tiny_adapt
         None, str(tiny_adapter), data, "test", tmp_path / "exact", exact=True, max_new_tokens=8, progress=False
     )
     assert summary.model["quantization"] == "int8" and not summary.model["merged"]
+
+
+def test_nothing_to_score_is_an_error_not_nan():
+    from whisper_tune.errors import UserError
+    from whisper_tune.metrics import error_rates
+
+    with pytest.raises(UserError, match="nothing to score: no clip was transcribed"):
+        summarize(GenerationResult([], [], [], 0.0))
+    with pytest.raises(UserError, match="nothing to score after normalization: none of the 2 references"):
+        summarize(GenerationResult(["a", "b"], ["।।", "..."], ["x", ""], 1.0))
+    with pytest.raises(ValueError, match="no references"):
+        error_rates([], [])
+
+
+def test_evaluate_on_a_split_with_every_clip_rejected_is_one_error(tiny_model_dir, tmp_path):
+    from whisper_tune.errors import UserError
+
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio": "gone.wav", "text": "एक"}) + "\n")
+    data = DataConfig(source=str(tmp_path / "m.jsonl"), language="mr")
+    with pytest.raises(
+        UserError, match=r"holds no clips: all 1 rows were rejected \(missing 1\); see .*rejected.jsonl"
+    ):
+        evaluate(str(tiny_model_dir), None, data, "all", tmp_path / "eval", progress=False)
+    assert not (tmp_path / "eval" / "summary.json").exists()

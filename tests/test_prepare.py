@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -7,7 +8,7 @@ from conftest import write_tone
 
 from whisper_tune.audio import load_audio
 from whisper_tune.errors import UserError
-from whisper_tune.prepare import PrepareOptions, load_prepared, prepare
+from whisper_tune.prepare import PrepareOptions, has_words, load_prepared, prepare
 from whisper_tune.sources import open_source
 
 
@@ -124,3 +125,149 @@ def test_options_validate_early():
     with pytest.raises(UserError, match="unknown task"):
         PrepareOptions(task="summarize")
     assert PrepareOptions(language="Marathi").language == "mr"
+
+
+# ---- bad input: each row its own reason, the folder its own error -----------------------
+
+
+def _manifest(tmp_path, rows, name="m.jsonl"):
+    """A JSONL manifest of (audio, text) rows; audio names are tones made in tmp_path/wav."""
+    (tmp_path / "wav").mkdir(exist_ok=True)
+    for audio, _ in rows:
+        if audio and not (tmp_path / audio).exists() and audio.startswith("wav/"):
+            write_tone(tmp_path / audio, seconds=0.5)
+    (tmp_path / name).write_text("".join(json.dumps({"audio": a, "text": t}) + "\n" for a, t in rows))
+    return open_source(str(tmp_path / name))
+
+
+def _reasons(out):
+    return {r["id"]: r["reason"] for r in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("।। ...", False), ("\u200b\u200c\u200d\ufeff", False), ("— ? ¡ ★ 🙂", False), ("क्ष", True), ("2024", True)],
+)
+def test_has_words(text, words):
+    assert has_words(text) is words
+
+
+def test_text_without_words_is_rejected(tmp_path):
+    rows = [("wav/a.wav", "ठीक आहे"), ("wav/b.wav", "।।  ..."), ("wav/c.wav", "\u200b \u200c\u200d \ufeff")]
+    out = tmp_path / "out"
+    result = prepare(_manifest(tmp_path, rows), None, out, num_proc=1, progress=False)
+    assert result.prepared == 1 and _reasons(out) == {"b": "no_words", "c": "no_words"}
+
+
+def test_common_voice_paths_stay_in_clips_but_manifests_may_name_any_file(tmp_path):
+    folder = tmp_path / "cv"
+    (folder / "clips").mkdir(parents=True)
+    write_tone(folder / "clips" / "in.wav", seconds=0.5)
+    outside = write_tone(tmp_path / "outside.wav", seconds=0.5)
+    (folder / "clips" / "link.wav").symlink_to(outside)
+    (folder / "clips" / "inlink.wav").symlink_to(folder / "clips" / "in.wav")
+    paths = ["in.wav", "../../outside.wav", str(outside), "link.wav", "inlink.wav", "./in.wav"]
+    (folder / "train.tsv").write_text(
+        "client_id\tpath\tsentence\n" + "".join(f"c\t{p}\tवाक्य {i}\n" for i, p in enumerate(paths))
+    )
+    out = tmp_path / "out"
+    result = prepare(open_source(str(folder)), "train", out, num_proc=1, progress=False)
+    assert _reasons(out) == {"outside": "outside_clips", "link": "outside_clips"}  # ids are stems: two "outside"
+    rejected = (out / "rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 3 and all("not in" in json.loads(r)["detail"] for r in rejected)
+    assert result.prepared == 3  # in, inlink, ./in (texts differ: no duplicates)
+    manifest = _manifest(tmp_path, [(str(outside), "बाहेर")], name="abs.jsonl")
+    assert prepare(manifest, None, tmp_path / "out2", num_proc=1, progress=False).prepared == 1
+
+
+def test_duplicate_rows_keep_the_first_also_after_a_resume(tmp_path):
+    rows = [
+        ("wav/a.wav", "एक"),
+        ("wav/b.wav", "दोन"),
+        ("wav/a.wav", " एक "),
+        ("wav/a.wav", "तीन"),
+        ("wav/b.wav", "दोन"),
+    ]
+    source, out = _manifest(tmp_path, rows), tmp_path / "out"
+    result = prepare(source, None, out, num_proc=1, shard_size=2, progress=False)
+    assert load_prepared(out)["text"] == ["एक", "दोन", "तीन"]
+    assert result.rejected == {"duplicate": 2}
+    details = [json.loads(r)["detail"] for r in (out / "rejected.jsonl").read_text().splitlines()]
+    assert details == ["same audio and text as the earlier row a", "same audio and text as the earlier row b"]
+    (out / "shards" / "shard-00002.arrow").unlink()  # the last shard holds only the second b
+    meta = json.loads((out / "prepared.json").read_text())
+    (out / "prepared.json").write_text(json.dumps(meta | {"complete": False}))
+    resumed = prepare(source, None, out, num_proc=1, shard_size=2, progress=False)
+    assert resumed.processed_now == 1 and resumed.rejected == {"duplicate": 2}
+
+
+def test_a_second_prepare_into_the_same_folder_stops_at_once(tmp_path):
+    from whisper_tune.prepare import _locked
+
+    source, out = _manifest(tmp_path, [("wav/a.wav", "एक")]), tmp_path / "out"
+    with _locked(out), pytest.raises(UserError, match=rf"another prepare \(pid {os.getpid()}\) is writing .*out"):
+        prepare(source, None, out, num_proc=1, progress=False)
+    assert prepare(source, None, out, num_proc=1, progress=False).prepared == 1  # the lock went with its holder
+    assert prepare(source, None, out, num_proc=1, progress=False).reused
+
+
+def test_stale_temporary_shards_are_removed(tmp_path):
+    source, out = _manifest(tmp_path, [("wav/a.wav", "एक")]), tmp_path / "out"
+    prepare(source, None, out, num_proc=1, progress=False)
+    meta = json.loads((out / "prepared.json").read_text())
+    (out / "prepared.json").write_text(json.dumps(meta | {"complete": False}))
+    stale = [out / "shards" / ".shard-00000.arrow.tmp", out / "shards" / ".shard-00001.rejected.jsonl.tmp.999"]
+    for path in stale:
+        path.write_text("left by a killed run")
+    prepare(source, None, out, num_proc=1, progress=False)
+    assert not any(p.exists() for p in stale)
+
+
+def test_full_disk_is_one_error_and_the_run_resumes(tmp_path, monkeypatch):
+    import errno
+
+    from datasets.arrow_writer import ArrowWriter
+
+    source, out = _manifest(tmp_path, [("wav/a.wav", "एक"), ("wav/b.wav", "दोन")]), tmp_path / "out"
+    finalize = ArrowWriter.finalize
+    calls = []
+
+    def full_on_second(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return finalize(self, *a, **kw)
+
+    monkeypatch.setattr(ArrowWriter, "finalize", full_on_second)
+    with pytest.raises(UserError, match=r"no space left on the disk of .*out while writing shard-00001: free space"):
+        prepare(source, None, out, num_proc=1, shard_size=1, progress=False)
+    assert [p.name for p in (out / "shards").glob("*.arrow*")] == ["shard-00000.arrow"]
+    assert not list((out / "shards").glob(".*tmp*"))
+    monkeypatch.undo()
+    resumed = prepare(source, None, out, num_proc=1, shard_size=1, progress=False)
+    assert resumed.processed_now == 1 and resumed.prepared == 2
+
+
+def test_a_folder_without_clips_is_one_error_naming_the_rejections(tmp_path):
+    from whisper_tune.config import DataConfig
+    from whisper_tune.prepare import prepared_folder
+
+    source, out = _manifest(tmp_path, [("gone.wav", "एक"), ("wav/b.wav", "।")]), tmp_path / "out"
+    assert prepare(source, None, out, num_proc=1, progress=False).prepared == 0
+    message = rf"{out} holds no clips: all 2 rows were rejected \(missing 1, no_words 1\); see {out}/rejected.jsonl"
+    with pytest.raises(UserError, match=message):
+        load_prepared(out)
+    data = DataConfig(source=str(tmp_path / "m.jsonl"), language="mr")
+    with pytest.raises(UserError, match="holds no clips: all 2 rows were rejected"):
+        prepared_folder(data, None, tmp_path / "out2", "bundled", num_proc=1, progress=False)
+    with pytest.raises(UserError, match="holds no clips: all 2 rows were rejected"):
+        load_prepared(tmp_path / "out2")  # a prepared folder given as the data source
+
+
+def test_a_split_without_rows_is_one_error(tmp_path):
+    (tmp_path / "cv" / "clips").mkdir(parents=True)
+    (tmp_path / "cv" / "dev.tsv").write_text("client_id\tpath\tsentence\n")
+    out = tmp_path / "out"
+    prepare(open_source(str(tmp_path / "cv")), "dev", out, num_proc=1, progress=False)
+    with pytest.raises(UserError, match=r"holds no clips: split 'dev' of .*cv has no rows"):
+        load_prepared(out)

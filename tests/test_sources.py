@@ -102,6 +102,72 @@ def test_manifest_missing_text_is_none_not_a_string(tmp_path):
     assert next(open_source(str(tmp_path / "m.jsonl")).rows(None)).text is None
 
 
+def _cv_folder(tmp_path, tsv: bytes):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "train.tsv").write_bytes(tsv)
+    return tmp_path
+
+
+def test_common_voice_tsv_in_another_encoding_names_file_and_line(tmp_path):
+    folder = _cv_folder(tmp_path, "client_id\tpath\tsentence\nc\ta.mp3\tok\nc\tb.mp3\tcaf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"train.tsv is not UTF-8 \(line 3 has the byte 0xe9\): re-save it as UTF-8"):
+        list(open_source(str(folder)).rows("train"))
+
+
+def test_common_voice_tsv_with_bom_and_crlf(tmp_path):
+    folder = _cv_folder(tmp_path, "\ufeffclient_id\tpath\tsentence\r\nc\ta.mp3\tएक\r\n".encode())
+    rows = list(open_source(str(folder)).rows("train"))
+    assert [(r.id, r.text) for r in rows] == [("a", "एक")]
+    assert rows[0].root == str(folder / "clips")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json"])
+def test_manifest_with_bom_and_crlf(tmp_path, suffix):
+    clips = _clips(tmp_path, 2)
+    if suffix == ".jsonl":
+        body = "".join(json.dumps({"audio": f"wav/{c.name}", "text": f"t {i}"}) + "\r\n" for i, c in enumerate(clips))
+    elif suffix == ".json":
+        body = json.dumps([{"audio": f"wav/{c.name}", "text": f"t {i}"} for i, c in enumerate(clips)], indent=1)
+        body = body.replace("\n", "\r\n")
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        body = f"audio{sep}text\r\n" + "".join(f"wav/{c.name}{sep}t {i}\r\n" for i, c in enumerate(clips))
+    (tmp_path / f"m{suffix}").write_bytes(("\ufeff" + body).encode())
+    src = open_source(str(tmp_path / f"m{suffix}"))
+    assert src.audio_column == "audio"
+    assert [(r.audio, r.text) for r in src.rows(None)] == [(str(c), f"t {i}") for i, c in enumerate(clips)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_manifest_in_another_encoding_names_file_and_line(tmp_path, suffix):
+    lines = (
+        ["audio,text", "a.wav,ok", "b.wav,caf\xe9"] if suffix == ".csv" else ['{"audio": "a.wav", "text": "caf\xe9"}']
+    )
+    (tmp_path / f"m{suffix}").write_bytes("\n".join(lines).encode("cp1252"))
+    line = 3 if suffix == ".csv" else 1
+    with pytest.raises(UserError, match=rf"m\{suffix} is not UTF-8 \(line {line} has the byte 0xe9\): re-save"):
+        open_source(str(tmp_path / f"m{suffix}"))
+
+
+@pytest.mark.parametrize(("line", "kind"), [("[1, 2]", "array"), ('"x"', "string"), ("3", "number")])
+def test_jsonl_line_that_is_not_an_object_is_named(tmp_path, line, kind):
+    (tmp_path / "m.jsonl").write_text(f'{{"audio": "a.wav", "text": "t"}}\n\n{line}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=rf"m.jsonl line 3 is a JSON {kind}, not an object"):
+        open_source(str(tmp_path / "m.jsonl"))
+
+
+def test_jsonl_line_that_is_not_json_is_named(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"audio": "a.wav", "text": "t"}\n{"audio": \n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"m.jsonl line 2 is not JSON"):
+        open_source(str(tmp_path / "m.jsonl"))
+
+
+def test_json_list_of_non_objects_is_refused(tmp_path):
+    (tmp_path / "m.json").write_text("[[1, 2]]", encoding="utf-8")
+    with pytest.raises(UserError, match="must hold a JSON list of objects"):
+        open_source(str(tmp_path / "m.json"))
+
+
 # ---- Hugging Face datasets -------------------------------------------------------------
 
 

@@ -2,13 +2,21 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import write_tone
 
 from whisper_tune.modeling import load_for_inference
-from whisper_tune.transcription import Segment, Transcript, expand_inputs, get_writer, transcribe_files
+from whisper_tune.transcription import (
+    Segment,
+    Transcript,
+    expand_inputs,
+    get_writer,
+    output_names,
+    transcribe_files,
+)
 
 SRT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)$")
 
@@ -80,8 +88,47 @@ def test_expand_inputs(tmp_path):
     files, errors = expand_inputs(
         [str(tmp_path / "d"), str(tmp_path / "d" / "*.wav"), str(tmp_path / "none.wav"), str(tmp_path / "*.ogg")]
     )
-    assert files == [a, b, a]
+    assert files == [a, b]  # d/a.wav again through the glob: once
     assert [e[0] for e in errors] == [str(tmp_path / "none.wav"), str(tmp_path / "*.ogg")]
+
+
+def test_expand_inputs_lists_a_file_once_however_it_is_named(tmp_path, monkeypatch):
+    a = write_tone(tmp_path / "a.wav")
+    monkeypatch.chdir(tmp_path)
+    files, errors = expand_inputs(["a.wav", str(a), "./a.wav", "*.wav", str(tmp_path / ".." / tmp_path.name / "a.wav")])
+    assert files == [Path("a.wav")] and errors == []
+
+
+def test_output_names_are_unique_where_stems_repeat(tmp_path):
+    files = [tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav", tmp_path / "c" / "x.mp3", tmp_path / "a" / "y.wav"]
+    assert output_names(files) == {files[0]: "a-x", files[1]: "b-x", files[2]: "c-x", files[3]: "y"}
+    same_folder = [tmp_path / "x.wav", tmp_path / "x.mp3", tmp_path / "X.flac"]
+    assert list(output_names(same_folder).values()) == ["x.wav", "x.mp3", "X.flac"]
+    clash = [tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav", tmp_path / "a-x.wav"]
+    assert list(output_names(clash).values()) == ["a-x", "b-x", "a-x-2"]
+
+
+def test_same_stem_inputs_write_separate_outputs(tmp_path):
+    files = [tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav", tmp_path / "c" / "x.mp3"]
+    names = output_names(files)
+    for i, f in enumerate(files):  # as cmd_transcribe writes them
+        get_writer("txt").write(Transcript(str(f), "mr", 1.0, [Segment(0, 1, f"text {i}")]), tmp_path, names[f])
+    assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["text 0\n", "text 1\n", "text 2\n"]
+
+
+def test_non_finite_audio_is_refused_like_an_unreadable_file(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from whisper_tune.audio import AudioError
+    from whisper_tune.transcription import transcribe_audio, transcribe_audio_ct2
+
+    sf.write(str(tmp_path / "nan.wav"), np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    results = list(transcribe_files(None, None, [tmp_path / "nan.wav"], language="mr", progress=False))
+    assert results == [(str(tmp_path / "nan.wav"), "audio has non-finite samples (NaN/Inf)")]
+    for transcribe in (lambda a: transcribe_audio(None, None, a), lambda a: transcribe_audio_ct2(None, a)):
+        with pytest.raises(AudioError, match=r"non-finite samples \(NaN/Inf\)"):
+            transcribe(np.array([0.1, np.inf], np.float32))
 
 
 def test_cli_writes_outputs_and_reports_bad_files(tiny_adapter, tmp_path):

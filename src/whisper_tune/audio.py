@@ -37,12 +37,48 @@ def _describe(source: AudioSource) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
 
 
+TRUNCATED_FRACTION = 0.9  # a decode this much shorter than the header's length (and by > 0.5 s) is a cut file
+NOT_FINITE = "audio has non-finite samples (NaN/Inf)"
+
+
 def _soundfile_decode(source: AudioSource) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    data, sr = sf.read(handle, dtype="float32", always_2d=True)
+    with sf.SoundFile(handle) as f:
+        data, sr = f.read(dtype="float32", always_2d=True), f.samplerate
+        _check_complete(len(data), f.frames, sr)
     return data.mean(axis=1), sr
+
+
+def _check_complete(decoded: int, stated: int, sr: int) -> None:
+    """Refuse a cut file: a truncated MP3 decodes without error up to its cut, and training on
+    its first seconds against the whole transcript teaches the model wrong words."""
+    if stated > 0 and decoded < TRUNCATED_FRACTION * stated and (stated - decoded) / sr > 0.5:
+        raise AudioError(
+            "undecodable", f"truncated: decodes to {decoded / sr:.1f} s of the {stated / sr:.1f} s its header states"
+        )
+
+
+def _check_file(source: AudioSource) -> None:
+    """A path that is a file with bytes in it, each other case with its own reason."""
+    path = Path(source)
+    if path.is_dir():
+        raise AudioError("not_a_file", f"{source} is a folder, not an audio file")
+    if not path.exists():
+        raise AudioError("missing", f"no such file: {source}")
+    if not path.is_file():
+        raise AudioError("not_a_file", f"{source} is not a regular file (a device, pipe or socket)")
+    if path.stat().st_size == 0:
+        raise AudioError("empty", f"{source} is an empty file (0 bytes)")
+
+
+def check_finite(samples: np.ndarray) -> np.ndarray:
+    """``samples``, or AudioError("not_finite") when any is NaN/Inf: such audio makes NaN
+    features, which Whisper decodes as "!!!!" and which poison a training step."""
+    if not np.isfinite(samples).all():
+        raise AudioError("not_finite", NOT_FINITE)
+    return samples
 
 
 def _ffmpeg_decode(source: AudioSource, sr: int) -> np.ndarray:
@@ -67,13 +103,23 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) ->
 def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file path or encoded bytes to mono float32 at ``sr`` Hz.
 
-    Raises AudioError("missing" | "undecodable", ...) so callers can list the clip with
-    its reason instead of crashing.
+    Raises AudioError("missing" | "not_a_file" | "empty" | "undecodable" | "not_finite", ...)
+    so callers can list the clip with its reason instead of crashing. A file whose decoded
+    length falls well short of its header's (a truncated MP3) is "undecodable".
     """
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise AudioError("missing", f"no such file: {source}")
+    if isinstance(source, bytes) and not source:
+        raise AudioError("empty", "no bytes of audio")
+    if not isinstance(source, bytes):
+        _check_file(source)
+    return check_finite(_decode(source, sr))
+
+
+def _decode(source: AudioSource, sr: int) -> np.ndarray:
+    """libsndfile first, then ffmpeg for the formats it lacks."""
     try:
         samples, orig_sr = _soundfile_decode(source)
+    except AudioError:
+        raise
     except Exception as first:  # libsndfile raises several types for unknown formats
         if shutil.which("ffmpeg") is None:
             raise AudioError("undecodable", f"not a readable audio file ({first})") from None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .config import EVALUATE_MAX_NEW_TOKENS
+from .errors import UserError
 from .features import log_mel
 from .metrics import error_rates
 from .modeling import input_dtype
@@ -176,12 +177,20 @@ class EvalSummary:
 
 
 def summarize(result: GenerationResult, model_info: dict | None = None) -> tuple[EvalSummary, list[dict]]:
-    """Corpus-level rates (orthographic and normalized) and the per-clip reports."""
+    """Corpus-level rates (orthographic and normalized) and the per-clip reports; a UserError
+    when there is nothing to score, since a rate over no words is NaN, not a result."""
+    if not result.references:
+        raise UserError("nothing to score: no clip was transcribed (is --max-samples 0?)")
     refs = [orthographic(r) for r in result.references]
     hyps = [orthographic(h) for h in result.hypotheses]
     ortho = error_rates(refs, hyps)
     pairs = [(normalize(r), normalize(h)) for r, h in zip(refs, hyps)]
     kept = [(r, h) for r, h in pairs if r]  # a reference of only punctuation has no words to score
+    if not kept:
+        raise UserError(
+            f"nothing to score after normalization: none of the {len(refs)} references keeps a word "
+            f"(only punctuation or bracketed tags); prepare the split again to reject such clips"
+        )
     norm = error_rates([r for r, _ in kept], [h for _, h in kept])
     clips = [clip_report(i, r, h) for i, r, h in zip(result.ids, refs, hyps)]
     flagged: dict[str, int] = {}

@@ -15,8 +15,8 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
 
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    if not references:
-        return {"wer": float("nan"), "cer": float("nan")}
+    if not references:  # a rate over no words is undefined: NaN would pass for a score
+        raise ValueError("no references to score")
     if any(not r.strip() for r in references):
         raise ValueError("empty reference transcript: prepare rejects these, so the data is not prepared")
     refs, hyps = list(references), list(hypotheses)  # an empty hypothesis counts as all deletions

@@ -6,26 +6,38 @@ Layout of a prepared folder::
     OUT/shards/shard-00000.rejected.jsonl
     OUT/rejected.jsonl               # every skipped clip: id, audio, reason, detail
     OUT/prepared.json                # source, split, language, counts, fingerprint
+    OUT/.lock                        # locked (flock) by the prepare writing here; its pid
 
 Work is committed shard by shard (a shard's Arrow file is renamed into place last), so a
 re-run after an interruption skips finished shards, and a re-run of a finished folder
-does nothing. Nothing is dropped silently: each skipped row is listed with its reason.
+does nothing; a second prepare into a folder being written stops at once. Nothing is
+dropped silently: each skipped row is listed with its reason, and a folder whose every row
+was rejected is an error when loaded, not an empty dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
-from .audio import SILENCE_DB, AudioError, duration, load_audio, rms_db
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, prepare runs unlocked
+    fcntl = None
+
+from .audio import NOT_FINITE, SILENCE_DB, AudioError, duration, load_audio, rms_db
 from .config import MAX_SECONDS, TASKS, DataConfig
 from .errors import UserError
 from .features import label_ids, set_prefix
@@ -35,15 +47,21 @@ from .sources import DataSource, PreparedSource, Row, open_source
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+LOCK = ".lock"  # held (flock) by the prepare writing the folder; holds its pid
 REASONS = {
     "missing": "audio file not found",
-    "undecodable": "audio cannot be decoded",
+    "not_a_file": "audio path is a folder or other non-file",
+    "outside_clips": "audio path leaves the Common Voice clips/ folder",
+    "undecodable": "audio cannot be decoded (or is truncated)",
     "empty": "audio has no samples",
+    "not_finite": NOT_FINITE,
     "silent": f"audio is silent (RMS below {SILENCE_DB:g} dBFS)",
     "too_long": f"audio longer than {MAX_SECONDS:g} s",
     "labels_too_long": f"transcript longer than {MAX_LABEL_TOKENS} tokens",
     "missing_text": "transcript missing",
     "empty_text": "transcript empty",
+    "no_words": "transcript has no letters or digits (only punctuation, symbols or invisible characters)",
+    "duplicate": "same audio and transcript as an earlier row",
 }
 
 
@@ -108,6 +126,18 @@ def _reject(row: Row, reason: str, detail: str = "") -> tuple[str, dict]:
     return "rejected", {"id": row.id, "audio": audio, "reason": reason, "detail": detail or REASONS[reason]}
 
 
+def has_words(text: str) -> bool:
+    """True when ``text`` holds a letter, mark or digit: once punctuation (a danda ``।``),
+    symbols, spaces and invisible format characters (U+200B..U+200D, U+FEFF) are gone,
+    a transcript with nothing left would teach the model to print noise for speech."""
+    return any(unicodedata.category(ch)[0] in "LMN" for ch in text)
+
+
+def _outside(audio: str, root: str) -> bool:
+    """True when ``audio`` resolves (``..``, an absolute path, symlinks) outside ``root``."""
+    return not Path(audio).resolve().is_relative_to(Path(root).resolve())
+
+
 def process_row(row: Row) -> tuple[str, dict]:
     """("ok", example) or ("rejected", {id, audio, reason, detail}) for one row."""
     options: PrepareOptions = _WORKER["options"]
@@ -116,14 +146,18 @@ def process_row(row: Row) -> tuple[str, dict]:
     text = " ".join(row.text.split())
     if not text:
         return _reject(row, "empty_text")
+    if not has_words(text):
+        return _reject(row, "no_words", f"{REASONS['no_words']}: {text.encode('unicode_escape').decode()[:80]}")
     if row.audio is None:
         return _reject(row, "missing", "no audio path in this row")
+    if row.root and isinstance(row.audio, str) and _outside(row.audio, row.root):
+        return _reject(row, "outside_clips", f"{row.audio} resolves to {Path(row.audio).resolve()}, not in {row.root}")
     try:
         audio = load_audio(row.audio)
     except AudioError as e:
         return _reject(row, e.reason, e.detail)
     if audio.size == 0:
-        return _reject(row, "empty")
+        return _reject(row, "empty", "decodes to 0 samples: the file holds a header and no audio")
     seconds = duration(audio)
     if seconds > options.max_seconds:
         return _reject(row, "too_long", f"{seconds:.1f} s > {options.max_seconds:g} s")
@@ -166,21 +200,62 @@ def _fingerprint(source: DataSource, split: str | None, options: PrepareOptions,
 
 
 def _write_shard(shards: Path, index: int, results: list[tuple[str, dict]]) -> None:
+    """Write one shard's rejections and examples under temporary names (this process's
+    pid in them), then rename them into place; a full disk is a UserError saying what to do."""
     from datasets.arrow_writer import ArrowWriter
 
-    name = f"shard-{index:05d}"
-    rejected = [r for kind, r in results if kind == "rejected"]
-    tmp_rej = shards / f".{name}.rejected.jsonl.tmp"
-    tmp_rej.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
-    tmp_rej.rename(shards / f"{name}.rejected.jsonl")
-    tmp = shards / f".{name}.arrow.tmp"
-    writer = ArrowWriter(features=_features(), path=str(tmp))
-    for kind, example in results:
-        if kind == "ok":
-            writer.write(example)
-    writer.finalize()
-    writer.close()
-    tmp.rename(shards / f"{name}.arrow")  # the commit point of the shard
+    name, pid = f"shard-{index:05d}", os.getpid()
+    tmp_rej, tmp = shards / f".{name}.rejected.jsonl.tmp.{pid}", shards / f".{name}.arrow.tmp.{pid}"
+    try:
+        rejected = [r for kind, r in results if kind == "rejected"]
+        tmp_rej.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
+        tmp_rej.rename(shards / f"{name}.rejected.jsonl")
+        writer = ArrowWriter(features=_features(), path=str(tmp))
+        for kind, example in results:
+            if kind == "ok":
+                writer.write(example)
+        writer.finalize()
+        writer.close()
+        tmp.rename(shards / f"{name}.arrow")  # the commit point of the shard
+    except OSError as e:
+        tmp_rej.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        if _disk_full(e):
+            raise UserError(
+                f"no space left on the disk of {shards.parent} while writing {name}: free space and re-run the same "
+                f"command (the finished shards are kept and it resumes from {name})"
+            ) from None
+        raise
+
+
+def _disk_full(e: OSError) -> bool:
+    """ENOSPC or a quota, also from pyarrow, which raises OSError without an errno."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+
+
+def _row_key(row: Row) -> tuple | None:
+    """What makes two rows the same clip: the audio (its absolute path, or a digest of its
+    bytes) and the transcript with spaces collapsed; None for rows rejected anyway."""
+    if row.audio is None or row.text is None:
+        return None
+    audio = hashlib.sha1(row.audio).hexdigest() if isinstance(row.audio, bytes) else os.path.abspath(row.audio)
+    return audio, " ".join(row.text.split())
+
+
+def _duplicates(chunk: list[Row], seen: dict[tuple, str]) -> list[tuple[str, dict] | None]:
+    """Per row, its rejection when an earlier row of this run (``seen``: key -> first id) had
+    the same audio and text, else None; a repeated pair would weigh one clip twice in training
+    and leak between splits. Run in order in the main process, so the first one is kept."""
+    verdicts = []
+    for row in chunk:
+        key = _row_key(row)
+        if key is not None and key in seen:
+            verdicts.append(_reject(row, "duplicate", f"same audio and text as the earlier row {seen[key]}"))
+            continue
+        if key is not None:
+            seen[key] = row.id
+        verdicts.append(None)
+    return verdicts
 
 
 def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -207,21 +282,39 @@ def _summarize(out: Path) -> tuple[int, Counter, float]:
     return prepared, reasons, seconds
 
 
-def _start_folder(out: Path, fingerprint: dict, split: str | None, options: PrepareOptions) -> dict:
-    """The folder's ``prepared.json``: the finished or interrupted record of this same
-    preparation, or a new one; a folder holding anything else is refused."""
+def _existing_meta(out: Path, fingerprint: dict) -> dict | None:
+    """The folder's ``prepared.json`` when it records this same preparation (finished or
+    interrupted), None for a new or empty folder; a folder holding anything else is refused."""
     meta_path = out / "prepared.json"
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{meta_path} is damaged: delete {out} and prepare again") from None
         if meta.get("fingerprint") != fingerprint:
             raise UserError(
                 f"{out} holds a different preparation ({meta.get('source', {}).get('location')}, "
                 f"split {meta.get('split')}): choose another --out or delete that folder"
             )
         return meta
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise UserError(f"{out} exists and is not a prepared folder: choose another --out or empty it")
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _write_meta(out: Path, meta: dict) -> None:
+    """Write ``prepared.json`` whole or not at all (an interrupted write leaves the old one)."""
+    tmp = out / f".prepared.json.tmp.{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out / "prepared.json")
+
+
+def _start_folder(out: Path, fingerprint: dict, split: str | None, options: PrepareOptions) -> dict:
+    """The folder's ``prepared.json``: the finished or interrupted record of this same
+    preparation, or a new one; a folder holding anything else is refused."""
+    meta = _existing_meta(out, fingerprint)
+    if meta is not None:
+        return meta
     meta = {
         "fingerprint": fingerprint,
         "source": fingerprint["source"],
@@ -231,8 +324,40 @@ def _start_folder(out: Path, fingerprint: dict, split: str | None, options: Prep
         "processor": options.processor,
         "complete": False,
     }
-    meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    _write_meta(out, meta)
+    (out / "shards").mkdir(exist_ok=True)  # after prepared.json: a folder never looks foreign to a second run
     return meta
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold an exclusive lock on ``out`` (``OUT/.lock``) while preparing into it: two
+    prepares writing one folder would interleave shards; the second one stops at once."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+", encoding="utf-8") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip()
+                raise UserError(
+                    f"another prepare{f' (pid {holder})' if holder else ''} is writing {out}: wait for it to "
+                    f"finish, or choose another --out"
+                ) from None
+            except OSError as e:  # a file system without locks (some network mounts)
+                log.warning("cannot lock %s (%s): make sure no other prepare writes there", out, e)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield  # closing the file releases the lock
+
+
+def _remove_stale(shards: Path) -> None:
+    """Delete temporary shard files a killed run left (under the lock, none is in use)."""
+    for tmp in shards.glob(".shard-*.tmp*"):
+        tmp.unlink(missing_ok=True)
 
 
 def _process_shards(
@@ -255,15 +380,18 @@ def _process_shards(
         pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(processor, options))
     else:
         _init_worker(processor, options)
+    seen: dict[tuple, str] = {}  # over finished shards too, so a resumed run rejects the same rows
     try:
         for index, chunk in enumerate(_chunks(source.rows(split), shard_size)):
+            duplicates = _duplicates(chunk, seen)
             if (shards / f"shard-{index:05d}.arrow").exists():
                 bar.update(len(chunk))
                 continue
+            todo = [row for row, dup in zip(chunk, duplicates) if dup is None]
+            mapped = iter(pool.imap(process_row, todo, chunksize=4) if pool else map(process_row, todo))
             results = []
-            mapped = pool.imap(process_row, chunk, chunksize=4) if pool else map(process_row, chunk)
-            for result in mapped:
-                results.append(result)
+            for dup in duplicates:
+                results.append(dup or next(mapped))
                 bar.update(1)
             _write_shard(shards, index, results)
             processed += len(chunk)
@@ -292,20 +420,37 @@ def prepare(
     start = time.perf_counter()
     out = Path(out_dir)
     processor = processor_path(options.processor)
-    meta = _start_folder(out, _fingerprint(source, split, options, load_tokenizer(processor)), split, options)
-    if meta.get("complete"):
-        elapsed = time.perf_counter() - start
-        return PrepareResult(out, meta["prepared"], meta["rejected"], meta["audio_seconds"], elapsed, reused=True)
+    fingerprint = _fingerprint(source, split, options, load_tokenizer(processor))
+    meta = _existing_meta(out, fingerprint)  # before the lock: a finished folder may be read-only
+    if meta is None or not meta.get("complete"):
+        with _locked(out):
+            meta = _start_folder(out, fingerprint, split, options)
+            if not meta.get("complete"):
+                return _finish(source, split, out, meta, processor, options, num_proc, shard_size, progress, start)
+    elapsed = time.perf_counter() - start
+    return PrepareResult(out, meta["prepared"], meta["rejected"], meta["audio_seconds"], elapsed, reused=True)
+
+
+def _finish(source, split, out, meta, processor, options, num_proc, shard_size, progress, start) -> PrepareResult:
+    """Process the shards not on disk yet and record the finished folder (under the lock)."""
+    _remove_stale(out / "shards")
     num_proc = num_proc or min(os.cpu_count() or 1, 8)
     processed = _process_shards(source, split, out / "shards", processor, options, num_proc, shard_size, progress)
-    prepared, reasons, audio_seconds = _summarize(out)
-    meta |= {
-        "complete": True,
-        "prepared": prepared,
-        "rejected": dict(sorted(reasons.items())),
-        "audio_seconds": round(audio_seconds, 3),
-    }
-    (out / "prepared.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    try:
+        prepared, reasons, audio_seconds = _summarize(out)
+        meta |= {
+            "complete": True,
+            "prepared": prepared,
+            "rejected": dict(sorted(reasons.items())),
+            "audio_seconds": round(audio_seconds, 3),
+        }
+        _write_meta(out, meta)
+    except OSError as e:
+        if _disk_full(e):
+            raise UserError(f"no space left on the disk of {out}: free space and re-run the same command") from None
+        raise
+    if not prepared:
+        log.warning("%s: no clip prepared, %d rejected (see %s)", out, sum(reasons.values()), out / "rejected.jsonl")
     return PrepareResult(
         out, prepared, meta["rejected"], audio_seconds, time.perf_counter() - start, processed_now=processed
     )
@@ -320,8 +465,23 @@ def load_prepared(out_dir: str | Path):
     if not meta_path.exists() or not json.loads(meta_path.read_text(encoding="utf-8")).get("complete"):
         raise UserError(f"{out} is not a finished prepared folder: run 'whisper-tune prepare --out {out}' first")
     parts = [Dataset.from_file(str(p)) for p in sorted((out / "shards").glob("shard-*.arrow"))]
-    parts = [p for p in parts if len(p)] or parts[:1]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise UserError(_nothing_prepared(out))
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _nothing_prepared(out: Path) -> str:
+    """Why a finished folder holds no clip: its rejections by reason, or an empty split."""
+    meta = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+    rejected = meta.get("rejected") or {}
+    if not rejected:
+        return f"{out} holds no clips: split {meta.get('split')!r} of {meta['source'].get('location')} has no rows"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in rejected.items())
+    return (
+        f"{out} holds no clips: all {sum(rejected.values())} rows were rejected ({reasons}); "
+        f"see {out / 'rejected.jsonl'} for each clip and why"
+    )
 
 
 def prepared_folder(
@@ -335,6 +495,8 @@ def prepared_folder(
         return source.folder
     options = PrepareOptions.from_data(data, processor)
     result = prepare(source, split, out, options, num_proc=num_proc, progress=progress)
+    if not result.prepared:
+        raise UserError(_nothing_prepared(Path(out)))
     if result.rejected_total:
         log.warning("%s: %d clips rejected, listed in %s", split, result.rejected_total, Path(out) / "rejected.jsonl")
     return Path(out)

@@ -21,7 +21,9 @@ Splits combine with ``+`` (``train+dev``).
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
 CV_SPLIT_ALIASES = {"validation": "dev"}  # the names the Hub's Common Voice used
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 AUDIO_COLUMN_GUESSES = ("audio", "path", "audio_path", "audio_filepath", "file", "filename")
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "transcription", "transcript", "normalized_text")
 
 
@@ -47,6 +50,7 @@ class Row:
     id: str
     audio: str | bytes | None
     text: str | None
+    root: str | None = None  # a folder the audio path must stay inside (Common Voice's clips/), else rejected
 
 
 def split_names(split: str) -> list[str]:
@@ -71,6 +75,26 @@ def _pick_column(columns: list[str], wanted: str | None, guesses: tuple[str, ...
         f"{where} has no {what} column among {', '.join(guesses)}; its columns are "
         f"{', '.join(columns)} (set --{what}-column)"
     )
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of a UTF-8 file, its byte-order mark dropped (else the first column's name
+    starts with U+FEFF and matches no column we look for). A file in another encoding is one
+    UserError naming its first bad line, because a UnicodeDecodeError says neither the file nor where."""
+    data = Path(path).read_bytes()
+    data = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data  # keeps error offsets true
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{what} {path} is not UTF-8 (line {line} has the byte 0x{data[e.start]:02x}): re-save it as UTF-8"
+        ) from None
+
+
+def _text_lines(text: str) -> io.StringIO:
+    """A file object over ``text`` as ``open(newline="")`` gives it, which csv needs."""
+    return io.StringIO(text, newline="")
 
 
 def _clean_text(value) -> str | None:
@@ -141,11 +165,11 @@ class CommonVoiceSource(DataSource):
         return [s for s in CV_SPLITS if (self.folder / f"{s}.tsv").is_file()]
 
     def _read(self, split: str) -> list[dict]:
-        with open(self.folder / f"{split}.tsv", encoding="utf-8", newline="") as f:
-            # Sentences carry quotes of every kind; Common Voice does not quote fields.
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            rows = list(reader)
-            columns = reader.fieldnames or []
+        text = read_text(self.folder / f"{split}.tsv", "Common Voice file")
+        # Sentences carry quotes of every kind; Common Voice does not quote fields.
+        reader = csv.DictReader(_text_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = list(reader)
+        columns = reader.fieldnames or []
         for needed in ("path", "sentence"):
             if needed not in columns:
                 raise UserError(f"{self.folder / (split + '.tsv')} has no {needed!r} column: not a Common Voice TSV")
@@ -155,12 +179,14 @@ class CommonVoiceSource(DataSource):
         return sum(len(self._read(s)) for s in self.check_split(split))
 
     def _rows(self, split: str) -> Iterator[Row]:
+        clips = self.folder / "clips"
         for r in self._read(split):
             path = r["path"] or ""
             yield Row(
                 id=Path(path).stem or f"{split}/?",
-                audio=str(self.folder / "clips" / path),
+                audio=str(clips / path),
                 text=_clean_text(r.get("sentence")),
+                root=str(clips),  # a TSV names clips, never files elsewhere (../, /abs, symlinks out)
             )
 
     def describe(self) -> dict:
@@ -179,7 +205,7 @@ class ManifestSource(DataSource):
         if not self.path.is_file():
             raise UserError(f"manifest {self.path} not found: give an existing .csv, .tsv or .jsonl file")
         self.records = self._load()
-        columns = list(self.records[0].keys()) if self.records else []
+        columns = [c for c in self.records[0] if c is not None] if self.records else []  # None: extra CSV fields
         if not columns:
             raise UserError(f"manifest {self.path} is empty: it needs a header and one row per clip")
         self.audio_column = _pick_column(columns, audio_column, AUDIO_COLUMN_GUESSES, "audio", f"manifest {self.path}")
@@ -187,19 +213,36 @@ class ManifestSource(DataSource):
 
     def _load(self) -> list[dict]:
         suffix = self.path.suffix.lower()
+        text = read_text(self.path, "manifest")
         try:
             if suffix in (".csv", ".tsv"):
-                with open(self.path, encoding="utf-8", newline="") as f:
-                    return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+                return list(csv.DictReader(_text_lines(text), delimiter="\t" if suffix == ".tsv" else ","))
             if suffix == ".jsonl":
-                with open(self.path, encoding="utf-8") as f:
-                    return [json.loads(line) for line in f if line.strip()]
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
+                return self._jsonl(text)
+            data = json.loads(text)
+        except (json.JSONDecodeError, csv.Error) as e:
             raise UserError(f"manifest {self.path} cannot be parsed as {suffix[1:]}: {e}") from None
-        if not isinstance(data, list):
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise UserError(f"manifest {self.path} must hold a JSON list of objects")
         return data
+
+    def _jsonl(self, text: str) -> list[dict]:
+        """One object per line; a bad line is named by its number, as an editor shows it."""
+        records = []
+        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON may hold U+2028
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"manifest {self.path} line {number} is not JSON: {e.msg}") from None
+            if not isinstance(record, dict):
+                raise UserError(
+                    f"manifest {self.path} line {number} is a JSON {_JSON_TYPES[type(record)]}, not an object "
+                    f'like {{"audio": "clip.wav", "text": "..."}}'
+                )
+            records.append(record)
+        return records
 
     def splits(self) -> list[str] | None:
         if "split" not in self.records[0]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import CHUNK_SECONDS, AudioError, duration, load_audio
+from .audio import CHUNK_SECONDS, AudioError, check_finite, duration, load_audio
 from .features import log_mel_whole
 from .modeling import input_dtype
 
@@ -47,7 +48,10 @@ class Transcript:
 
 
 def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, folders (searched recursively for audio) and glob patterns -> (files, errors)."""
+    """Files, folders (searched recursively for audio) and glob patterns -> (files, errors).
+
+    A file reached twice (a folder and a glob, or two spellings of one path) is listed once,
+    where it first appears: transcribing it twice only costs time and writes it twice."""
     files, errors = [], []
     for item in items:
         path = Path(item)
@@ -65,7 +69,44 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
                 errors.append((item, "the pattern matches no file"))
         else:
             errors.append((item, "no such file or folder"))
-    return files, errors
+    unique = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values()), errors
+
+
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """An output name (no extension) per input, unique even where inputs share a stem
+    (``a/x.wav``, ``b/x.wav``, ``c/x.mp3``), which would otherwise overwrite each other's
+    outputs in one ``--out`` folder. A stem used once stays the name; stems used more than
+    once take the folders that tell them apart (``a-x``, ``b-x``, ``c-x``), and the suffix
+    too when they are in one folder (``x.wav``, ``x.mp3``). Names are compared ignoring case,
+    as macOS and Windows file systems do."""
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.stem.casefold(), []).append(f)
+    names = {}
+    for group in groups.values():
+        names.update({group[0]: group[0].stem} if len(group) == 1 else _told_apart(group))
+    taken, unique = set(), {}
+    for f in files:  # a rare clash left (a file named "a-x" besides a/x and b/x): number it
+        name, n = names[f], 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{names[f]}-{n}"
+        taken.add(name.casefold())
+        unique[f] = name
+    return unique
+
+
+def _told_apart(group: list[Path]) -> dict[Path, str]:
+    """Names for files sharing a stem: their paths below the folder they all share."""
+    resolved = [f.resolve() for f in group]
+    common = Path(os.path.commonpath(resolved))
+    relative = [r.relative_to(common) for r in resolved]
+    if len({str(r.with_suffix("")).casefold() for r in relative}) == len(relative):
+        relative = [r.with_suffix("") for r in relative]
+    return {f: "-".join(r.parts) for f, r in zip(group, relative)}
 
 
 def detect_language(model, processor, features: torch.Tensor) -> str:
@@ -90,6 +131,7 @@ def transcribe_audio(
     spellings, names, style); ``temperature`` above 0 samples instead of decoding greedily.
     Both are left out of ``generate`` at their defaults, so the plain call is unchanged.
     """
+    check_finite(audio)  # NaN features decode as "!!!!": refuse, as for an unreadable file
     device = next(model.parameters()).device
     options = {}
     if prompt and prompt.strip():
@@ -184,6 +226,7 @@ def transcribe_audio_ct2(
 ) -> tuple[list[Segment], str]:
     """``transcribe_audio`` for a faster-whisper model (``load_ct2``): one 16 kHz clip ->
     (segments, language), greedy at temperature 0, without faster-whisper's own fallback."""
+    check_finite(audio)
     segments, info = model.transcribe(
         audio,
         language=language,
@@ -230,8 +273,9 @@ class Writer:
     def format(self, transcript: Transcript) -> str:
         raise NotImplementedError
 
-    def write(self, transcript: Transcript, out_dir: Path) -> Path:
-        out = Path(out_dir) / f"{Path(transcript.path).stem}.{self.extension}"
+    def write(self, transcript: Transcript, out_dir: Path, name: str | None = None) -> Path:
+        """Write ``out_dir/NAME.EXT``; ``name`` (from :func:`output_names`) defaults to the input's stem."""
+        out = Path(out_dir) / f"{name or Path(transcript.path).stem}.{self.extension}"
         out.write_text(self.format(transcript), encoding="utf-8")
         return out
 
