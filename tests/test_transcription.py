@@ -202,3 +202,19 @@ def test_an_adapter_finds_its_local_base_from_anywhere(tiny_model_dir, tiny_adap
     shutil.rmtree(moved / "bases")
     with pytest.raises(UserError, match=f"trained on {project / 'bases' / 'tiny'}, which is not there.*--model"):
         load_for_inference(None, str(moved / "runs/r/adapter"), torch.device("cpu"))
+
+
+def test_cli_keeps_outputs_of_same_named_files_apart_and_reads_each_file_once(tiny_adapter, tmp_path, capsys):
+    from whisper_tune.cli import main
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    files = [write_tone(tmp_path / folder / "x.wav", seconds=1.0) for folder in ("a", "b")]
+    files.append(write_tone(tmp_path / "b" / "x.flac", seconds=1.0))
+    again = str(tmp_path / "a" / "*.wav")  # a/x.wav a second time, through a glob
+    out = tmp_path / "out"
+    args = ["transcribe", *map(str, files), again, "--adapter", str(tiny_adapter), "--out", str(out), "--format", "txt"]
+    assert main(args) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 3 and len(set(written)) == 3, written
+    assert capsys.readouterr().out.count(" -> ") == 3  # each file transcribed once

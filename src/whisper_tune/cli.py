@@ -74,7 +74,7 @@ def _add_model_args(p: argparse.ArgumentParser, model_help: str, adapter_require
 
 def cmd_prepare(args) -> int:
     """Decode, check and tokenize one split of a corpus into a reusable Arrow folder."""
-    from .prepare import REASONS, PrepareOptions, prepare
+    from .prepare import REASONS, PrepareOptions, nothing_prepared, prepare
     from .sources import open_source
 
     data = _data_config(args)
@@ -93,6 +93,8 @@ def cmd_prepare(args) -> int:
         print(f"  rejected {result.rejected_total}, listed in {result.out / 'rejected.jsonl'}:")
         for reason, n in result.rejected.items():
             print(f"    {n:6d}  {reason}: {REASONS.get(reason, '')}")
+    if not result.prepared:  # nothing to train or score on: say so now, not as an IndexError later
+        raise UserError(nothing_prepared(result.out))
     return 0
 
 
@@ -238,7 +240,7 @@ def cmd_transcribe(args) -> int:
     """Transcribe audio files, folders or globs of any length to txt, srt, vtt or json."""
     from tqdm.auto import tqdm
 
-    from .transcription import expand_inputs, get_writer
+    from .transcription import expand_inputs, get_writer, output_names
 
     files, problems = expand_inputs(args.inputs)
     for item, why in problems:
@@ -247,6 +249,7 @@ def cmd_transcribe(args) -> int:
         return 2
     items = _transcripts(args, files)
     out_dir = Path(args.out) if args.out else None
+    names = output_names(files)  # a/x.wav and b/x.wav write a-x.* and b-x.*, not one over the other
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     failed = len(problems)
@@ -259,7 +262,7 @@ def cmd_transcribe(args) -> int:
         if out_dir is None:
             tqdm.write(f"{item.path} [{item.language}]: {item.text}")
             continue
-        written = [get_writer(fmt).write(item, out_dir) for fmt in args.format]
+        written = [get_writer(fmt).write(item, out_dir, names[Path(item.path)]) for fmt in args.format]
         tqdm.write(
             f"{item.path} [{item.language}, {item.duration:.1f} s in {item.seconds:.1f} s] -> "
             + ", ".join(str(w) for w in written)

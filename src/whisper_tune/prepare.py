@@ -467,11 +467,11 @@ def load_prepared(out_dir: str | Path):
     parts = [Dataset.from_file(str(p)) for p in sorted((out / "shards").glob("shard-*.arrow"))]
     parts = [p for p in parts if len(p)]
     if not parts:
-        raise UserError(_nothing_prepared(out))
+        raise UserError(nothing_prepared(out))
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def _nothing_prepared(out: Path) -> str:
+def nothing_prepared(out: Path) -> str:
     """Why a finished folder holds no clip: its rejections by reason, or an empty split."""
     meta = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
     rejected = meta.get("rejected") or {}
@@ -496,7 +496,7 @@ def prepared_folder(
     options = PrepareOptions.from_data(data, processor)
     result = prepare(source, split, out, options, num_proc=num_proc, progress=progress)
     if not result.prepared:
-        raise UserError(_nothing_prepared(Path(out)))
+        raise UserError(nothing_prepared(Path(out)))
     if result.rejected_total:
         log.warning("%s: %d clips rejected, listed in %s", split, result.rejected_total, Path(out) / "rejected.jsonl")
     return Path(out)
