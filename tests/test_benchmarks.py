@@ -19,10 +19,11 @@ def test_bench_train_runs_every_kind_of_row(tmp_path):
     assert "| recipe (LLM.int8" in (tmp_path / "train-tiny-test-cpu.md").read_text()
 
 
-def test_bench_transcribe_runs(tmp_path):
-    args = ["bench", "transcribe", "--arch", "tiny-test", "--clips", "3", "--new-tokens", "2", "--out", str(tmp_path)]
+@pytest.mark.parametrize("arch", ["tiny-test", "tiny-test-v3"])  # 80 and 128 mel bins, 51865 and 51866 tokens
+def test_bench_transcribe_runs(tmp_path, arch):
+    args = ["bench", "transcribe", "--arch", arch, "--clips", "3", "--new-tokens", "2", "--out", str(tmp_path)]
     assert main([*args, "--rows", "recipe", "generate/2", "fast/2"]) == 0
-    rows = json.loads((tmp_path / "transcribe-tiny-test-cpu.json").read_text())["rows"]
+    rows = json.loads((tmp_path / f"transcribe-{arch}-cpu.json").read_text())["rows"]
     assert [r["engine"] for r in rows] == ["generate", "generate", "fast"]
     assert rows[0]["quantization"] == "int8" and not rows[0]["merged"]
     assert rows[1]["quantization"] == "none" and rows[1]["merged"]

@@ -88,7 +88,8 @@ def save_random(arch: str, folder: Path) -> None:
         raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     model = WhisperForConditionalGeneration(architecture_config(arch))
     model.half().save_pretrained(folder)  # fp16 on disk: half the bytes
-    build_processor(folder)
+    shape = ARCHITECTURES[arch]
+    build_processor(folder, n_mels=shape.mel_bins, num_languages=shape.languages)  # the model's bins and tokens
 
 
 REFERENCE_RECIPE = "marathi-large-v2-int8"  # the shipped recipe file: LoRA, optimizer and schedule of every row

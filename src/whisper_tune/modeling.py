@@ -28,6 +28,7 @@ from .processor import (
     CONTROL_TOKENS,
     EOT,
     MAX_LABEL_TOKENS,
+    N_LANGUAGES_V2,
     SOT,
     VOCAB_V2,
     VOCAB_V3,
@@ -53,9 +54,16 @@ class Architecture:
     mel_bins: int = 80  # 128 from large-v3 on
     vocab: int = VOCAB_V2  # VOCAB_V3 from large-v3 on (a 100th language token, <|yue|>)
 
+    @property
+    def languages(self) -> int:
+        """Language tokens in the vocabulary (what the offline processor needs to match it)."""
+        return N_LANGUAGES_V2 + (self.vocab - VOCAB_V2)
+
 
 ARCHITECTURES = {
     "tiny-test": Architecture(64, 2, 2, 2, 128),  # for tests: seconds on a CPU
+    # for tests: large-v3-turbo's shape in miniature (128 mel bins, 51866 tokens, shallower decoder)
+    "tiny-test-v3": Architecture(64, 2, 1, 2, 256, mel_bins=128, vocab=VOCAB_V3),
     "tiny": Architecture(384, 4, 4, 6, 1536),  # 39 M parameters
     "base": Architecture(512, 6, 6, 8, 2048),  # 74 M
     "small": Architecture(768, 12, 12, 12, 3072),  # 244 M
