@@ -172,3 +172,17 @@ def test_browser_uploads_a_clip_and_sees_both_transcripts(run_folder, tmp_path):
         proc.wait(timeout=30)
         log.close()
     assert (ARTIFACTS / "serve-compare.png").stat().st_size > 10_000
+
+
+def test_a_long_upload_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A 7 MB, 2-hour MP3 once cost 630 MB of memory before the limit was checked: the length
+    now comes from the file header, and the audio is never decoded."""
+    import whisper_tune.serve as serve
+
+    def no_decoding(path):
+        raise AssertionError("decoded a file that its header already shows is too long")
+
+    long_mp3 = write_tone(tmp_path / "long.mp3", seconds=5.0, sr=16000)
+    monkeypatch.setattr(serve, "load_audio", no_decoding)
+    with pytest.raises(UploadRejected, match=r"5 s long; this app takes at most 2 s"):
+        check_upload(long_mp3, Limits(max_seconds=2))
