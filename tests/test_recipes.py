@@ -12,7 +12,13 @@ RECIPES = sorted(Path(str(resources.files("whisper_tune") / "recipes")).glob("*.
 
 
 def test_recipes_are_shipped():
-    assert {p.stem for p in RECIPES} >= {"demo", "marathi-large-v2-int8"}
+    assert {p.stem for p in RECIPES} == {"demo", "marathi-large-v2-int8", "marathi-large-v3", "marathi-large-v3-turbo"}
+
+
+def test_v3_recipes_stop_early_on_the_eval_metric():
+    for name in ("marathi-large-v3", "marathi-large-v3-turbo"):
+        cfg = load_train_config(name)
+        assert cfg.eval.patience and cfg.eval.every > 0 and cfg.model.base.startswith("openai/whisper-large-v3")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)

@@ -285,3 +285,18 @@ def test_stale_temporary_folders_are_removed_and_a_full_disk_is_one_line(
         train(_cfg(tiny_model_dir, small_corpus, out, **{"train.max_steps": 2}), progress=False)
     assert not list(out.glob(".*tmp*")) and not list((out / "checkpoints").glob(".*tmp*"))
     assert not (out / "adapter").exists() and checkpoint.latest(out / "checkpoints") is not None
+
+
+def test_patience_stops_a_run_that_no_longer_improves_and_keeps_the_best(tiny_model_dir, small_corpus, tmp_path):
+    """A learning rate too small to change anything: every evaluation equals the first, so
+    after eval.patience of them the run stops, finished, with the best adapter as adapter/."""
+    out = tmp_path / "run"
+    overrides = {"eval.every": 1, "eval.patience": 2, "train.learning_rate": "1e-12", "eval.max_samples": 2}
+    result = train(_cfg(tiny_model_dir, small_corpus, out, **overrides), progress=False)
+    assert result.early_stopped_at == 3 and result.steps == 3 and not result.stopped_early
+    assert result.best["step"] == 1
+    assert _same(_adapter(out / "best"), _adapter(out / "adapter"))
+    record = json.loads((out / "run.json").read_text())
+    assert record["finished"] and record["early_stopped_at"] == 3
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if "eval_wer" in r] == [1, 2, 3]

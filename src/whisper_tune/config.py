@@ -163,6 +163,9 @@ class EvalSettings:
     batch_size: int = 16
     max_new_tokens: int = 128  # the recipe's generation_max_length while training
     metric: str = "wer"  # wer | cer: picks the best adapter
+    # stop after this many evaluations in a row without a better score (null: never); the
+    # best adapter becomes adapter/. Fine-tunes of large-v3/turbo can get worse while the loss falls
+    patience: int | None = None
 
     def __post_init__(self):
         if self.metric not in ("wer", "cer"):
@@ -170,6 +173,8 @@ class EvalSettings:
         _positive(self, "eval", "batch_size", "max_new_tokens")
         if self.every < -1:
             raise ValueError(f"eval.every must be -1 (never), 0 (each epoch) or a number of steps, got {self.every}")
+        if self.patience is not None and self.patience <= 0:
+            raise ValueError(f"eval.patience must be positive or null (never stop early), got {self.patience}")
         if self.max_samples is not None and self.max_samples <= 0:
             raise ValueError(f"eval.max_samples must be positive or null (all clips), got {self.max_samples}")
 

@@ -209,8 +209,10 @@ def state_dict(m: CT2Model, layers_enc: int, layers_dec: int, d_model: int) -> d
 
     def linear(hf: str, ct: str) -> None:
         sd[f"{hf}.weight"] = _weight(m, f"{ct}/weight")
-        if f"{ct}/bias" in m.variables:
-            sd[f"{hf}.bias"] = m.get(f"{ct}/bias").astype(np.float32)
+        # every layer mapped here has a bias in transformers; CTranslate2's converter leaves out
+        # a bias of zeros (a freshly initialised model's), so a missing one is zeros
+        bias = m.get(f"{ct}/bias") if f"{ct}/bias" in m.variables else np.zeros(sd[f"{hf}.weight"].shape[0])
+        sd[f"{hf}.bias"] = bias.astype(np.float32)
 
     def norm(hf: str, ct: str) -> None:
         sd[f"{hf}.weight"] = m.get(f"{ct}/gamma").astype(np.float32)
@@ -298,8 +300,9 @@ def import_ct2(source: str, out_dir: str | Path, dtype: str = "float16") -> Path
         processor = WhisperProcessor.from_pretrained(processor_dir)
         set_generation_language(model, processor.tokenizer, None, "transcribe")
         gc = model.generation_config
-        gc.suppress_tokens = list(config_json.get("suppress_ids", gc.suppress_tokens or []))
-        gc.begin_suppress_tokens = list(config_json.get("suppress_ids_begin", gc.begin_suppress_tokens or []))
+        # an export of a model that had no suppression lists records them as null
+        gc.suppress_tokens = list(config_json.get("suppress_ids") or gc.suppress_tokens or [])
+        gc.begin_suppress_tokens = list(config_json.get("suppress_ids_begin") or gc.begin_suppress_tokens or [])
         if config_json.get("alignment_heads"):
             gc.alignment_heads = [list(h) for h in config_json["alignment_heads"]]
         model.config.suppress_tokens = None

@@ -24,7 +24,6 @@ import torch
 from .config import LoraSettings, ModelConfig
 from .errors import UserError
 from .processor import (
-    BUNDLED,
     CONTROL_TOKENS,
     EOT,
     MAX_LABEL_TOKENS,
@@ -33,7 +32,7 @@ from .processor import (
     VOCAB_V2,
     VOCAB_V3,
     languages,
-    processor_path,
+    offline_processor_dir,
 )
 from .quantization import NONE, Holding, get_holding
 from .run import AdapterMeta
@@ -173,16 +172,47 @@ def load_base(cfg: ModelConfig, device: torch.device):
 
 
 def load_processor(base: str):
-    """The processor saved with the model, or the bundled offline build when the folder has
-    none (the multilingual vocabulary is the same for every v1/v2 checkpoint)."""
+    """The processor saved with the model, or, when the folder has none, the bundled offline
+    build shaped as the model's config says: its mel bins, and 99 or 100 language tokens (the
+    multilingual vocabulary is otherwise the same from v1 to v3)."""
     from transformers import WhisperProcessor
 
+    folder = Path(base).expanduser()
+    local_without = folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json"))
     try:
-        has_processor = (Path(base) / "tokenizer_config.json").is_file()  # an adapter folder holds one too
+        if local_without:
+            raise OSError(f"no tokenizer in {folder}")
+        has_processor = (folder / "tokenizer_config.json").is_file()  # an adapter folder holds one too
         return WhisperProcessor.from_pretrained(base if has_processor else resolve_model(base))
     except (OSError, ValueError, TypeError):
-        log.warning("no processor in %s: using the bundled offline Whisper processor", base)
-        return WhisperProcessor.from_pretrained(processor_path(BUNDLED))
+        n_mels, vocab = _config_shape(base)
+        log.warning("no processor in %s: using the bundled offline Whisper processor (%d mel bins)", base, n_mels)
+        return WhisperProcessor.from_pretrained(offline_processor_dir(n_mels, N_LANGUAGES_V2 + vocab - VOCAB_V2))
+
+
+def _config_shape(base: str) -> tuple[int, int]:
+    """(mel bins, vocabulary size) from a local model folder's config.json; v2's otherwise."""
+    import json
+
+    config = Path(base) / "config.json"
+    if not config.is_file():
+        return 80, VOCAB_V2
+    data = json.loads(config.read_text(encoding="utf-8"))
+    return int(data.get("num_mel_bins", 80)), int(data.get("vocab_size", VOCAB_V2))
+
+
+def check_processor(config, processor, where: str) -> None:
+    """Refuse, before any work, a processor that does not fit the model: the wrong number of
+    mel bins (large-v3 and turbo take 128, earlier models 80) or a tokenizer of another
+    generation (v3 has a 100th language token, so every later special token moves by one)."""
+    bins, tokens = processor.feature_extractor.feature_size, len(processor.tokenizer)
+    fix = "use the model's own processor, or make one: whisper-tune make-processor --n-mels N --num-languages L"
+    if bins != config.num_mel_bins:
+        raise UserError(
+            f"the processor of {where} computes {bins} mel bins, the model takes {config.num_mel_bins}: {fix}"
+        )
+    if tokens != config.vocab_size:
+        raise UserError(f"the tokenizer of {where} has {tokens} tokens, the model {config.vocab_size}: {fix}")
 
 
 def set_generation_language(model, tokenizer, language: str, task: str, max_length: int = MAX_LABEL_TOKENS) -> None:
@@ -311,6 +341,7 @@ def load_for_inference(
     apply_speedups(model, cfg, train=False)
     model.eval()
     processor = load_processor(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base)
+    check_processor(model.config, processor, adapter or base)
     language = None if language == "auto" else language or meta.language
     task = task or meta.task or "transcribe"
     if language:

@@ -169,6 +169,7 @@ class RunRecord:
     resumed_from: str | None = None
     final_train_loss: float | None = None
     best: dict | None = None  # {"step", "wer", "cer"} of the best evaluation
+    early_stopped_at: int | None = None  # the step eval.patience stopped the run at
     samples_per_s: float = 0.0
     wall_s: float = 0.0
     environment: dict = field(default_factory=dict)  # versions and hardware

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .evaluation import generate_on
 from .features import SpeechCollator
 from .modeling import (
     amp_dtype,
+    check_processor,
     input_dtype,
     load_processor,
     lora_model,
@@ -66,7 +68,8 @@ class TrainResult:
     best: dict | None  # {"step", "wer", "cer"} of the best evaluation
     samples_per_s: float
     wall_s: float
-    stopped_early: bool = False
+    stopped_early: bool = False  # stopped by stop_after, resumable
+    early_stopped_at: int | None = None  # stopped by eval.patience: finished, adapter/ is the best
 
 
 # ---- data order ----------------------------------------------------------------------
@@ -264,6 +267,7 @@ class Position:
     epoch: int = 0
     micro_done: int = 0  # micro-batches of this rank's current epoch already trained
     best: dict | None = None  # {"step", "wer", "cer"} of the best evaluation
+    since_best: int = 0  # evaluations since the best one (eval.patience)
 
 
 class TrainingRun:
@@ -280,6 +284,7 @@ class TrainingRun:
         self.run = RunDir(cfg.train.output_dir)
         self.pos = Position()
         self.resumed_from: Path | None = None
+        self.early_stop_at: int | None = None
 
     # -- setup --------------------------------------------------------------------------
 
@@ -335,6 +340,7 @@ class TrainingRun:
         cfg = self.cfg
         self.processor = load_processor(cfg.model.base)
         self.model = lora_model(cfg.model, cfg.lora, self.device, compile=cfg.train.compile)
+        check_processor(self.model.config, self.processor, cfg.model.base)
         self.language = resolve_language(cfg.data.language)
         set_generation_language(self.model, self.processor.tokenizer, self.language, cfg.data.task)
         self.trainable, self.total = parameter_counts(self.model)
@@ -401,7 +407,9 @@ class TrainingRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_fn.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
-        self.pos = Position(state["step"], state["epoch"], state["micro_done"], state["best"])
+        self.pos = Position(
+            state["step"], state["epoch"], state["micro_done"], state["best"], state.get("since_best", 0)
+        )
         self._rebatch(state.get("run", {}).get("train"))
         log.info("resuming from %s (step %d)", self.resumed_from, self.pos.step)
 
@@ -449,7 +457,7 @@ class TrainingRun:
         )
         self.model.train()
         try:
-            while self.pos.step < self.target:
+            while self.pos.step < self.target and self.early_stop_at is None:
                 self._run_epoch()
         except torch.OutOfMemoryError:
             raise TrainingStopped(_oom_message(self.cfg)) from None
@@ -476,7 +484,7 @@ class TrainingRun:
     def _run_epoch(self) -> None:
         """The rest of the current epoch (a new epoch needs a new batch order and loader)."""
         batches = iter(self._loader())
-        while self.pos.step < self.target and self.pos.micro_done < self.micro_per_epoch:
+        while self.pos.step < self.target and self.pos.micro_done < self.micro_per_epoch and self.early_stop_at is None:
             n_micro = min(self.cfg.train.grad_accum, self.micro_per_epoch - self.pos.micro_done)
             outcome = self.step_fn(batches, n_micro)
             self.pos.micro_done += n_micro
@@ -514,10 +522,13 @@ class TrainingRun:
         )
         step = self.pos.step
         record = self._log_record(rate, end_of_epoch)
-        if self.main_rank and self._wants_eval(end_of_epoch):
+        due = self._wants_eval(end_of_epoch)
+        if self.main_rank and due:
             record |= self._evaluate()
         if self.main_rank and record:
             self.metrics.log({"step": step} | record)
+        if due and self._patience_spent():
+            self.early_stop_at = step
         if end_of_epoch:
             self.pos.epoch, self.pos.micro_done = self.pos.epoch + 1, 0
         if self.main_rank and (step % self.cfg.train.save_every == 0 or step == self.target):
@@ -538,8 +549,9 @@ class TrainingRun:
         }
 
     def _wants_eval(self, end_of_epoch: bool) -> bool:
+        """Whether this step evaluates (the same answer on every rank; rank 0 does the work)."""
         every, step = self.cfg.eval.every, self.pos.step
-        if self.eval_ds is None:
+        if "eval" not in self.folders:
             return False
         return (every > 0 and step % every == 0) or (every == 0 and end_of_epoch) or step == self.total_steps
 
@@ -561,8 +573,29 @@ class TrainingRun:
         score = scores[f"eval_{cfg.eval.metric}"]
         if self.pos.best is None or score < self.pos.best[cfg.eval.metric]:
             self.pos.best = {"step": self.pos.step, "wer": scores["eval_wer"], "cer": scores["eval_cer"]}
+            self.pos.since_best = 0
             self._save_adapter(self.run.best, self.pos.best)
+        else:
+            self.pos.since_best += 1
         return scores
+
+    def _patience_spent(self) -> bool:
+        """``eval.patience`` evaluations in a row without a better score (rank 0 decides)."""
+        patience = self.cfg.eval.patience
+        spent = patience is not None and self.pos.since_best >= patience
+        if self.world > 1:
+            flag = torch.tensor([int(spent)], device=self.device)
+            torch.distributed.broadcast(flag, 0)
+            spent = bool(flag.item())
+        if spent and self.main_rank:
+            log.warning(
+                "no better eval %s in %d evaluations: stopped at step %d; adapter/ is the best one (step %d)",
+                self.cfg.eval.metric,
+                patience,
+                self.pos.step,
+                self.pos.best["step"],
+            )
+        return spent
 
     def _save_adapter(self, folder: Path, scores: dict | None = None) -> None:
         """An adapter folder that later commands need alone: PEFT files, processor, record."""
@@ -585,6 +618,7 @@ class TrainingRun:
             "epoch": self.pos.epoch,
             "micro_done": self.pos.micro_done,
             "best": self.pos.best,
+            "since_best": self.pos.since_best,
             "run": self._identity(),
         }
         with _disk_full_says(self.run.checkpoints):
@@ -606,11 +640,17 @@ class TrainingRun:
             self.pos.best,
             self.samples / wall if wall else 0.0,
             wall,
-            stopped_early=step < self.total_steps,
+            stopped_early=step < self.total_steps and self.early_stop_at is None,
+            early_stopped_at=self.early_stop_at,
         )
         if not self.main_rank:
             return result
-        if not result.stopped_early:
+        if self.early_stop_at is not None:
+            with _disk_full_says(self.run.adapter):
+                checkpoint.write_atomically(
+                    self.run.adapter, lambda tmp: shutil.copytree(self.run.best, tmp, dirs_exist_ok=True)
+                )
+        elif not result.stopped_early:
             self._save_adapter(self.run.adapter)
         plot_run(self.run.path)
         self.run.write_record(self._record(result))
@@ -637,6 +677,7 @@ class TrainingRun:
             resumed_from=str(self.resumed_from) if self.resumed_from else None,
             final_train_loss=result.final_loss,
             best=result.best,
+            early_stopped_at=result.early_stopped_at,
             samples_per_s=result.samples_per_s,
             wall_s=result.wall_s,
             environment=environment(self.device),
