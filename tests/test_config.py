@@ -75,6 +75,9 @@ BAD_SETTINGS = [
     ("eval.max_samples=0", "eval.max_samples must be positive"),
     ("data.max_seconds=45", "data.max_seconds must be in (0, 30]"),
     ("lora.dropout=.nan", "lora.dropout in [0, 1)"),
+    ("train.seed=-1", "train.seed must be in [0, 2**32)"),
+    ("model.attn_implementation=flash", "model.attn_implementation must be sdpa or eager"),
+    ("lora.targets=[no_such_proj]", "no_such_proj is not a Linear layer of Whisper"),
 ]
 
 

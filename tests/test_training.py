@@ -225,6 +225,18 @@ def test_resume_refuses_another_adapter_shape_in_one_line(tiny_model_dir, small_
     )
 
 
+def test_an_adapter_saved_as_a_pickle_is_refused_unopened(tiny_adapter, tmp_path):
+    import shutil
+
+    from whisper_tune.modeling import load_for_inference
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter, folder)
+    (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    with pytest.raises(UserError, match="only adapter_model.bin, a pickle, which whisper-tune does not open"):
+        load_for_inference(None, str(folder), torch.device("cpu"))
+
+
 def test_a_pickle_in_the_run_folder_is_never_loaded(tiny_model_dir, small_corpus, tmp_path):
     out, marker = tmp_path / "run", tmp_path / "pwned"
     train(_cfg(tiny_model_dir, small_corpus, out), stop_after=2, progress=False)
@@ -260,7 +272,10 @@ def test_settings_are_refused_before_anything_loads_or_is_written(tiny_model_dir
     _one_line(_cli(*_overrides(tiny_model_dir, small_corpus, out, **{"data.language": "xx"})), "unknown language 'xx'")
     _one_line(_cli(*_overrides(tiny_model_dir, tmp_path / "no-corpus", out)), "not found")
     _one_line(_cli(*_overrides(tiny_model_dir, small_corpus, out, **{"train.learning_rate": -1})), "learning_rate")
+    _one_line(_cli(*_overrides(tiny_model_dir, small_corpus, out, **{"data.train_split": "nosuch"})), "'nosuch'")
     assert not out.exists()
+    out.write_text("a file")
+    _one_line(_cli(*_overrides(tiny_model_dir, small_corpus, out)), "is a file")
 
 
 def test_stale_temporary_folders_are_removed_and_a_full_disk_is_one_line(

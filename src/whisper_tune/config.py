@@ -64,6 +64,8 @@ class DataConfig:
 
 
 QUANTIZATIONS = ("int8", "int8-wo", "nf4", "none")
+WHISPER_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # what LoRA can wrap in Whisper
+ATTENTION = ("sdpa", "eager")
 LORA_PRESETS = {
     "qv": ["q_proj", "v_proj"],  # the reference recipe
     "attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
@@ -89,6 +91,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.attn_implementation not in ATTENTION:
+            raise ValueError(f"model.attn_implementation must be sdpa or eager, got {self.attn_implementation!r}")
         if not 0 <= float(self.gradient_checkpointing) <= 1:
             raise ValueError(
                 f"model.gradient_checkpointing must be true, false or a share of layers in [0, 1], "
@@ -113,6 +117,12 @@ class LoraSettings:
             )
         if self.r <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
+        unknown = [t for t in self.target_modules() if t.rsplit(".", 1)[-1] not in WHISPER_LINEARS]
+        if unknown:
+            raise ValueError(
+                f"lora.targets: {', '.join(unknown)} is not a Linear layer of Whisper; use a preset "
+                f"({', '.join(LORA_PRESETS)}) or names among {', '.join(WHISPER_LINEARS)}"
+            )
 
     def target_modules(self) -> list[str]:
         return LORA_PRESETS[self.targets] if isinstance(self.targets, str) else list(self.targets)
@@ -148,6 +158,8 @@ class TrainSettings:
             raise ValueError(f"train.on_nan must be stop or skip, got {self.on_nan!r}")
         _positive(self, "train", "batch_size", "grad_accum", "save_every", "log_every", "keep_last", "learning_rate")
         _at_least_zero(self, "train", "warmup_steps", "weight_decay", "max_grad_norm", "num_workers")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"train.max_steps must be positive, or null to train by epochs; got {self.max_steps}")
         if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):

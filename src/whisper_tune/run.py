@@ -105,6 +105,13 @@ class AdapterMeta:
             raise UserError(
                 f"{folder} is not a LoRA adapter folder (no adapter_config.json): give a run's adapter/ or best/ folder"
             )
+        if not (folder / "adapter_model.safetensors").is_file():
+            pickled = (folder / "adapter_model.bin").is_file()
+            raise UserError(
+                f"{folder} holds no adapter_model.safetensors"
+                + (" (only adapter_model.bin, a pickle, which whisper-tune does not open)" if pickled else "")
+                + ": re-save the adapter with PEFT's save_pretrained (safetensors is its default)"
+            )
         if (folder / ADAPTER_META).is_file():
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in _read_json(folder / ADAPTER_META).items() if k in known})

@@ -328,7 +328,25 @@ class TrainingRun:
 
         resolve_language(self.cfg.data.language)
         resolve_model(self.cfg.model.base)
-        open_source(self.cfg.data, progress=self.progress)
+        if self.run.path.exists() and not self.run.path.is_dir():
+            raise UserError(f"train.output_dir {self.run.path} is a file: choose a folder")
+        source = open_source(self.cfg.data, progress=self.progress)
+        source.check_split(self.cfg.data.train_split)
+        if self.cfg.eval.every >= 0:
+            source.check_split(self.cfg.data.eval_split)
+        if self.resume_asked:
+            self._check_latest_checkpoint()
+
+    def _check_latest_checkpoint(self) -> None:
+        """The newest readable checkpoint against these settings, before the model loads
+        (resume checks it again as it loads, past damaged ones)."""
+        for path in reversed(checkpoint.finished(self.run.checkpoints)):
+            try:
+                state = checkpoint.read_state(path)
+            except checkpoint.CheckpointUnreadable:
+                continue
+            self._check_resumable(path, state)
+            return
 
     def _clean_folder(self) -> None:
         """Temporary folders that a killed write left (``.best.tmpPID``, ``.step-N.tmpPID``)."""
