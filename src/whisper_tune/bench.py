@@ -140,7 +140,7 @@ def _sync(device: torch.device) -> None:
 def _row_model(row: TrainRow, folder: Path, device: torch.device):
     """(model, optimizer step) of a row: the recipe's notebook model with the Trainer's
     optimizer (AdamW, fp16 autocast), or exactly what ``whisper-tune train`` builds."""
-    from .training import OptimizerStep, build_optimizer
+    from .optimization import OptimizerStep, build_optimizer
 
     overrides = [
         f"model.gradient_checkpointing={row.checkpointing}",

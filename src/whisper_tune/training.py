@@ -8,8 +8,8 @@ same adapter as an uninterrupted one), generation-based WER on an 8-bit base, an
 checkpoints that hold only the adapter. Under ``torchrun``/``accelerate launch`` each rank
 holds its own quantized copy on its own GPU and takes every world-size-th batch.
 
-The run folder's layout is ``run.py``'s; the step (``OptimizerStep``) is shared with
-``whisper-tune bench train``, so the benchmark times what users run.
+The run folder's layout is ``run.py``'s; the optimizer step is ``optimization.py``'s,
+shared with ``whisper-tune bench train``, so the benchmark times what users run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,15 +34,14 @@ from .errors import UserError
 from .evaluation import generate_on
 from .features import SpeechCollator
 from .modeling import (
-    amp_dtype,
     check_processor,
-    input_dtype,
     load_processor,
     lora_model,
     parameter_counts,
     pick_device,
     set_generation_language,
 )
+from .optimization import StepOutcome, build_optimizer, unwrap_ddp
 from .prepare import load_prepared, prepared_folder
 from .processor import resolve_language
 from .quantization import NF4
@@ -112,15 +110,6 @@ def _dist_setup() -> tuple[int, int, int]:
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _all_finite(loss: torch.Tensor, world: int) -> bool:
-    """Whether the loss is finite on every rank: a rank that skipped its backward pass alone
-    would leave the others waiting in DDP's gradient all-reduce for ever."""
-    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
-    if world > 1:
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    return bool(finite.item())
-
-
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
@@ -129,31 +118,10 @@ def _barrier(world: int) -> None:
 # ---- the loop ------------------------------------------------------------------------
 
 
-def make_optimizer(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel on CUDA: the default per-tensor path spent 10 ms a step
-    on large-v2's 256 small LoRA matrices, 3 % of a whole step."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
-
-
-def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then linear decay to zero (the recipe's schedule)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / warmup_steps  # as transformers: the first step runs at lr 0
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _oom_message(cfg: TrainConfig) -> str:
@@ -177,72 +145,6 @@ def _disk_full_says(folder: Path):
             f"disk full while writing {folder}: free space on {folder.parent} and run again with --resume "
             f"(the last complete checkpoint is kept)"
         ) from None
-
-
-# ---- one optimizer step (shared with bench) ------------------------------------------
-
-
-@dataclass
-class StepOutcome:
-    """What one optimizer step did."""
-
-    loss: float  # mean training loss of the micro-batches (of those run, when not finite)
-    samples: int  # clips this rank trained on
-    finite: bool  # False: a non-finite loss on some rank; the step was skipped
-    bad_loss: float | None = None  # the non-finite value, for the message
-
-
-class OptimizerStep:
-    """One optimizer step over ``n_micro`` micro-batches: forward under autocast, scaled
-    backward, the cross-rank finiteness check, clipping, the (scaled) optimizer step.
-
-    ``whisper-tune train`` and ``whisper-tune bench train`` both call this object, so the
-    benchmark times the code users run. The learning-rate schedule is the caller's (it
-    advances on skipped steps too).
-    """
-
-    def __init__(self, model, optimizer, amp: torch.dtype | None, max_grad_norm: float, world: int = 1):
-        self.model, self.optimizer, self.amp = model, optimizer, amp
-        self.max_grad_norm, self.world = max_grad_norm, world
-        self.device = next(p for p in model.parameters()).device
-        self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.feature_dtype = input_dtype(_unwrap(model))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
-
-    def _loss(self, batch: dict) -> torch.Tensor:
-        features = batch["input_features"].to(self.device, self.feature_dtype, non_blocking=True)
-        labels = batch["labels"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            return self.model(input_features=features, labels=labels, use_cache=False).loss
-
-    def __call__(self, batches: Iterator[dict], n_micro: int) -> StepOutcome:
-        """Consume ``n_micro`` batches from ``batches`` (fewer when a loss is not finite)."""
-        loss_sum, samples = 0.0, 0
-        for _ in range(n_micro):
-            batch = next(batches)
-            loss = self._loss(batch)
-            if not _all_finite(loss, self.world):
-                self.optimizer.zero_grad(set_to_none=True)
-                return StepOutcome(loss_sum, samples, False, loss.item())
-            self.scaler.scale(loss / n_micro).backward()
-            loss_sum += loss.item() / n_micro
-            samples += len(batch["labels"])
-        if self.max_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(loss_sum, samples, True)
-
-
-def build_optimizer(model, cfg: TrainConfig, total_steps: int, device: torch.device, world: int = 1):
-    """(optimizer, schedule, step) for the trainable parameters of ``model``, as ``cfg`` says."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.train.learning_rate, cfg.train.weight_decay, device)
-    scheduler = linear_schedule(optimizer, cfg.train.warmup_steps, total_steps)
-    amp = amp_dtype(device, cfg.train.mixed_precision)
-    return optimizer, scheduler, OptimizerStep(model, optimizer, amp, cfg.train.max_grad_norm, world)
 
 
 # ---- the run -------------------------------------------------------------------------
@@ -577,7 +479,7 @@ class TrainingRun:
         """WER/CER on the eval split; a new best adapter is saved to ``best/``."""
         cfg = self.cfg
         result = generate_on(
-            _unwrap(self.model),
+            unwrap_ddp(self.model),
             self.processor,
             self.eval_ds,
             self.language,
@@ -619,7 +521,7 @@ class TrainingRun:
         """An adapter folder that later commands need alone: PEFT files, processor, record."""
 
         def fill(tmp: Path) -> None:
-            _unwrap(self.model).save_pretrained(tmp)
+            unwrap_ddp(self.model).save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
             write_adapter_meta(tmp, self.cfg.model, self.language, self.cfg.data.task)
             if scores is not None:
@@ -640,7 +542,7 @@ class TrainingRun:
             "run": self._identity(),
         }
         with _disk_full_says(self.run.checkpoints):
-            path = checkpoint.save(self.run.checkpoints, self.pos.step, _unwrap(self.model), state)
+            path = checkpoint.save(self.run.checkpoints, self.pos.step, unwrap_ddp(self.model), state)
         checkpoint.prune(self.run.checkpoints, self.cfg.train.keep_last)
         return path
 
