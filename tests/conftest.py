@@ -172,3 +172,33 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     WhisperProcessor.from_pretrained(tiny_model_dir).save_pretrained(out)
     write_adapter_meta(out, ModelConfig(base=str(tiny_model_dir), quantization="int8"), "mr", "transcribe")
     return out
+
+
+def make_cpp_tiny(out: Path, n_mels: int = 80, vocab: int = 51865, n_lang: int = 99, seed: int = 0) -> Path:
+    """A tiny random Whisper that whisper.cpp can run (ffn = 4 x d_model; tiny-test's is 2 x),
+    saved with its processor. Large random decoder embeddings make greedy decoding wander over
+    many tokens instead of repeating one; ``seed`` gives another model of the same shape."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from whisper_tune.modeling import architecture_config
+    from whisper_tune.processor import offline_processor_dir
+
+    torch.manual_seed(seed)
+    config = architecture_config(
+        "tiny-test", vocab_size=vocab, num_mel_bins=n_mels, encoder_ffn_dim=256, decoder_ffn_dim=256
+    )
+    model = WhisperForConditionalGeneration(config).eval()
+    model.model.decoder.embed_tokens.weight.data.normal_(0, 0.5)
+    model.model.decoder.embed_positions.weight.data.normal_(0, 1.0)
+    model.save_pretrained(out)
+    processor = WhisperProcessor.from_pretrained(offline_processor_dir(n_mels=n_mels, num_languages=n_lang))
+    processor.save_pretrained(out)
+    processor.feature_extractor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cpp_model_dir(tmp_path_factory, _cache_dir) -> Path:
+    """``make_cpp_tiny`` in the v2 shape (80 mels, 51865 tokens), for whisper.cpp and CTranslate2."""
+    return make_cpp_tiny(tmp_path_factory.mktemp("tiny-cpp"))

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_cpp_tiny
 
 from whisper_tune.errors import UserError
 from whisper_tune.export_ggml import FTYPES, add_arguments, export_ggml, mel_filters, run, vocab_bytes
@@ -54,31 +55,10 @@ def _audio(seconds: float = 3.0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * (300 + 200 * t) * t) + 0.1 * np.sin(2 * np.pi * 1234 * t)).astype(np.float32)
 
 
-def _make_tiny(out: Path, n_mels: int, vocab: int, n_lang: int) -> Path:
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from whisper_tune.modeling import architecture_config
-    from whisper_tune.processor import offline_processor_dir
-
-    torch.manual_seed(0)
-    # whisper.cpp assumes an ffn 4x d_model: tiny-test's is 2x
-    config = architecture_config(
-        "tiny-test", vocab_size=vocab, num_mel_bins=n_mels, encoder_ffn_dim=256, decoder_ffn_dim=256
-    )
-    model = WhisperForConditionalGeneration(config).eval()
-    model.model.decoder.embed_tokens.weight.data.normal_(0, 0.5)
-    model.model.decoder.embed_positions.weight.data.normal_(0, 1.0)
-    model.save_pretrained(out)
-    processor = WhisperProcessor.from_pretrained(offline_processor_dir(n_mels=n_mels, num_languages=n_lang))
-    processor.save_pretrained(out)
-    processor.feature_extractor.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module", params=list(SHAPES))
 def tiny(request, tmp_path_factory):
     """(model folder, {ftype: ggml file}) for one shape."""
-    folder = _make_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), *SHAPES[request.param])
+    folder = make_cpp_tiny(tmp_path_factory.mktemp(f"tiny-{request.param}"), *SHAPES[request.param])
     out = tmp_path_factory.mktemp(f"ggml-{request.param}")
     files = {ft: export_ggml(folder, out / f"ggml-{ft}.bin", ft) for ft in ("f32", "f16", "q8_0", "q5_0")}
     return folder, files
@@ -382,7 +362,7 @@ def test_adapter_is_merged_and_cli_reports(tmp_path, capsys):
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
-    base = _make_tiny(tmp_path / "base", *SHAPES["v2"])
+    base = make_cpp_tiny(tmp_path / "base", *SHAPES["v2"])
     torch.manual_seed(3)
     peft = get_peft_model(
         WhisperForConditionalGeneration.from_pretrained(base),

@@ -28,17 +28,27 @@ from .errors import UserError
 DATA_FLAGS = ("language", "task", "audio_column", "text_column", "streaming", "config_name", "max_seconds")
 
 
-def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
-    """``--data``, ``--split`` and the DataConfig fields in DATA_FLAGS, with the dataclass's
-    defaults and notes."""
-    notes, defaults = field_notes(DataConfig), {f.name: f.default for f in dataclasses.fields(DataConfig)}
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        required=True,
-        help="Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder, prepared folder, 'demo' "
-        "or hub id; force a kind with cv:, manifest: or hf:",
-    )
+DATA_HELP = (
+    "Common Voice folder, manifest (.csv/.tsv/.jsonl), dataset folder, prepared folder, 'demo' "
+    "or hub id; force a kind with cv:, manifest: or hf:"
+)
+
+
+def _add_data_args(
+    p: argparse.ArgumentParser,
+    split_default: str | None = None,
+    source_flag: str = "--data",
+    required: bool = True,
+    defaults: dict | None = None,
+    title: str = "data",
+) -> argparse._ArgumentGroup:
+    """``--data`` (or ``source_flag``), ``--split`` and the DataConfig fields in DATA_FLAGS, with
+    the dataclass's defaults and notes; ``defaults`` overrides some (export's ``--check`` takes
+    the model's language). Returns the group, for commands that add more to it."""
+    notes = field_notes(DataConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)} | (defaults or {})
+    g = p.add_argument_group(title)
+    g.add_argument(source_flag, required=required, metavar="DATA", help=DATA_HELP)
     g.add_argument(
         "--split",
         default=split_default,
@@ -52,14 +62,18 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None)
         elif name == "task":
             g.add_argument(flag, default=default, choices=TASKS, help=help_text)
         else:
-            g.add_argument(flag, default=default, type=type(default) if default is not None else str, help=help_text)
+            kind = type(getattr(DataConfig, name)) if getattr(DataConfig, name) is not None else str
+            g.add_argument(flag, default=default, type=kind, help=help_text)
+    return g
 
 
-def _data_config(args) -> DataConfig:
-    """The one DataConfig that ``prepare`` and ``evaluate`` build from their data flags."""
+def _data_config(args, source: str | None = None, **fields) -> DataConfig:
+    """The one DataConfig that ``prepare`` and ``evaluate`` (and export's ``--check``, whose
+    source and language come apart) build from their data flags."""
     from .config import from_dict
 
-    return from_dict(DataConfig, {"source": args.data} | {f: getattr(args, f) for f in DATA_FLAGS})
+    values = {f: getattr(args, f) for f in DATA_FLAGS} | fields
+    return from_dict(DataConfig, {"source": source or args.data} | values)
 
 
 def _add_model_args(p: argparse.ArgumentParser, model_help: str, adapter_required: bool = False) -> None:
@@ -313,14 +327,22 @@ def args_merge(p: argparse.ArgumentParser) -> None:
 
 def cmd_export_ct2(args) -> int:
     """Convert a merged model (or base + adapter) to CTranslate2 for faster-whisper."""
-    from .export import export_ct2
+    from .export import check_ct2_quantization, export_ct2, merged_source
+    from .parity import check_settings, run_check
 
-    out = export_ct2(args.model, args.out, quantization=args.compute_type, adapter=args.adapter)
-    print(f"wrote CTranslate2 model ({args.compute_type}) to {out}; load it with faster_whisper.WhisperModel('{out}')")
-    return 0
+    check_ct2_quantization(args.compute_type)
+    check = check_settings(args)  # bad flags are refused before the merge and the conversion
+    with merged_source(args.model, args.adapter) as source:  # kept until the check has scored it
+        out = export_ct2(source, args.out, quantization=args.compute_type)
+        print(
+            f"wrote CTranslate2 model ({args.compute_type}) to {out}; load it with faster_whisper.WhisperModel('{out}')"
+        )
+        return run_check(check, "ct2", out, source) if check else 0
 
 
 def args_export_ct2(p: argparse.ArgumentParser) -> None:
+    from .parity import add_check_arguments
+
     p.add_argument("--model", required=True, help="merged model folder (or the base, with --adapter)")
     p.add_argument("--adapter", default=None, help="merge this adapter first")
     p.add_argument("--out", required=True, help="folder for the CTranslate2 model")
@@ -332,6 +354,7 @@ def args_export_ct2(p: argparse.ArgumentParser) -> None:
         help="CTranslate2 weight type: float16 (default), int8_float16, int8, float32, ... "
         "(not model.quantization, which is how the base was held while training)",
     )
+    add_check_arguments(p)
 
 
 def cmd_export_ggml(args) -> int:

@@ -8,8 +8,10 @@ merge loses the small LoRA deltas to rounding.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,19 +47,37 @@ def merge(base: str | None, adapter: str, out_dir: str | Path, dtype: str = "flo
     return write_atomically(Path(out_dir), fill)  # a kill or a full disk leaves no half-written model
 
 
+@contextlib.contextmanager
+def merged_source(model_dir: str | Path, adapter: str | None = None, dtype: str = "float16") -> Iterator[Path]:
+    """The transformers folder a conversion reads: ``model_dir`` itself, or base + ``adapter``
+    merged into a temporary folder that lives as long as the ``with`` block, so that a parity
+    check after the conversion can score the very model that was converted."""
+    if not adapter:
+        yield Path(model_dir)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(merge(str(model_dir), adapter, Path(tmp) / "merged", dtype=dtype))
+
+
+def check_ct2_quantization(quantization: str) -> None:
+    """Refuse a missing converter or an unknown type before any merge or conversion starts."""
+    try:
+        import ctranslate2.converters  # noqa: F401
+    except ImportError:
+        raise UserError("export-ct2 needs ctranslate2: pip install 'whisper-tune[export]'") from None
+    if quantization not in CT2_QUANTIZATIONS:
+        raise UserError(f"unknown CTranslate2 quantization {quantization!r}: use {', '.join(CT2_QUANTIZATIONS)}")
+
+
 def export_ct2(
     model_dir: str | Path, out_dir: str | Path, quantization: str = "float16", adapter: str | None = None
 ) -> Path:
     """Convert a transformers Whisper checkpoint (or base + ``adapter``, merged on the way)
     into a CTranslate2 model folder that faster-whisper's ``WhisperModel(out_dir)`` loads."""
-    try:
-        from ctranslate2.converters import TransformersConverter
-    except ImportError:
-        raise UserError("export-ct2 needs ctranslate2: pip install 'whisper-tune[export]'") from None
-    if quantization not in CT2_QUANTIZATIONS:
-        raise UserError(f"unknown CTranslate2 quantization {quantization!r}: use {', '.join(CT2_QUANTIZATIONS)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(merge(str(model_dir), adapter, Path(tmp) / "merged")) if adapter else Path(model_dir)
+    check_ct2_quantization(quantization)
+    from ctranslate2.converters import TransformersConverter
+
+    with merged_source(model_dir, adapter) as source:
         if not (source / "config.json").is_file():
             raise UserError(f"{source} is not a transformers model folder (no config.json): run merge first")
 
@@ -158,4 +178,12 @@ def write_adapter_card(adapter_dir: Path, base: str, language: str | None, task:
     )
 
 
-__all__ = ["export_ct2", "merge", "model_card", "push_to_hub", "write_adapter_card"]
+__all__ = [
+    "check_ct2_quantization",
+    "export_ct2",
+    "merge",
+    "merged_source",
+    "model_card",
+    "push_to_hub",
+    "write_adapter_card",
+]

@@ -53,7 +53,6 @@ import argparse
 import json
 import logging
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -388,16 +387,16 @@ def export_ggml(model_dir: str | Path, out_path: str | Path, ftype: str = "f16",
     if out.is_dir():
         out = out / f"ggml-model-{ftype}.bin"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if adapter is None:
-        _write(Path(model_dir), out, ftype)
-        return out
-    from .export import merge
+    from .export import merged_source
 
-    with tempfile.TemporaryDirectory() as tmp:
-        # f32 keeps the merge exact; every other type is at most f16 precision anyway
-        merged = merge(str(model_dir), adapter, Path(tmp) / "merged", dtype="float32" if ftype == "f32" else "float16")
-        _write(Path(merged), out, ftype)
+    with merged_source(model_dir, adapter, dtype=merge_dtype(ftype)) as source:
+        _write(source, out, ftype)
     return out
+
+
+def merge_dtype(ftype: str) -> str:
+    """f32 keeps a merge exact; every other type is at most f16 precision anyway."""
+    return "float32" if ftype == "f32" else "float16"
 
 
 # ---- command line (registered by cli.py as `export-ggml`) -----------------------------------
@@ -405,6 +404,8 @@ def export_ggml(model_dir: str | Path, out_path: str | Path, ftype: str = "f16",
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``whisper-tune export-ggml``."""
+    from .parity import add_check_arguments
+
     p.add_argument("--model", required=True, help="transformers Whisper folder (the base, when --adapter is given)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder to merge into --model first")
     p.add_argument("--out", required=True, help="output file (or folder: ggml-model-TYPE.bin in it)")
@@ -412,14 +413,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--type", dest="ftype", default="f16", choices=runnable, help="weight type (default f16; q8_0 is about half)"
     )
+    add_check_arguments(p)
 
 
 def run(args) -> int:
-    """Export, then say where the file is and how whisper.cpp runs it."""
-    out = export_ggml(args.model, args.out, ftype=args.ftype, adapter=args.adapter)
-    size = out.stat().st_size / 1e6
-    print(f"wrote {out} ({args.ftype}, {size:.1f} MB); run it with: {RUN_HINT.format(path=out)}")
-    return 0
+    """Export, then say where the file is and how whisper.cpp runs it; with ``--check``, score
+    the file on whisper.cpp next to the merged model it came from (exit 3 when it lost accuracy)."""
+    from .export import merged_source
+    from .parity import check_settings, run_check
+
+    check = check_settings(args)  # a bad --check flag is refused before the conversion
+    with merged_source(args.model, args.adapter, dtype=merge_dtype(args.ftype)) as source:
+        out = export_ggml(source, args.out, ftype=args.ftype)
+        size = out.stat().st_size / 1e6
+        print(f"wrote {out} ({args.ftype}, {size:.1f} MB); run it with: {RUN_HINT.format(path=out)}")
+        return run_check(check, "ggml", out, source) if check else 0
 
 
 __all__ = ["add_arguments", "export_ggml", "ggml_name", "mel_filters", "quantize_q8_0", "run", "vocab_bytes"]
