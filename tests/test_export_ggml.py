@@ -64,6 +64,12 @@ def tiny(request, tmp_path_factory):
     return folder, files
 
 
+# whisper.cpp keeps the log callback for the life of the process (pywhispercpp's Model logs
+# through it too): it must outlive every WhisperCpp, or a later whisper.cpp call jumps into
+# freed memory (a segmentation fault in the next test that loads a model)
+_QUIET = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(lambda *a: None)
+
+
 class WhisperCpp:
     """The few whisper.cpp C calls pywhispercpp does not expose usefully (logits, set_mel)."""
 
@@ -84,9 +90,8 @@ class WhisperCpp:
         lib.whisper_get_logits.restype, lib.whisper_get_logits.argtypes = ctypes.POINTER(ctypes.c_float), [p]
         for name in ("whisper_n_vocab", "whisper_model_n_mels", "whisper_model_ftype", "whisper_free"):
             getattr(lib, name).argtypes = [p]
-        self._quiet = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(lambda *a: None)
         lib.whisper_log_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.whisper_log_set(ctypes.cast(self._quiet, ctypes.c_void_p), None)
+        lib.whisper_log_set(ctypes.cast(_QUIET, ctypes.c_void_p), None)
         self.lib = lib
 
     def load(self, path: Path) -> int:
