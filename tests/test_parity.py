@@ -120,3 +120,18 @@ def test_check_refuses_bad_settings_before_work(tiny_cpp_model_dir, small_corpus
         check_export("onnx", tmp_path, tiny_cpp_model_dir, data)
     with pytest.raises(UserError, match="not a CTranslate2 model folder"):
         check_export("ct2", tmp_path, tiny_cpp_model_dir, data)
+
+
+def test_check_on_the_demo_sized_model(whisper_base_dir, small_corpus, tmp_path, capsys):
+    """Real Whisper base (the demo's model) through both runtimes: each check scores the same
+    clips on both sides and reports numbers that its own transcripts give."""
+    pytest.importorskip("pywhispercpp")
+    check = ["--check", str(small_corpus), "--max-new-tokens", "24", "--max-wer-increase", GENEROUS]
+    base = str(whisper_base_dir)
+    assert main(["export-ct2", "--model", base, "--out", str(tmp_path / "ct2"), "--compute-type", "int8", *check]) == 0
+    assert main(["export-ggml", "--model", base, "--out", str(tmp_path / "q8.bin"), "--type", "q8_0", *check]) == 0
+    for kind, path in (("ct2", tmp_path / "ct2" / "parity.json"), ("ggml", tmp_path / "q8.bin.parity.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        assert report["kind"] == kind and report["n"] == 2 and report["verdict"] == "pass"
+        assert report["source"]["wer"] == pytest.approx(_rescored(report, "source"))
+        assert report["exported"]["wer"] == pytest.approx(_rescored(report, "export"))
