@@ -21,7 +21,6 @@ tokens instead of repeating one.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import struct
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from conftest import make_cpp_tiny
 
 from whisper_tune.errors import UserError
-from whisper_tune.export_ggml import FTYPES, add_arguments, export_ggml, mel_filters, run, vocab_bytes
+from whisper_tune.export_ggml import FTYPES, export_ggml, mel_filters, vocab_bytes
 
 pytest.importorskip("pywhispercpp")
 
@@ -376,12 +375,10 @@ def test_adapter_is_merged_and_cli_reports(tmp_path, capsys):
     peft.save_pretrained(tmp_path / "adapter")
     merged = peft.merge_and_unload().model.encoder.layers[0].self_attn.q_proj.weight.detach().numpy()
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(
-        ["--model", str(base), "--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path), "--type", "f16"]
-    )
-    assert run(args) == 0
+    from whisper_tune.cli import main
+
+    args = ["--model", str(base), "--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path), "--type", "f16"]
+    assert main(["export-ggml", *args]) == 0
     out = tmp_path / "ggml-model-f16.bin"
     line = capsys.readouterr().out.strip()
     assert str(out) in line and f"whisper-cli -m {out}" in line

@@ -25,11 +25,9 @@ Why it is built this way:
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotations of the
 # handlers, which are imported inside build_app (FastAPI stays optional for the package).
 
-import argparse
 import asyncio
 import hmac
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -489,39 +487,3 @@ def serve_api(
 
 
 # ---- command line (registered by cli.py as `whisper-tune api`) ------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``whisper-tune api`` options."""
-    p.add_argument(
-        "--model",
-        default=None,
-        help="merged transformers folder, CTranslate2 export (faster-whisper), or the base for --adapter",
-    )
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder (merged into its base on load)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get(API_KEY_ENV),
-        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; none: no key needed)",
-    )
-    p.add_argument("--model-id", default=None, help="the id clients pass as model (default: the folder's name)")
-    p.add_argument("--language", default=None, help="default language (default: the adapter's; 'auto' detects)")
-    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
-
-
-def run(args) -> int:
-    """Serve an OpenAI-compatible speech-to-text API for a local model."""
-    serve_api(
-        args.model,
-        args.adapter,
-        host=args.host,
-        port=args.port,
-        limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
-        api_key=args.api_key or None,
-        language=args.language,
-        model_id=args.model_id,
-    )
-    return 0

@@ -41,11 +41,12 @@ def _add_data_args(
     required: bool = True,
     defaults: dict | None = None,
     title: str = "data",
+    notes: dict | None = None,
 ) -> argparse._ArgumentGroup:
     """``--data`` (or ``source_flag``), ``--split`` and the DataConfig fields in DATA_FLAGS, with
     the dataclass's defaults and notes; ``defaults`` overrides some (export's ``--check`` takes
     the model's language). Returns the group, for commands that add more to it."""
-    notes = field_notes(DataConfig)
+    notes = field_notes(DataConfig) | (notes or {})
     defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)} | (defaults or {})
     g = p.add_argument_group(title)
     g.add_argument(source_flag, required=required, metavar="DATA", help=DATA_HELP)
@@ -325,13 +326,57 @@ def args_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
 
 
+def _add_check_args(p: argparse.ArgumentParser) -> None:
+    """``--check DATA`` and its data and verdict flags, for both export commands."""
+    from .parity import MAX_WER_INCREASE, PARITY_FAILED
+
+    g = _add_data_args(
+        p,
+        split_default="test",
+        source_flag="--check",
+        required=False,
+        defaults={"language": None},
+        notes={"language": "Whisper language code or English name (default: the adapter's or model's, else mr)"},
+        title="parity check: score the export and its source on DATA (see `evaluate` for the data flags)",
+    )
+    g.add_argument(
+        "--max-wer-increase",
+        type=float,
+        default=MAX_WER_INCREASE,
+        help=f"WER points the export may lose against the source before the check fails with exit code "
+        f"{PARITY_FAILED} (default: {MAX_WER_INCREASE:g})",
+    )
+    g.add_argument("--max-samples", type=int, default=None, help="score only the first N clips (default: all)")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="new tokens per clip, for both models (default and most: 220, whisper.cpp's cap per window)",
+    )
+
+
+def _check_plan(args):
+    """The parity check ``args`` ask for (None without ``--check``); a bad flag is refused here,
+    before a merge or a conversion has cost anything."""
+    if not args.check:
+        return None
+    from .parity import CheckPlan, source_language
+    from .processor import resolve_language
+
+    if args.max_samples is not None and args.max_samples < 1:
+        raise UserError(f"--max-samples must be at least 1, got {args.max_samples}")
+    language = resolve_language(args.language) if args.language else source_language(args.model, args.adapter)
+    data = _data_config(args, source=args.check, language=language)
+    return CheckPlan(data, args.split, args.max_wer_increase, args.max_new_tokens, args.max_samples)
+
+
 def cmd_export_ct2(args) -> int:
     """Convert a merged model (or base + adapter) to CTranslate2 for faster-whisper."""
     from .export import check_ct2_quantization, export_ct2, merged_source
-    from .parity import check_settings, run_check
+    from .parity import run_check
 
     check_ct2_quantization(args.compute_type)
-    check = check_settings(args)  # bad flags are refused before the merge and the conversion
+    check = _check_plan(args)  # bad flags are refused before the merge and the conversion
     with merged_source(args.model, args.adapter) as source:  # kept until the check has scored it
         out = export_ct2(source, args.out, quantization=args.compute_type)
         print(
@@ -341,8 +386,6 @@ def cmd_export_ct2(args) -> int:
 
 
 def args_export_ct2(p: argparse.ArgumentParser) -> None:
-    from .parity import add_check_arguments
-
     p.add_argument("--model", required=True, help="merged model folder (or the base, with --adapter)")
     p.add_argument("--adapter", default=None, help="merge this adapter first")
     p.add_argument("--out", required=True, help="folder for the CTranslate2 model")
@@ -354,20 +397,34 @@ def args_export_ct2(p: argparse.ArgumentParser) -> None:
         help="CTranslate2 weight type: float16 (default), int8_float16, int8, float32, ... "
         "(not model.quantization, which is how the base was held while training)",
     )
-    add_check_arguments(p)
+    _add_check_args(p)
 
 
 def cmd_export_ggml(args) -> int:
     """Convert a merged model (or base + adapter) to whisper.cpp's GGML file (f16, q8_0, q5_0, ...)."""
-    from .export_ggml import run
+    from .export import merged_source
+    from .export_ggml import RUN_HINT, export_ggml, merge_dtype
+    from .parity import run_check
 
-    return run(args)
+    check = _check_plan(args)  # a bad --check flag is refused before the conversion
+    with merged_source(args.model, args.adapter, dtype=merge_dtype(args.ftype)) as source:
+        out = export_ggml(source, args.out, ftype=args.ftype)
+        size = out.stat().st_size / 1e6
+        print(f"wrote {out} ({args.ftype}, {size:.1f} MB); run it with: {RUN_HINT.format(path=out)}")
+        return run_check(check, "ggml", out, source) if check else 0
 
 
 def args_export_ggml(p: argparse.ArgumentParser) -> None:
-    from .export_ggml import add_arguments
+    from .export_ggml import FTYPES
 
-    add_arguments(p)
+    p.add_argument("--model", required=True, help="transformers Whisper folder (the base, when --adapter is given)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder to merge into --model first")
+    p.add_argument("--out", required=True, help="output file (or folder: ggml-model-TYPE.bin in it)")
+    runnable = [t for t in FTYPES if t != "f32"]  # whisper.cpp's CPU encoder aborts on f32 files (issue 2557)
+    p.add_argument(
+        "--type", dest="ftype", default="f16", choices=runnable, help="weight type (default f16; q8_0 is about half)"
+    )
+    _add_check_args(p)
 
 
 # ---- serve, api and bench ------------------------------------------------------------
@@ -416,15 +473,42 @@ def args_serve(p: argparse.ArgumentParser) -> None:
 
 def cmd_api(args) -> int:
     """An OpenAI-compatible speech-to-text server (POST /v1/audio/transcriptions) for a local model."""
-    from .api import run
+    from .api import serve_api
+    from .serve import Limits
 
-    return run(args)
+    serve_api(
+        args.model,
+        args.adapter,
+        host=args.host,
+        port=args.port,
+        limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
+        api_key=args.api_key or None,
+        language=args.language,
+        model_id=args.model_id,
+    )
+    return 0
 
 
 def args_api(p: argparse.ArgumentParser) -> None:
-    from .api import add_arguments
+    from .api import API_KEY_ENV
 
-    add_arguments(p)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="merged transformers folder, CTranslate2 export (faster-whisper), or the base for --adapter",
+    )
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder (merged into its base on load)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; none: no key needed)",
+    )
+    p.add_argument("--model-id", default=None, help="the id clients pass as model (default: the folder's name)")
+    p.add_argument("--language", default=None, help="default language (default: the adapter's; 'auto' detects)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
 
 
 def cmd_bench(args) -> int:

@@ -49,7 +49,6 @@ on them (ggml's im2col wants f16 conv kernels, whisper.cpp issue 2557): use f16.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import struct
@@ -402,32 +401,4 @@ def merge_dtype(ftype: str) -> str:
 # ---- command line (registered by cli.py as `export-ggml`) -----------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``whisper-tune export-ggml``."""
-    from .parity import add_check_arguments
-
-    p.add_argument("--model", required=True, help="transformers Whisper folder (the base, when --adapter is given)")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder to merge into --model first")
-    p.add_argument("--out", required=True, help="output file (or folder: ggml-model-TYPE.bin in it)")
-    runnable = [t for t in FTYPES if t != "f32"]  # whisper.cpp's CPU encoder aborts on f32 files (issue 2557)
-    p.add_argument(
-        "--type", dest="ftype", default="f16", choices=runnable, help="weight type (default f16; q8_0 is about half)"
-    )
-    add_check_arguments(p)
-
-
-def run(args) -> int:
-    """Export, then say where the file is and how whisper.cpp runs it; with ``--check``, score
-    the file on whisper.cpp next to the merged model it came from (exit 3 when it lost accuracy)."""
-    from .export import merged_source
-    from .parity import check_settings, run_check
-
-    check = check_settings(args)  # a bad --check flag is refused before the conversion
-    with merged_source(args.model, args.adapter, dtype=merge_dtype(args.ftype)) as source:
-        out = export_ggml(source, args.out, ftype=args.ftype)
-        size = out.stat().st_size / 1e6
-        print(f"wrote {out} ({args.ftype}, {size:.1f} MB); run it with: {RUN_HINT.format(path=out)}")
-        return run_check(check, "ggml", out, source) if check else 0
-
-
-__all__ = ["add_arguments", "export_ggml", "ggml_name", "mel_filters", "quantize_q8_0", "run", "vocab_bytes"]
+__all__ = ["export_ggml", "ggml_name", "mel_filters", "quantize_q8_0", "vocab_bytes"]

@@ -20,7 +20,6 @@ fails when it is worse than the source by more than ``max_wer_increase`` points.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -341,36 +340,7 @@ def _update_card(readme: Path, section: str) -> None:
     readme.write_text(text, encoding="utf-8")
 
 
-# ---- command line: export-ct2 and export-ggml share these ------------------------------
-
-
-def add_check_arguments(p: argparse.ArgumentParser) -> None:
-    """``--check DATA`` and its data and verdict flags, for both export commands."""
-    from .cli import _add_data_args
-
-    g = _add_data_args(
-        p,
-        split_default="test",
-        source_flag="--check",
-        required=False,
-        defaults={"language": None},
-        title="parity check: score the export and its source on DATA (see `evaluate` for the data flags)",
-    )
-    p._option_string_actions["--language"].help += " (default: the adapter's or model's language, else mr)"
-    g.add_argument(
-        "--max-wer-increase",
-        type=float,
-        default=MAX_WER_INCREASE,
-        help=f"WER points the export may lose against the source before the check fails with exit code "
-        f"{PARITY_FAILED} (default: {MAX_WER_INCREASE:g})",
-    )
-    g.add_argument("--max-samples", type=int, default=None, help="score only the first N clips (default: all)")
-    g.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help="new tokens per clip, for both models (default and most: 220, whisper.cpp's cap per window)",
-    )
+# ---- the check as the export commands run it ----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -382,21 +352,6 @@ class CheckPlan:
     max_wer_increase: float
     max_new_tokens: int | None
     max_samples: int | None
-
-
-def check_settings(args) -> CheckPlan | None:
-    """The check ``args`` ask for (None without ``--check``); a bad flag is refused here, before
-    a merge or a conversion has cost anything."""
-    if not args.check:
-        return None
-    from .cli import _data_config
-    from .processor import resolve_language
-
-    if args.max_samples is not None and args.max_samples < 1:
-        raise UserError(f"--max-samples must be at least 1, got {args.max_samples}")
-    language = resolve_language(args.language) if args.language else source_language(args.model, args.adapter)
-    data = _data_config(args, source=args.check, language=language)
-    return CheckPlan(data, args.split, args.max_wer_increase, args.max_new_tokens, args.max_samples)
 
 
 def source_language(model: str, adapter: str | None) -> str:
