@@ -180,6 +180,14 @@ def set_rng_state(state: dict) -> None:
 # --- writing ----------------------------------------------------------------------------------
 
 
+def write_json_atomically(path: Path, data) -> None:
+    """The file twin of :func:`write_atomically`: write beside, then rename, so a reader (or a
+    kill) never sees half a record."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_atomically(final: Path, fill) -> Path:
     """Call ``fill(tmp_dir)`` then rename ``tmp_dir`` to ``final`` (replacing it)."""
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")

@@ -35,7 +35,7 @@ from .processor import (
     offline_processor_dir,
 )
 from .quantization import NONE, Holding, get_holding
-from .run import AdapterMeta
+from .run import AdapterMeta, looks_local
 from .speedups import apply_speedups
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def resolve_model(name: str) -> str:
                 f"checkpoint folder or a hub id such as openai/whisper-large-v2"
             )
         return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if looks_local(name):
         raise UserError(
             f"model {name!r} not found: give an existing checkpoint folder or a hub id like openai/whisper-large-v2"
         )

@@ -38,6 +38,7 @@ except ImportError:  # Windows: no advisory locks, prepare runs unlocked
     fcntl = None
 
 from .audio import NOT_FINITE, SILENCE_DB, AudioError, duration, load_audio, rms_db
+from .checkpoint import write_json_atomically
 from .config import MAX_SECONDS, TASKS, DataConfig
 from .errors import UserError
 from .features import label_ids, set_prefix
@@ -304,9 +305,7 @@ def _existing_meta(out: Path, fingerprint: dict) -> dict | None:
 
 def _write_meta(out: Path, meta: dict) -> None:
     """Write ``prepared.json`` whole or not at all (an interrupted write leaves the old one)."""
-    tmp = out / f".prepared.json.tmp.{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / "prepared.json")
+    write_json_atomically(out / "prepared.json", meta)
 
 
 def _start_folder(out: Path, fingerprint: dict, split: str | None, options: PrepareOptions) -> dict:

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import write_json_atomically
 from .errors import UserError
 from .quantization import NONE
 
@@ -40,13 +41,6 @@ ADAPTER_META = "whisper_tune.json"  # written beside adapter_config.json: what e
 BEST_SCORES = "eval.json"  # in best/: the scores that made it the best
 EVAL_SUMMARY = "summary.json"
 EVAL_CLIPS = "clips.jsonl"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write then rename: a reader (or a kill) never sees half a record."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> Any:
@@ -78,7 +72,7 @@ class AdapterMeta:
             local = Path(self.base).expanduser().resolve()
             record["base"] = str(local)
             record["base_relative"] = os.path.relpath(local, folder.resolve())
-        _write_json(folder / ADAPTER_META, record)
+        write_json_atomically(folder / ADAPTER_META, record)
 
     def resolve_base(self, folder: str | Path) -> str | None:
         """The base to load: the recorded local folder where it is, else where it sits
@@ -90,7 +84,7 @@ class AdapterMeta:
             moved = (Path(folder) / self.base_relative).resolve()
             if moved.exists():
                 return str(moved)
-        if self.base_relative or _looks_local(self.base):
+        if self.base_relative or looks_local(self.base):
             raise UserError(
                 f"the adapter in {folder} was trained on {self.base}, which is not there any more: pass "
                 f"--model PATH (the base model folder) to say where it is"
@@ -118,9 +112,9 @@ class AdapterMeta:
         return cls(base=_read_json(folder / "adapter_config.json").get("base_model_name_or_path"))
 
 
-def _looks_local(name: str) -> bool:
-    """A path rather than a hub id (``owner/name``): absolute, ./-relative, or deeper."""
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).is_absolute()
+def looks_local(name: str) -> bool:
+    """A path rather than a hub id (``owner/name``): absolute, ./- or ~-relative, or deeper."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1
 
 
 def write_adapter_meta(folder: str | Path, cfg, language: str | None, task: str) -> None:
@@ -135,7 +129,7 @@ def write_eval_report(out_dir: str | Path, summary: dict, clips: list[dict]) -> 
     """``summary.json`` and ``clips.jsonl`` (worst clips first) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / EVAL_SUMMARY, summary)
+    write_json_atomically(out / EVAL_SUMMARY, summary)
     ordered = sorted(clips, key=lambda c: -(c["wer"] or 0))
     (out / EVAL_CLIPS).write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in ordered), encoding="utf-8")
     return out
@@ -225,7 +219,7 @@ class RunDir:
         self.config_file.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
     def write_record(self, record: RunRecord) -> None:
-        _write_json(self.record_file, record.to_dict())
+        write_json_atomically(self.record_file, record.to_dict())
 
     def read_record(self) -> RunRecord | None:
         """``run.json``, or None for a run that has not finished a first attempt."""
@@ -249,7 +243,7 @@ class RunDir:
 
     def write_best(self, folder: Path, scores: dict) -> None:
         """The scores that made an adapter the best, beside it."""
-        _write_json(Path(folder) / BEST_SCORES, scores)
+        write_json_atomically(Path(folder) / BEST_SCORES, scores)
 
     def eval_reports(self) -> list[tuple[Path, dict]]:
         """(folder, summary) of the evaluation reports about this run, oldest first: those in
