@@ -273,7 +273,7 @@ def test_no_key_says_where_to_get_one_and_asks_nothing(api):
         ("terms", f"accept the dataset's terms on {PAGE}"),
         ("unknown", "no dataset mdc:cv-mr on the Mozilla Data Collective"),
         ("bad-key", "refused MDC_API_KEY"),
-        ("network", "could not download mdc:cv-mr (Connection"),
+        ("network", "could not download mdc:cv-mr (ConnectionError: no answer from https://mozilladatacollective.com)"),
         ("rate", "rate-limiting"),
     ],
 )

@@ -133,6 +133,8 @@ def explain_error(error: Exception, dataset_id: str, page: str | None, folder: P
         )
     if isinstance(error, RateLimitError):
         return f"the Mozilla Data Collective is rate-limiting downloads of {where}: wait a few minutes, then run again"
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):  # their text is a page of urllib3
+        first = f"{type(error).__name__}: no answer from {SITE}"
     if isinstance(error, (requests.RequestException, DownloadError)):
         return (
             f"could not download {where} ({first[:160]}): check the network and run again; "
