@@ -20,10 +20,13 @@ def test_demo_flow_and_rerun(tiny_model_dir, tmp_path, monkeypatch):
         report=lines.append,
     )
     assert result.base_source == "given" and result.train["steps"] == 2
-    assert {"wer", "cer", "normalized_wer", "normalized_cer"} <= result.before.keys() == result.after.keys()
+    assert result.before.keys() == result.after.keys() == {"test", "unseen"}
+    assert all({"wer", "cer", "normalized_wer", "normalized_cer"} <= s.keys() for s in result.after.values())
     table = result.table.read_text()
-    assert "| zero-shot |" in table and "| fine-tuned (int8-wo base + LoRA) |" in table
-    assert json.loads((tmp_path / "demo" / "results.json").read_text())["after"]["n"] == 2
+    for split in ("test voices", "unseen voices"):
+        assert f"| zero-shot | {split} |" in table and f"| fine-tuned (int8-wo base + LoRA) | {split} |" in table
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["after"]["test"]["n"] == saved["after"]["unseen"]["n"] == 2
     assert any(line.startswith("zero-shot: WER") for line in lines)
     # A second run reuses the corpus and the adapter instead of training again.
     again = []

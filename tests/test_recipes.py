@@ -46,6 +46,7 @@ def test_reference_recipe_is_value_for_value():
     )
     assert (cfg.train.learning_rate, cfg.train.warmup_steps, cfg.train.epochs, cfg.train.batch_size) == (1e-3, 50, 3, 8)
     assert (cfg.data.train_split, cfg.eval.max_new_tokens) == ("train+dev", 128)
+    assert (cfg.augment.enabled, cfg.train.lr_schedule) == (False, "linear")  # the recipe augments nothing
 
 
 def test_holdings_match_the_config_names():

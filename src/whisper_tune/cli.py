@@ -593,10 +593,17 @@ def cmd_make_demo_data(args) -> int:
 
 
 def args_make_demo_data(p: argparse.ArgumentParser) -> None:
+    from .demo_data import DemoDataOptions
+
     p.add_argument("--out", required=True, help="folder to write <language>/ into")
     p.add_argument("--language", default=DataConfig.language, help="language of the sentences (only mr ships)")
     p.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
-    p.add_argument("--train-repeats", type=int, default=2, help="voices per training sentence (default: 2)")
+    p.add_argument(
+        "--train-repeats",
+        type=int,
+        default=DemoDataOptions.train_repeats,
+        help=f"voices per training sentence (default: {DemoDataOptions.train_repeats})",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -66,6 +66,7 @@ class DataConfig:
 QUANTIZATIONS = ("int8", "int8-wo", "nf4", "none")
 WHISPER_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # what LoRA can wrap in Whisper
 ATTENTION = ("sdpa", "eager")
+LR_SCHEDULES = ("linear", "cosine", "constant")  # after the warm-up: to zero in a line, in a half cosine, flat
 LORA_PRESETS = {
     "qv": ["q_proj", "v_proj"],  # the reference recipe
     "attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
@@ -139,6 +140,7 @@ class TrainSettings:
     grad_accum: int = 1  # micro-batches per optimizer step
     learning_rate: float = 1e-3
     warmup_steps: int = 50
+    lr_schedule: str = "linear"  # after warm-up: linear (to zero, the recipe's) | cosine | constant
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     compile: bool = False  # torch.compile each layer (CUDA): ~15 % faster steps after a ~1 min compile
@@ -154,6 +156,8 @@ class TrainSettings:
     def __post_init__(self):
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ValueError(f"train.mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be linear, cosine or constant, got {self.lr_schedule!r}")
         if self.on_nan not in ("stop", "skip"):
             raise ValueError(f"train.on_nan must be stop or skip, got {self.on_nan!r}")
         _positive(self, "train", "batch_size", "grad_accum", "save_every", "log_every", "keep_last", "learning_rate")
@@ -191,6 +195,49 @@ class EvalSettings:
             raise ValueError(f"eval.max_samples must be positive or null (all clips), got {self.max_samples}")
 
 
+def _range(obj, section: str, name: str, low: float, high: float) -> None:
+    """A [min, max] pair inside [low, high]."""
+    value = getattr(obj, name)
+    if len(value) != 2 or not all(math.isfinite(v) for v in value) or not low <= value[0] <= value[1] <= high:
+        raise ValueError(f"{section}.{name} must be [min, max] with {low:g} <= min <= max <= {high:g}, got {value!r}")
+
+
+@dataclass
+class AugmentSettings:
+    """Training-time augmentation (``whisper_tune.augment``): never applied in evaluation or
+    transcription. Each perturbation is drawn per clip from (seed, epoch, clip), so a resumed
+    run sees the same audio."""
+
+    enabled: bool = True  # the master switch (the reference recipe sets false)
+    spec_augment: bool = True  # Whisper's own SpecAugment (config.apply_spec_augment) on the log-mel
+    mask_time_prob: float = 0.05  # share of time frames masked, in spans of mask_time_length
+    mask_time_length: int = 10  # frames (10 ms each) per time mask
+    mask_time_min_masks: int = 2  # at least this many time masks per clip
+    mask_feature_prob: float = 0.0  # share of mel bins masked, in spans of mask_feature_length
+    mask_feature_length: int = 10  # mel bins per feature mask
+    speed_prob: float = 0.5  # chance a clip is played faster or slower (tempo and pitch together)
+    speed_range: list[float] = field(default_factory=lambda: [0.9, 1.1])  # speed factors
+    gain_prob: float = 0.5  # chance of a louder or quieter clip
+    gain_db: list[float] = field(default_factory=lambda: [-6.0, 6.0])  # gain in dB
+    noise_prob: float = 0.3  # chance of added noise (generated, or from noise_dir)
+    snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])  # signal-to-noise ratio in dB
+    noise_dir: str | None = None  # a folder of noise recordings mixed in half of the noisy clips
+    pitch_prob: float = 0.0  # chance of a pitch shift at the same tempo (slower to compute)
+    pitch_semitones: list[float] = field(default_factory=lambda: [-2.0, 2.0])  # pitch shift
+
+    def __post_init__(self):
+        for name in ("mask_time_prob", "mask_feature_prob", "speed_prob", "gain_prob", "noise_prob", "pitch_prob"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {value!r}")
+        _positive(self, "augment", "mask_time_length", "mask_feature_length")
+        _at_least_zero(self, "augment", "mask_time_min_masks")
+        _range(self, "augment", "speed_range", 0.5, 2.0)
+        _range(self, "augment", "gain_db", -40.0, 40.0)
+        _range(self, "augment", "snr_db", -10.0, 100.0)
+        _range(self, "augment", "pitch_semitones", -12.0, 12.0)
+
+
 @dataclass
 class TrainConfig:
     """A whole training run, as written in a recipe YAML file."""
@@ -200,6 +247,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
 
 
 def recipe_path(name: str | Path) -> Path:

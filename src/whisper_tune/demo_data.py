@@ -6,6 +6,11 @@ speed and pitch per clip), resamples to 48 kHz and writes MP3 clips plus ``train
 ``dev.tsv``, ``test.tsv`` and ``validated.tsv`` exactly as a Common Voice release
 does, so the demo and the tests go through the real Common Voice loader and MP3 decoder.
 Splits are disjoint by sentence: the test WER is measured on sentences never trained on.
+
+``unseen.tsv`` holds the test sentences once more, spoken by voice variants, speeds and
+pitches that no training or dev clip uses (:data:`UNSEEN_VOICES`, :data:`UNSEEN_SPEEDS`,
+:data:`UNSEEN_PITCHES`): a fine-tune that learned its training voices rather than the
+language shows it there, so generalization is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -30,9 +35,14 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 CV_SAMPLE_RATE = 48000  # Common Voice distributes 48 kHz MP3
-VOICES = ("m1", "m2", "m3", "m4", "m7", "f1", "f2", "f3", "f4", "f5")  # espeak-ng variants
-SPEED_RANGE = (130, 180)  # words per minute
-PITCH_RANGE = (30, 75)  # espeak-ng pitch, 0-99
+VOICES = ("m1", "m2", "m3", "m4", "m7", "f1", "f2", "f3")  # espeak-ng variants of train/dev/test
+SPEED_RANGE = (135, 175)  # words per minute
+PITCH_RANGE = (35, 70)  # espeak-ng pitch, 0-99
+UNSEEN_VOICES = ("m5", "m6", "f4", "f5")  # the unseen split's variants: never in train, dev or test
+UNSEEN_SPEEDS = ((115, 130), (180, 195))  # outside SPEED_RANGE, slower and faster
+UNSEEN_PITCHES = ((20, 32), (73, 85))  # outside PITCH_RANGE, lower and higher
+SPLITS = ("train", "dev", "test", "unseen")
+CORPUS_LAYOUT = 2  # bumped when voices or splits change, so an older corpus is made again
 CV_COLUMNS = (
     "client_id",
     "path",
@@ -55,7 +65,7 @@ class DemoDataOptions:
     """How the demo corpus is drawn; the defaults give about 500 clips in a minute or two."""
 
     sentences: int | None = None  # use only the first N sentences (None: all)
-    train_repeats: int = 2  # each training sentence is spoken this many times, by different voices
+    train_repeats: int = 3  # each training sentence is spoken this many times, by different voices
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -105,25 +115,35 @@ def _split_sentences(sentences: list[str], opts: DemoDataOptions) -> dict[str, l
     return {"test": order[:n_test], "dev": order[n_test : n_test + n_dev], "train": order[n_test + n_dev :]}
 
 
+def _voice(rng: random.Random, split: str, voices: list[str]) -> dict:
+    """Voice settings of one clip: the unseen split draws from outside the training ranges."""
+    if split == "unseen":
+        speed, pitch = rng.randint(*rng.choice(UNSEEN_SPEEDS)), rng.randint(*rng.choice(UNSEEN_PITCHES))
+    else:
+        speed, pitch = rng.randint(*SPEED_RANGE), rng.randint(*PITCH_RANGE)
+    return {"voice": voices.pop(), "speed": speed, "pitch": pitch}
+
+
 def _plan(sentences: dict[str, list[str]], opts: DemoDataOptions, language: str) -> list[dict]:
     """One record per clip, with its voice settings drawn from a seeded generator."""
     rng = random.Random(opts.seed + 1)
     ids = {s: i for i, s in enumerate(sorted({s for ss in sentences.values() for s in ss}))}
     plan = []
-    for split in ("train", "dev", "test"):
+    for split in SPLITS:
         repeats = opts.train_repeats if split == "train" else 1
-        for sentence in sentences[split]:
-            for voice in rng.sample(VOICES, repeats):
+        pool = UNSEEN_VOICES if split == "unseen" else VOICES
+        for sentence in sentences["test" if split == "unseen" else split]:
+            voices = rng.sample(pool, repeats)
+            for _ in range(repeats):
+                record = _voice(rng, split, voices)
                 n = len(plan)
                 plan.append(
-                    {
+                    record
+                    | {
                         "split": split,
                         "sentence": sentence,
-                        "voice": voice,
-                        "speed": rng.randint(*SPEED_RANGE),
-                        "pitch": rng.randint(*PITCH_RANGE),
                         "path": f"common_voice_{language}_demo{n:05d}.mp3",
-                        "client_id": f"espeak-{voice}",
+                        "client_id": f"espeak-{record['voice']}",
                         "sentence_id": f"demo{ids[sentence]:04d}",
                     }
                 )
@@ -163,7 +183,7 @@ def make_demo_data(
     opts = options or DemoDataOptions()
     folder = Path(out_dir) / language
     marker = folder / "demo.json"
-    wanted = {"options": asdict(opts), "language": language}
+    wanted = {"options": asdict(opts), "language": language, "layout": CORPUS_LAYOUT}
     if marker.exists():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if done.get("made_with") == wanted:
@@ -183,10 +203,10 @@ def make_demo_data(
         ):
             pass
     counts = {}
-    for split in ("train", "dev", "test"):
+    for split in SPLITS:
         rows = [r for r in plan if r["split"] == split]
         _write_tsv(folder / f"{split}.tsv", rows, language)
         counts[split] = len(rows)
-    _write_tsv(folder / "validated.tsv", plan, language)
+    _write_tsv(folder / "validated.tsv", [r for r in plan if r["split"] != "unseen"], language)
     marker.write_text(json.dumps({"made_with": wanted, "clips": counts}, indent=2), encoding="utf-8")
     return DemoDataResult(folder, counts)

@@ -57,24 +57,69 @@ def log_mel_whole(feature_extractor, audio: np.ndarray) -> tuple[torch.Tensor, t
     return out.input_features, out.attention_mask
 
 
+class IndexedRows(torch.utils.data.Dataset):
+    """A prepared split whose rows carry their position and epoch (``"index"``, ``"epoch"``):
+    the training collator seeds each clip's augmentation with them, whatever batch or worker
+    the clip lands in. Keys are row numbers or ``(epoch, row)`` pairs (what the training
+    loop's batch sampler yields, so persistent workers need no per-epoch state)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @staticmethod
+    def _key(key) -> tuple[int, int]:
+        return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
+
+    def __getitem__(self, key) -> dict:
+        epoch, i = self._key(key)
+        return self.rows[i] | {"index": i, "epoch": epoch}
+
+    def __getitems__(self, keys: list) -> list[dict]:
+        pairs = [self._key(k) for k in keys]
+        batch = self.rows[[i for _, i in pairs]]  # one columnar read, as the DataLoader does
+        return [{k: v[j] for k, v in batch.items()} | {"index": i, "epoch": e} for j, (e, i) in enumerate(pairs)]
+
+
 @dataclass
 class SpeechCollator:
     """Pads a list of prepared examples ({"audio", "labels"}) into a training batch.
 
     Label padding becomes -100 so the loss ignores it. The leading
     <|startoftranscript|> is dropped when every row has it, because the model prepends
-    ``decoder_start_token_id`` itself when it shifts labels right.
+    ``decoder_start_token_id`` itself when it shifts labels right. With ``augment`` (training
+    only), each clip is perturbed first, seeded by its ``"index"`` and ``"epoch"``; with
+    ``attention_mask``, the batch says which frames are speech, so SpecAugment's masks fall
+    on speech rather than on the padding of a 30 s window.
     """
 
     feature_extractor: object
     decoder_start_token_id: int
+    augment: object = None  # a whisper_tune.augment.WaveAugment, or None
+    attention_mask: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        features = log_mel(self.feature_extractor, [e["audio"] for e in examples])
+        audios = [e["audio"] for e in examples]
+        if self.augment is not None:
+            audios = [self.augment(a, e["index"], e["epoch"]) for a, e in zip(audios, examples)]
+        batch = self._features(audios)
         longest = max(len(e["labels"]) for e in examples)
         labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
         for i, e in enumerate(examples):
             labels[i, : len(e["labels"])] = torch.as_tensor(e["labels"], dtype=torch.long)
         if (labels[:, 0] == self.decoder_start_token_id).all():
             labels = labels[:, 1:]
-        return {"input_features": features, "labels": labels}
+        return batch | {"labels": labels}
+
+    def _features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        if not self.attention_mask:
+            return {"input_features": log_mel(self.feature_extractor, audios)}
+        out = self.feature_extractor(
+            [np.asarray(a, dtype=np.float32) for a in audios],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            return_attention_mask=True,
+        )
+        return {"input_features": out.input_features, "attention_mask": out.attention_mask}

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 from .config import TrainConfig
@@ -26,13 +28,18 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
 
 
-def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then linear decay to zero (the recipe's schedule)."""
+def lr_schedule(optimizer, warmup_steps: int, total_steps: int, shape: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then ``shape`` (``config.LR_SCHEDULES``; the recipe's is linear decay to zero)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return step / warmup_steps  # as transformers: the first step runs at lr 0
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if shape == "constant":
+            return 1.0
+        if shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+        return 1.0 - done
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -81,8 +88,10 @@ class OptimizerStep:
     def _loss(self, batch: dict) -> torch.Tensor:
         features = batch["input_features"].to(self.device, self.feature_dtype, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
+        mask = batch.get("attention_mask")  # present when SpecAugment is on: its masks stay on speech
+        mask = None if mask is None else mask.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            return self.model(input_features=features, labels=labels, use_cache=False).loss
+            return self.model(input_features=features, labels=labels, attention_mask=mask, use_cache=False).loss
 
     def __call__(self, batches: Iterator[dict], n_micro: int) -> StepOutcome:
         """Consume ``n_micro`` batches from ``batches`` (fewer when a loss is not finite)."""
@@ -109,6 +118,6 @@ def build_optimizer(model, cfg: TrainConfig, total_steps: int, device: torch.dev
     """(optimizer, schedule, step) for the trainable parameters of ``model``, as ``cfg`` says."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.train.learning_rate, cfg.train.weight_decay, device)
-    scheduler = linear_schedule(optimizer, cfg.train.warmup_steps, total_steps)
+    scheduler = lr_schedule(optimizer, cfg.train.warmup_steps, total_steps, cfg.train.lr_schedule)
     amp = amp_dtype(device, cfg.train.mixed_precision)
     return optimizer, scheduler, OptimizerStep(model, optimizer, amp, cfg.train.max_grad_norm, world)

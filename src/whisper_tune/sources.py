@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
 CV_SPLIT_ALIASES = {"validation": "dev"}  # the names the Hub's Common Voice used
+# TSVs of a release that list sentences, reports or durations, not clips
+CV_NOT_SPLITS = ("reported", "clip_durations", "validated_sentences", "unvalidated_sentences")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 AUDIO_COLUMN_GUESSES = ("audio", "path", "audio_path", "audio_filepath", "file", "filename")
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
@@ -164,7 +166,10 @@ class CommonVoiceSource(DataSource):
         self.folder = folder
 
     def splits(self) -> list[str]:
-        return [s for s in CV_SPLITS if (self.folder / f"{s}.tsv").is_file()]
+        """The release's splits, then any other clip list beside them (the demo's ``unseen``,
+        a split a user wrote in the same layout)."""
+        extra = sorted(p.stem for p in self.folder.glob("*.tsv") if p.stem not in CV_SPLITS + CV_NOT_SPLITS)
+        return [s for s in CV_SPLITS if (self.folder / f"{s}.tsv").is_file()] + extra
 
     def _read(self, split: str) -> list[dict]:
         text = read_text(self.folder / f"{split}.tsv", "Common Voice file")

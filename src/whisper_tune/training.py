@@ -32,7 +32,8 @@ from . import checkpoint
 from .config import TrainConfig, to_dict
 from .errors import UserError
 from .evaluation import generate_on
-from .features import SpeechCollator
+from .augment import WaveAugment, set_spec_augment, spec_augment_config
+from .features import IndexedRows, SpeechCollator
 from .modeling import (
     check_processor,
     load_processor,
@@ -260,6 +261,7 @@ class TrainingRun:
         cfg = self.cfg
         self.processor = load_processor(cfg.model.base)
         self.model = lora_model(cfg.model, cfg.lora, self.device, compile=cfg.train.compile)
+        set_spec_augment(self.model, cfg.augment)
         check_processor(self.model.config, self.processor, cfg.model.base)
         self.language = resolve_language(cfg.data.language)
         set_generation_language(self.model, self.processor.tokenizer, self.language, cfg.data.task)
@@ -300,8 +302,13 @@ class TrainingRun:
             )
         steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
-        self.collate = SpeechCollator(self.processor.feature_extractor, self.model.config.decoder_start_token_id)
-        self.data = train_ds.select_columns(["audio", "labels"]).with_format("numpy")
+        self.collate = SpeechCollator(
+            self.processor.feature_extractor,
+            self.model.config.decoder_start_token_id,
+            augment=WaveAugment.from_settings(cfg.augment, cfg.train.seed),
+            attention_mask=spec_augment_config(cfg.augment)["apply_spec_augment"],
+        )
+        self.data = IndexedRows(train_ds.select_columns(["audio", "labels"]).with_format("numpy"))
 
     def _identity(self) -> dict:
         """What a checkpoint must agree on to be resumed (``REFUSED_CHANGES``), and the batch
@@ -394,7 +401,7 @@ class TrainingRun:
         )[self.pos.micro_done :]
         return torch.utils.data.DataLoader(
             self.data,
-            batch_sampler=batches,
+            batch_sampler=[[(self.pos.epoch, i) for i in batch] for batch in batches],
             collate_fn=self.collate,
             num_workers=cfg.num_workers,
             generator=torch.Generator().manual_seed(cfg.seed),
