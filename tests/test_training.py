@@ -256,6 +256,24 @@ def test_epoch_batches_are_deterministic_and_sharded():
     assert len(r0) == len(r1) and not {i for b in r0 for i in b} & {i for b in r1 for i in b}
 
 
+def test_one_loader_with_persistent_workers_follows_the_epoch_and_position_it_is_told():
+    """The batch sampler is told the epoch and start before each pass: one DataLoader, the
+    same worker process throughout, and each pass is exactly epoch_batches' order."""
+    from whisper_tune.training import EpochBatches
+
+    durations = np.random.default_rng(0).uniform(1, 10, size=37).astype(np.float32)
+    order = EpochBatches(durations, 4, seed=3, group_by_length=True, world=2, rank=1)
+    loader = torch.utils.data.DataLoader(
+        list(range(37)), batch_sampler=order, num_workers=1, persistent_workers=True, collate_fn=list
+    )
+    workers = set()
+    for epoch, start in ((0, 2), (1, 0), (2, 3)):
+        order.set_position(epoch, start)
+        assert list(loader) == epoch_batches(durations, 4, 3, epoch, True, world=2, rank=1)[start:]
+        workers |= {w.pid for w in loader._iterator._workers}
+    assert len(workers) == 1
+
+
 def test_out_of_memory_names_the_knobs(tiny_model_dir, small_corpus, tmp_path, monkeypatch):
     import whisper_tune.training as training
 
