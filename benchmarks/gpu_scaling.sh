@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# 1 GPU against 2 GPUs (torchrun, same per-GPU batch) for `whisper-tune train`, as run.json
-# records it: random-weight large-v2 and large-v3-turbo, int8-wo, LoRA r=32 on q/v, batch 16
-# per GPU, checkpointing, 40 steps on tone clips labelled with the demo's sentences.
+# 1 GPU against 2 GPUs (same per-GPU batch) for `whisper-tune train`, launched by torchrun and
+# by `accelerate launch`: random-weight large-v2 and large-v3-turbo, int8-wo, LoRA r=32 on
+# q/v, batch 16 per GPU, checkpointing, $STEPS steps on tone clips labelled with the demo's
+# sentences. Prints and writes (scaling.md, scaling.json) the steady samples/s that run.json
+# records (the first step after each loader start left out), the speed-up over 1 GPU, the
+# efficiency (speed-up / GPUs) and the peak memory of every GPU.
 #
 # Here:    bash ../shared/gpu/wheels.sh .whl
 # There:   bash benchmarks/gpu_scaling.sh   (device run on nvidia-h100-x2 / nvidia-h200-x2, carry .whl)
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/scaling
+STEPS=${STEPS:-40}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1
 mkdir -p "$OUT" "$W"
@@ -28,18 +32,42 @@ for i, text in enumerate((demo_sentences("mr") * 3)[:640]):
     rows.append({"audio": f"clips/c{i:03d}.wav", "text": text})
 (w / "manifest.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 PY
+launch() {  # launcher, then the train arguments
+  local how=$1; shift
+  case $how in
+    1gpu) python3 -m whisper_tune.cli "$@" ;;
+    torchrun) torchrun --nproc_per_node 2 -m whisper_tune.cli "$@" ;;
+    accelerate) python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \
+                  --mixed_precision no --dynamo_backend no -m whisper_tune.cli "$@" ;;
+  esac
+}
 for arch in large-v2 large-v3-turbo; do
-  for n in 1 2; do
-    args=(train --config marathi-large-v2-int8 model.base=$W/$arch model.quantization=int8-wo data.source=$W/manifest.jsonl
-          train.batch_size=16 train.max_steps=40 train.num_workers=4 train.log_every=5 eval.every=-1 train.save_every=1000
-          train.output_dir=$W/run-$arch-$n)
-    if [ "$n" = 1 ]; then python3 -m whisper_tune.cli "${args[@]}" > "$W/log-$arch-$n" 2>&1
-    else torchrun --nproc_per_node 2 -m whisper_tune.cli "${args[@]}" > "$W/log-$arch-$n" 2>&1; fi
-    python3 - "$W/run-$arch-$n/run.json" "$arch" "$n" <<'PY' | tee -a "$OUT/scaling.log"
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"{sys.argv[2]} {sys.argv[3]} GPU: {r['samples_per_s']:.2f} samples/s, peak {r.get('peak_gpu_gib', 0):.1f} GiB, wall {r['wall_s']:.0f} s, world {r['world_size']}")
-PY
-    cp "$W/run-$arch-$n/run.json" "$OUT/run-$arch-$n.json"
+  for how in 1gpu torchrun accelerate; do
+    run=$W/run-$arch-$how
+    launch $how train --config marathi-large-v2-int8 model.base=$W/$arch model.quantization=int8-wo \
+      data.source=$W/manifest.jsonl train.batch_size=16 train.max_steps=$STEPS train.num_workers=4 \
+      train.log_every=5 eval.every=-1 train.save_every=1000 train.output_dir=$run > "$W/log-$arch-$how" 2>&1 \
+      || { tail -20 "$W/log-$arch-$how"; exit 1; }
+    cp "$run/run.json" "$OUT/run-$arch-$how.json"
   done
 done
+python3 - "$OUT" <<'PY' | tee -a "$OUT/scaling.log" "$OUT/scaling.md"
+import json, sys
+from pathlib import Path
+out, rows = Path(sys.argv[1]), []
+print("| architecture | launcher | GPUs | steady samples/s | overall samples/s | x vs 1 GPU | efficiency | peak GiB per GPU |")
+print("|---|---|---|---|---|---|---|---|")
+for arch in ("large-v2", "large-v3-turbo"):
+    one = json.loads((out / f"run-{arch}-1gpu.json").read_text())
+    for how in ("1gpu", "torchrun", "accelerate"):
+        r = json.loads((out / f"run-{arch}-{how}.json").read_text())
+        n, rate = r["world_size"], r["steady_samples_per_s"]
+        speedup = rate / one["steady_samples_per_s"]
+        peaks = r.get("peak_gpu_gib_per_rank", [r.get("peak_gpu_gib", 0.0)])
+        rows.append({"architecture": arch, "launcher": how, "gpus": n, "steady_samples_per_s": rate,
+                     "samples_per_s": r["samples_per_s"], "speedup": speedup, "efficiency": speedup / n,
+                     "peak_gpu_gib_per_rank": peaks, "steps": r["steps"], "wall_s": r["wall_s"]})
+        print(f"| {arch} | {how} | {n} | {rate:.2f} | {r['samples_per_s']:.2f} | {speedup:.2f}x | "
+              f"{100 * speedup / n:.0f} % | {' / '.join(f'{p:.1f}' for p in peaks)} |")
+(out / "scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
+PY

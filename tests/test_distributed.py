@@ -9,6 +9,10 @@ import sys
 from conftest import free_port
 from test_training import _overrides
 
+from whisper_tune import checkpoint
+from whisper_tune.config import load_train_config
+from whisper_tune.training import train
+
 
 def _torchrun(overrides: list[str], *flags: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
@@ -31,4 +35,26 @@ def test_two_gloo_ranks_shard_the_data_write_once_and_resume(tiny_model_dir, sma
     assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4]  # one writer, no step twice
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2 and run["steps"] == 4
+    assert run["steady_samples_per_s"] > 0 and len(run["peak_rss_gib_per_rank"]) == 2  # what the benchmark reads
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_two_process_run_resumes_in_one_process_at_the_next_unseen_batch(
+    tiny_model_dir, small_corpus, tmp_path, caplog
+):
+    """Rank r of 2 trains batches r, r+2, ... of the epoch's order, one process trains them
+    all in that order: 2 steps of 2 ranks are batches 0-3, so the one process goes on at
+    batch 4, none skipped and none trained twice."""
+    out = tmp_path / "run"
+    overrides = _overrides(tiny_model_dir, small_corpus, out, **{"train.batch_size": 2, "train.max_steps": 6})
+    first = _torchrun(overrides, "--stop-after", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoint.read_state(out / "checkpoints" / "step-000002")["micro_done"] == 2  # per rank
+    with caplog.at_level("WARNING", logger="whisper_tune.training"):
+        result = train(load_train_config(None, overrides), resume=True, progress=False)
+    assert "train.world_size: checkpoint 2, now 1" in caplog.text
+    assert result.steps == 6 and not result.stopped_early
+    state = checkpoint.read_state(out / "checkpoints" / "step-000004")
+    assert (state["epoch"], state["micro_done"]) == (0, 6) and state["run"]["train"]["world_size"] == 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 1 and run["resumed_from"].endswith("step-000002")

@@ -148,6 +148,83 @@ def test_nan_loss_stops_with_checkpoint_intact(tiny_model_dir, small_corpus, tmp
     assert train(skip, progress=False).steps == 6
 
 
+# lr 1e30 from step 2 on (warm-up over 3 steps, the first at lr 0): step 3's loss is the first non-finite one
+_BLOWS_UP_AT_3 = {"train.learning_rate": "1e30", "train.max_grad_norm": 0, "train.warmup_steps": 3}
+
+
+def test_losses_read_only_when_logging_still_stop_at_the_first_bad_step(tiny_model_dir, small_corpus, tmp_path):
+    """Losses and skip flags are read back at log and save points only; the step reported,
+    and what is saved, do not depend on how rarely that is."""
+    stopped = {}
+    for every in (1, 4):
+        out = tmp_path / f"log{every}"
+        cfg = _cfg(tiny_model_dir, small_corpus, out, **_BLOWS_UP_AT_3, **{"train.log_every": every})
+        with pytest.raises(TrainingStopped, match="loss became .* at step") as e:
+            train(cfg, progress=False)
+        stopped[every] = int(str(e.value).split(" at step ")[1].split(":")[0])
+        saved = checkpoint.finished(out / "checkpoints")
+        assert saved and all(checkpoint.read_state(c)["step"] < stopped[every] for c in saved)
+        assert f"last good checkpoint: {saved[-1]}" in str(e.value)
+        for ckpt in saved:
+            assert all(torch.isfinite(t).all() for t in _adapter(ckpt).values())
+    assert stopped[1] == stopped[4]
+
+
+def test_skipped_steps_are_named_and_leave_the_logged_loss_finite(tiny_model_dir, small_corpus, tmp_path, caplog):
+    out = tmp_path / "skip"
+    cfg = _cfg(tiny_model_dir, small_corpus, out, **_BLOWS_UP_AT_3, **{"train.log_every": 4, "train.on_nan": "skip"})
+    with caplog.at_level("WARNING", logger="whisper_tune.training"):
+        assert train(cfg, progress=False).steps == 6
+    warned = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    skipped = [int(m.split("step ")[1].split(":")[0]) for m in warned]
+    assert skipped and skipped == sorted(set(skipped)) and min(skipped) >= 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 6] and all(np.isfinite(r.get("train_loss", 0.0)) for r in records)
+    assert all(torch.isfinite(t).all() for t in _adapter(out / "adapter").values())
+
+
+class _Toy(torch.nn.Module):
+    """The model interface OptimizerStep needs, on one linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = torch.nn.Linear(2, 1)
+
+    def get_encoder(self):
+        return self
+
+    def forward(self, input_features, labels, use_cache):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(loss=((self.conv1(input_features) - labels) ** 2).mean())
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["skipped-on-device", "skipped-on-host"])
+def test_a_skipped_step_leaves_no_trace_and_is_read_later(fused):
+    """One non-finite micro-batch spoils its whole step: nothing of it reaches the weights or
+    AdamW's moments, so training on after it equals never having seen it."""
+    from whisper_tune.optimization import OptimizerStep, PendingSteps
+
+    good = {"input_features": torch.ones(2, 2), "labels": torch.zeros(2, 1)}
+    bad = {"input_features": torch.full((2, 2), float("nan")), "labels": torch.zeros(2, 1)}
+
+    def trained(*steps):
+        model = _Toy()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
+        step, pending = OptimizerStep(model, optimizer, None, max_grad_norm=1.0), PendingSteps()
+        assert step.skips_on_device == fused
+        for i, micro in enumerate(steps, 1):
+            pending.add(i, step(iter(micro), len(micro)))
+        return model, pending.read()
+
+    reference, _ = trained([good])
+    model, read = trained([good, bad], [good])
+    assert [(s, skipped) for s, _, skipped in read] == [(1, True), (2, False)]
+    assert not np.isfinite(read[0][1]) and np.isfinite(read[1][1])
+    assert _same(model.state_dict(), reference.state_dict())
+
+
 def test_bad_model_or_key_exits_2(tmp_path, small_corpus):
     proc = subprocess.run(
         [
@@ -177,6 +254,30 @@ def test_epoch_batches_are_deterministic_and_sharded():
     r0 = epoch_batches(durations, 8, 1, 0, True, world=2, rank=0)
     r1 = epoch_batches(durations, 8, 1, 0, True, world=2, rank=1)
     assert len(r0) == len(r1) and not {i for b in r0 for i in b} & {i for b in r1 for i in b}
+
+
+def test_one_loader_with_persistent_workers_follows_the_epoch_and_position_it_is_told():
+    """The batch sampler is told the epoch and start before each pass: one DataLoader, the
+    same worker process throughout, and each pass is exactly epoch_batches' order."""
+    from whisper_tune.training import EpochBatches
+
+    durations = np.random.default_rng(0).uniform(1, 10, size=37).astype(np.float32)
+    order = EpochBatches(durations, 4, seed=3, group_by_length=True, world=2, rank=1)
+    class Keys(torch.utils.data.Dataset):  # each item is the key the sampler asked for
+        def __len__(self):
+            return 37
+
+        def __getitem__(self, key):
+            return key
+
+    loader = torch.utils.data.DataLoader(Keys(), batch_sampler=order, num_workers=1, persistent_workers=True, collate_fn=list)
+    workers = set()
+    for epoch, start in ((0, 2), (1, 0), (2, 3)):
+        order.set_position(epoch, start)
+        expected = epoch_batches(durations, 4, 3, epoch, True, world=2, rank=1)[start:]
+        assert list(loader) == [[(epoch, i) for i in batch] for batch in expected]  # keys carry the epoch
+        workers |= {w.pid for w in loader._iterator._workers}
+    assert len(workers) == 1
 
 
 def test_out_of_memory_names_the_knobs(tiny_model_dir, small_corpus, tmp_path, monkeypatch):

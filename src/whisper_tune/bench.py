@@ -190,7 +190,7 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
         "step_s": step_s,
         "samples_per_s": row.batch / step_s,
         "first_step_s": times[0],
-        "loss": outcome.loss,
+        "loss": float(outcome.loss),
     } | peak_memory_gib(device)
     if first_peak is not None:  # peak_gpu_gib is then the steady peak after the first step
         result["first_step_peak_gpu_gib"] = first_peak

@@ -141,8 +141,9 @@ def cmd_train(args) -> int:
         )
     else:
         print(
-            f"trained {result.steps} steps in {result.wall_s / 60:.1f} min ({result.samples_per_s:.2f} samples/s); "
-            f"adapter: {result.adapter_dir}"
+            f"trained {result.steps} steps in {result.wall_s / 60:.1f} min ({result.samples_per_s:.2f} samples/s"
+            + (f", {result.steady_samples_per_s:.2f} steady" if result.steady_samples_per_s else "")
+            + f"); adapter: {result.adapter_dir}"
             + (" (stopped early: eval.patience; it is the best adapter)" if result.early_stopped_at else "")
         )
     if result.best:

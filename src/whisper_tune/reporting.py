@@ -1,11 +1,14 @@
 """What a user watches during and after a run: ``metrics.jsonl``, TensorBoard events, the
-loss/WER plot, and the library versions and device that ``run.json`` records."""
+loss/WER plot, the training speed, and the library versions, device and peak memory that
+``run.json`` records."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -137,3 +140,60 @@ def peak_memory_gib(device: torch.device) -> dict:
     import resource
 
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+class Throughput:
+    """Samples per second of a training loop, overall and steady.
+
+    The overall rate is everything from the loop's start. The steady rate leaves out the
+    first step after each DataLoader start (the run's first also warms the model up:
+    kernel autotuning, the allocator growing) and what :meth:`left_out` wraps (evaluation,
+    checkpoint writes): a 40-step benchmark would otherwise count them as training speed.
+    Only the edges of what is left out wait for the device, a few times an epoch; the
+    rates are exact where the caller has just waited for it (the run reads its losses
+    before it logs).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = time.perf_counter()
+        self.samples = 0
+        self.left_out_s, self.left_out_samples = 0.0, 0
+        self._next_step_from: float | None = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def leave_out_next_step(self) -> None:
+        """Call before a DataLoader starts: its first step is not steady."""
+        self._next_step_from = self._now()
+
+    def step_done(self, samples: int) -> None:
+        self.samples += samples
+        if self._next_step_from is not None:
+            self.left_out_s += self._now() - self._next_step_from
+            self.left_out_samples += samples
+            self._next_step_from = None
+
+    @contextlib.contextmanager
+    def left_out(self):
+        """Time that is not training (an evaluation, a checkpoint write)."""
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.left_out_s += self._now() - start
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    def overall(self) -> float:
+        wall = self.wall_s()
+        return self.samples / wall if wall > 0 else 0.0
+
+    def steady(self) -> float | None:
+        """None until a step counts (a run of one step per loader start has none)."""
+        samples, wall = self.samples - self.left_out_samples, self.wall_s() - self.left_out_s
+        return samples / wall if samples > 0 and wall > 0 else None

@@ -171,7 +171,8 @@ class RunRecord:
     final_train_loss: float | None = None
     best: dict | None = None  # {"step", "wer", "cer"} of the best evaluation
     early_stopped_at: int | None = None  # the step eval.patience stopped the run at
-    samples_per_s: float = 0.0
+    samples_per_s: float = 0.0  # overall: the whole loop, warm-up, loader starts and evaluations included
+    steady_samples_per_s: float | None = None  # training steps only (reporting.Throughput)
     wall_s: float = 0.0
     environment: dict = field(default_factory=dict)  # versions and hardware
     extra: dict = field(default_factory=dict)  # peak memory figures (peak_gpu_gib, ...)

@@ -6,7 +6,10 @@ resume (the batch order is a pure function of seed and epoch, the DataLoader nev
 touches the global RNG, and RNG states are checkpointed, so a resumed run reaches the
 same adapter as an uninterrupted one), generation-based WER on an 8-bit base, and
 checkpoints that hold only the adapter. Under ``torchrun``/``accelerate launch`` each rank
-holds its own quantized copy on its own GPU and takes every world-size-th batch.
+holds its own quantized copy on its own GPU and takes every world-size-th batch; the only
+per-step wait between ranks is DDP's gradient all-reduce (and one tiny all-reduce of the
+loss and its finiteness), and the host waits for the GPUs only when it logs, evaluates or
+saves (``optimization.PendingSteps``).
 
 The run folder's layout is ``run.py``'s; the optimizer step is ``optimization.py``'s,
 shared with ``whisper-tune bench train``, so the benchmark times what users run.
@@ -21,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +44,11 @@ from .modeling import (
     pick_device,
     set_generation_language,
 )
-from .optimization import StepOutcome, build_optimizer, unwrap_ddp
+from .optimization import PendingSteps, build_optimizer, unwrap_ddp
 from .prepare import load_prepared, prepared_folder
 from .processor import resolve_language
 from .quantization import NF4
-from .reporting import MetricsLog, environment, peak_memory_gib, plot_run
+from .reporting import MetricsLog, Throughput, environment, peak_memory_gib, plot_run
 from .run import RunDir, RunRecord, write_adapter_meta
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,11 @@ class TrainResult:
     steps: int
     final_loss: float | None
     best: dict | None  # {"step", "wer", "cer"} of the best evaluation
-    samples_per_s: float
+    samples_per_s: float  # overall: the whole loop, warm-up, loader starts and evaluations included
     wall_s: float
     stopped_early: bool = False  # stopped by stop_after, resumable
     early_stopped_at: int | None = None  # stopped by eval.patience: finished, adapter/ is the best
+    steady_samples_per_s: float | None = None  # training steps only (reporting.Throughput)
 
 
 # ---- data order ----------------------------------------------------------------------
@@ -97,6 +100,33 @@ def epoch_batches(
     return batches[:usable][rank::world]
 
 
+class EpochBatches:
+    """:func:`epoch_batches` as a DataLoader batch sampler whose epoch and starting batch are
+    set before each pass (:meth:`set_position`), so that one DataLoader, and its worker
+    processes (``persistent_workers``), serves every epoch. It runs in the main process:
+    the workers only see the indices."""
+
+    def __init__(self, durations: np.ndarray, batch_size: int, seed: int, group_by_length: bool, world: int, rank: int):
+        self.durations, self.batch_size, self.seed = durations, batch_size, seed
+        self.group_by_length, self.world, self.rank = group_by_length, world, rank
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _batches(self) -> list[list[int]]:
+        return epoch_batches(
+            self.durations, self.batch_size, self.seed, self.epoch, self.group_by_length, self.world, self.rank
+        )[self.start :]
+
+    def __iter__(self):
+        # (epoch, clip) keys: the collator seeds each clip's augmentation with them
+        return iter([[(self.epoch, i) for i in batch] for batch in self._batches()])
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
 # ---- distributed ---------------------------------------------------------------------
 
 
@@ -114,6 +144,25 @@ def _dist_setup() -> tuple[int, int, int]:
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
+
+
+def _ddp(model, device: torch.device):
+    """The model in DistributedDataParallel, its gradients views of DDP's all-reduce buckets
+    (no copy into the buckets and back; the step zeroes them rather than freeing them).
+    Buckets keep DDP's 25 MiB: large-v2's r=32 q/v adapter (63 MB of fp32 gradients) fills
+    three, so the first is all-reduced while the backward pass still runs."""
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids, gradient_as_bucket_view=True)
+
+
+def _per_rank(values: dict, world: int) -> dict:
+    """``values`` of this rank, plus ``<key>_per_rank`` lists of every rank's (rank 0 writes
+    run.json; peak memory differs per GPU)."""
+    if world == 1:
+        return values
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, values)
+    return values | {f"{k}_per_rank": [g[k] for g in gathered] for k in values}
 
 
 # ---- the loop ------------------------------------------------------------------------
@@ -188,6 +237,7 @@ class TrainingRun:
         self.pos = Position()
         self.resumed_from: Path | None = None
         self.early_stop_at: int | None = None
+        self.loader = None
 
     # -- setup --------------------------------------------------------------------------
 
@@ -213,8 +263,7 @@ class TrainingRun:
         resumed_step = self.pos.step if self.resumed_from else None
         self.metrics = MetricsLog(self.run.path, resumed_step) if self.main_rank else None
         if self.world > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = self.step_fn.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids)
+            self.model = self.step_fn.model = _ddp(self.model, self.device)
 
     def _check_folder(self) -> None:
         if not self.resume_asked and checkpoint.finished(self.run.checkpoints):
@@ -373,7 +422,7 @@ class TrainingRun:
         """Train until ``max_steps``/``epochs`` (or ``stop_after``), then :meth:`finish`."""
         from tqdm.auto import tqdm
 
-        self.start, self.samples, self.window, self.last_loss = time.perf_counter(), 0, [], None
+        self.rate, self.pending, self.window, self.last_loss = Throughput(self.device), PendingSteps(), [], None
         self.target = min(self.total_steps, self.stop_after) if self.stop_after else self.total_steps
         self.bar = tqdm(
             total=self.total_steps,
@@ -395,83 +444,109 @@ class TrainingRun:
         return self.finish()
 
     def _loader(self):
+        """The DataLoader, built once: its batch sampler (:class:`EpochBatches`) is told the
+        epoch and the position, so worker processes persist across epochs."""
         cfg = self.cfg.train
-        batches = epoch_batches(
-            self.durations, cfg.batch_size, cfg.seed, self.pos.epoch, cfg.group_by_length, self.world, self.rank
-        )[self.pos.micro_done :]
-        return torch.utils.data.DataLoader(
-            self.data,
-            batch_sampler=[[(self.pos.epoch, i) for i in batch] for batch in batches],
-            collate_fn=self.collate,
-            num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed),
-            pin_memory=self.device.type == "cuda",
-        )
+        if self.loader is None:
+            self.order = EpochBatches(
+                self.durations, cfg.batch_size, cfg.seed, cfg.group_by_length, self.world, self.rank
+            )
+            self.loader = torch.utils.data.DataLoader(
+                self.data,
+                batch_sampler=self.order,
+                collate_fn=self.collate,
+                num_workers=cfg.num_workers,
+                generator=torch.Generator().manual_seed(cfg.seed),
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=cfg.num_workers > 0,
+            )
+        self.order.set_position(self.pos.epoch, self.pos.micro_done)
+        return self.loader
 
     def _run_epoch(self) -> None:
-        """The rest of the current epoch (a new epoch needs a new batch order and loader)."""
+        """The rest of the current epoch. Nothing here waits for the device: the step's loss
+        and skip flag wait in ``self.pending`` until :meth:`_after_step` reads them."""
+        self.rate.leave_out_next_step()  # the loader's start
         batches = iter(self._loader())
         while self.pos.step < self.target and self.pos.micro_done < self.micro_per_epoch and self.early_stop_at is None:
             n_micro = min(self.cfg.train.grad_accum, self.micro_per_epoch - self.pos.micro_done)
             outcome = self.step_fn(batches, n_micro)
             self.pos.micro_done += n_micro
-            if not outcome.finite:
-                self._on_non_finite(outcome)
             self.scheduler.step()
             self.pos.step += 1
-            self.samples += outcome.samples * self.world
-            if outcome.finite:
-                self.window.append(outcome.loss)
-                self.last_loss = outcome.loss
+            self.pending.add(self.pos.step, outcome)
+            self.rate.step_done(outcome.samples * self.world)
             end_of_epoch = self.pos.micro_done >= self.micro_per_epoch
             self._after_step(end_of_epoch)
             if end_of_epoch:
                 break
 
-    def _on_non_finite(self, outcome: StepOutcome) -> None:
+    def _read_pending(self) -> None:
+        """The losses and skip flags of the steps since the last read, in one transfer. Every
+        rank reads at the same steps and sees the same (all-reduced) flags, so on_nan=stop
+        stops every rank alike, at the first bad step, before anything later is saved."""
+        for step, loss, skipped in self.pending.read():
+            if skipped:
+                self._on_non_finite(step, loss)
+                continue
+            self.last_loss = loss
+            if self.main_rank:
+                self.window.append(loss)
+
+    def _on_non_finite(self, step: int, loss: float) -> None:
+        """A skipped step (the optimizer applied nothing): stop, or warn and go on."""
         if self.cfg.train.on_nan == "stop":
             last = checkpoint.latest(self.run.checkpoints)
             raise TrainingStopped(
-                f"loss became {outcome.bad_loss} at step {self.pos.step + 1}: stopped; last good checkpoint: "
+                f"loss became {loss} at step {step}: stopped; last good checkpoint: "
                 f"{last or 'none yet'}. Lower train.learning_rate or use mixed_precision=bf16/no, "
                 f"then --resume; or set train.on_nan=skip to drop such batches"
             )
-        log.warning("non-finite loss at step %d: batch skipped", self.pos.step + 1)
+        if self.main_rank:
+            log.warning("non-finite loss or gradient at step %d: batch skipped", step)
 
     def _after_step(self, end_of_epoch: bool) -> None:
-        """Progress, the metrics line, maybe an evaluation, maybe a checkpoint."""
-        rate = self.samples / (time.perf_counter() - self.start)
+        """At log, eval and save points (the same steps on every rank) the pending losses are
+        read (where on_nan=stop stops); then the metrics line, maybe an evaluation, maybe a
+        checkpoint. No barrier: the next step's all-reduce is the only wait between ranks."""
+        step, train = self.pos.step, self.cfg.train
+        log_due = step % train.log_every == 0 or end_of_epoch or step == self.target
+        eval_due = self._wants_eval(end_of_epoch)
+        save_due = step % train.save_every == 0 or step == self.target
+        if log_due or eval_due or save_due:
+            self._read_pending()
+        self._show_progress()
+        record = self._log_record() if log_due and self.main_rank else {}
+        if self.main_rank and eval_due:
+            with self.rate.left_out():
+                record |= self._evaluate()
+        if self.main_rank and record:
+            self.metrics.log({"step": step} | record)
+        if eval_due and self._patience_spent():
+            self.early_stop_at = step
+        if end_of_epoch:
+            self.pos.epoch, self.pos.micro_done = self.pos.epoch + 1, 0
+        if self.main_rank and save_due:
+            with self.rate.left_out():
+                self._save_checkpoint()
+
+    def _show_progress(self) -> None:
         self.bar.update(1)
         self.bar.set_postfix(
             loss=f"{self.last_loss:.3f}" if self.last_loss is not None else "nan",
             lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-            samples_s=f"{rate:.2f}",
+            samples_s=f"{self.rate.steady() or self.rate.overall():.2f}",
         )
-        step = self.pos.step
-        record = self._log_record(rate, end_of_epoch)
-        due = self._wants_eval(end_of_epoch)
-        if self.main_rank and due:
-            record |= self._evaluate()
-        if self.main_rank and record:
-            self.metrics.log({"step": step} | record)
-        if due and self._patience_spent():
-            self.early_stop_at = step
-        if end_of_epoch:
-            self.pos.epoch, self.pos.micro_done = self.pos.epoch + 1, 0
-        if self.main_rank and (step % self.cfg.train.save_every == 0 or step == self.target):
-            self._save_checkpoint()
-        _barrier(self.world)
 
-    def _log_record(self, rate: float, end_of_epoch: bool) -> dict:
-        """The training part of a metrics line, every ``log_every`` steps (and at epoch ends)."""
-        step = self.pos.step
-        if not self.main_rank or not (step % self.cfg.train.log_every == 0 or end_of_epoch or step == self.target):
-            return {}
+    def _log_record(self) -> dict:
+        """The training part of a metrics line, every ``log_every`` steps (and at epoch ends):
+        the mean loss of the steps since the last line (skipped ones left out) and the
+        steady samples/s so far."""
         record = {"train_loss": sum(self.window) / len(self.window)} if self.window else {}
         self.window = []
         return record | {
             "lr": self.scheduler.get_last_lr()[0],
-            "samples_per_s": rate,
+            "samples_per_s": self.rate.steady() or self.rate.overall(),
             "epoch": self.pos.epoch + self.pos.micro_done / self.micro_per_epoch,
         }
 
@@ -557,7 +632,6 @@ class TrainingRun:
 
     def finish(self) -> TrainResult:
         """The final adapter (when the run completed), the plot, ``run.json`` and the card."""
-        wall = time.perf_counter() - self.start
         step = self.pos.step
         result = TrainResult(
             self.run.path,
@@ -565,11 +639,13 @@ class TrainingRun:
             step,
             self.last_loss,
             self.pos.best,
-            self.samples / wall if wall else 0.0,
-            wall,
+            self.rate.overall(),
+            self.rate.wall_s(),
             stopped_early=step < self.total_steps and self.early_stop_at is None,
             early_stopped_at=self.early_stop_at,
+            steady_samples_per_s=self.rate.steady(),
         )
+        self.peaks = _per_rank(peak_memory_gib(self.device), self.world)  # a collective: every rank
         if not self.main_rank:
             return result
         if self.early_stop_at is not None:
@@ -606,9 +682,10 @@ class TrainingRun:
             best=result.best,
             early_stopped_at=result.early_stopped_at,
             samples_per_s=result.samples_per_s,
+            steady_samples_per_s=result.steady_samples_per_s,
             wall_s=result.wall_s,
             environment=environment(self.device),
-            extra=peak_memory_gib(self.device),
+            extra=self.peaks,
         )
 
 
