@@ -246,3 +246,27 @@ def test_open_source_knows_prepared_folders_and_split_aliases(small_corpus, tmp_
     assert isinstance(prepared, PreparedSource) and prepared.folder == out
     with pytest.raises(UserError, match="prepared already"):
         list(prepared.rows("test"))
+
+
+def test_common_voice_csv_quoted_sentences_are_unquoted_raw_quotes_kept(tmp_path):
+    """Mozilla writes quotes raw; copies re-saved with pandas (as the published samples
+    are) quote a sentence holding one. Both read as the sentence that was spoken."""
+    tsv = (
+        "client_id\tpath\tsentence\n"
+        'c\ta.mp3\t"""Тэгж ч"" дотор байлаа."\n'
+        'c\tb.mp3\t"Ийм гэдэг"" хэмээн."\n'
+        'c\tc.mp3\t"Hi" he said\n'
+        'c\td.mp3\tplain "quoted" word\n'
+    )
+    folder = _cv_folder(tmp_path, tsv.encode())
+    assert [r.text for r in open_source(str(folder)).rows("train")] == [
+        '"Тэгж ч" дотор байлаа.',
+        'Ийм гэдэг" хэмээн.',
+        '"Hi" he said',
+        'plain "quoted" word',
+    ]
+
+
+def test_common_voice_rows_name_their_speaker(small_corpus):
+    rows = list(open_source(str(small_corpus)).rows("train"))
+    assert [r.speaker for r in rows] == [e["client_id"] or None for e in _tsv_rows(small_corpus, "train")]
