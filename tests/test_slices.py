@@ -122,3 +122,11 @@ def test_real_common_voice_sample_splits_by_speaker(language):
     assert all(r.speaker for r in train + test)
     assert not {r.speaker for r in train} & {r.speaker for r in test}
     assert 10 <= len(test) <= 30  # whole speakers move the 80% bound by at most one speaker's clips
+
+
+def test_slices_have_distinct_plain_folder_names():
+    from whisper_tune.slices import folder_name
+
+    names = [folder_name(f"validated{s}") for s in ["", "[:80%]", "[80%:]", "[:80]", "[80:]"]]
+    assert len(set(names)) == len(names)
+    assert not any(set(n) & set("[]:% ") for n in names)

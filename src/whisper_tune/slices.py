@@ -88,6 +88,14 @@ def parse_part(text: str) -> SplitPart:
     return SplitPart(match["name"].strip(), _bound(match["start"], text), _bound(match["stop"], text), text)
 
 
+def folder_name(split: str) -> str:
+    """``split`` as a folder name without shell-glob or Windows-reserved characters, slices
+    kept apart: ``validated[:80%]`` -> ``validated_to80pc``, ``validated[80%:]`` -> ``validated_80pcto``."""
+    for old, new in (("[", "_"), ("]", ""), (":", "to"), ("%", "pc"), (" ", "")):
+        split = split.replace(old, new)
+    return split
+
+
 def speaker_order(rows: Sequence[Row]) -> list[list[int]]:
     """Row indices grouped by speaker, groups ordered by a stable hash of the speaker and
     rows within a group by audio path; rows with no speaker are one-row groups in file order."""
