@@ -18,7 +18,8 @@
 #   LR              learning rate                                    (default 1e-3)
 #   FREEZE_ENCODER  true: decoder-only adapters                      (default false)
 #   QUANT           model.quantization of the base                   (default int8)
-#   MAX_NEW_TOKENS  generation limit when evaluating                 (default 128)
+#   MAX_NEW_TOKENS  generation limit when evaluating (Georgian needs  (default 440)
+#                   up to 293 tokens a sentence: 2-3 per letter)
 #   EVAL_SAMPLES    evaluate the first N held-out clips only         (default: all)
 #   EXTRA           more key=value overrides, e.g. "train.max_steps=2 train.batch_size=4"
 #   PY              the Python to run                                (default python3)
@@ -33,7 +34,7 @@ LORA_TARGETS=${LORA_TARGETS:-attn}
 LR=${LR:-1e-3}
 FREEZE_ENCODER=${FREEZE_ENCODER:-false}
 QUANT=${QUANT:-int8}
-MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-440}
 EVAL_SAMPLES=${EVAL_SAMPLES:-}
 EXTRA=${EXTRA:-}
 PY=${PY:-python3}

@@ -42,7 +42,7 @@ def row(results: Path, cv: Path, train_split: str, test_split: str, lang: str) -
     return (
         f"| {lang} | {prepared} / {len(tested)} | {len({speaker[i] for i in trained})} / "
         f"{len({speaker.get(i) for i in tested})} | {_rates(zero)} | {_rates(tuned)} | "
-        f"{run.get('steps', '-')} | {run.get('samples_per_s', 0):.1f} |"
+        f"{run.get('steps', '-')} | {run.get('samples_per_s', 0):.2f} |"
     )
 
 
