@@ -391,6 +391,14 @@ class HFSource(DataSource):
     def _count(self, name: str) -> int | None:
         return None if self.streaming else len(self.dataset[name])
 
+    def _take(self, part: SplitPart) -> list[Row]:
+        if self.streaming:  # a slice by speaker needs every row first, which streaming is there to avoid
+            raise UserError(
+                f"split {part.text!r}: a slice needs the whole split, and --streaming reads it as it arrives; "
+                f"drop --streaming, or name a split without [ ]"
+            )
+        return super()._take(part)
+
     def _rows(self, split: str) -> Iterator[Row]:
         import datasets
 
