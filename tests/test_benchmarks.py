@@ -1,6 +1,9 @@
 """`whisper-tune bench` still runs (tiny sizes, CPU); no timing is asserted."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,42 @@ def test_bench_rows_are_validated():
     for bad in ("int8-wo/8", "int9/8/1", "none/8/2", "none/8/0/fast"):
         with pytest.raises(UserError):
             TrainRow.parse(bad)
+
+
+REALCV = Path(__file__).parents[1] / "benchmarks" / "gpu_realcv.sh"
+
+
+def test_gpu_realcv_script_parses_and_needs_a_base(tmp_path):
+    assert subprocess.run(["bash", "-n", str(REALCV)]).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "BASE"} | {"OUT": str(tmp_path)}
+    proc = subprocess.run(["bash", str(REALCV)], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "set BASE to a local Whisper base folder" in proc.stderr
+    assert not (tmp_path / "realcv").exists()  # stopped before doing anything
+
+
+def test_realcv_table_counts_clips_and_speakers_of_the_slices(tmp_path, monkeypatch):
+    """The table's clip and speaker counts come from the slices themselves (speakers whole)."""
+    monkeypatch.syspath_prepend(str(REALCV.parent))
+    from realcv_table import row
+
+    cv = tmp_path / "cv" / "xx"
+    (cv / "clips").mkdir(parents=True)
+    lines = ["client_id\tpath\tsentence"] + [f"s{i % 5}\tc{i}.mp3\tw {i}" for i in range(20)]
+    (cv / "validated.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from whisper_tune.sources import open_source
+
+    test = [r.id for r in open_source(str(cv)).rows("validated[80%:]")]
+    zero = tmp_path / "res" / "xx" / "eval-zero-shot"
+    zero.mkdir(parents=True)
+    (zero / "summary.json").write_text(json.dumps({"normalized_wer": 50.0, "normalized_cer": 20.0}))
+    (zero / "clips.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in test))
+    line = row(tmp_path / "res", tmp_path / "cv", "validated[:80%]", "validated[80%:]", "xx")
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:6] == [
+        "xx",
+        f"{20 - len(test)} / {len(test)}",
+        f"{5 - len(test) // 4} / {len(test) // 4}",
+        "50.0",
+        "20.0",
+        "-",
+    ]

@@ -74,3 +74,14 @@ def test_evaluate_on_a_split_with_every_clip_rejected_is_one_error(tiny_model_di
     ):
         evaluate(str(tiny_model_dir), None, data, "all", tmp_path / "eval", progress=False)
     assert not (tmp_path / "eval" / "summary.json").exists()
+
+
+def test_references_longer_than_the_generation_limit_are_warned(caplog):
+    """Georgian runs ~2.5 tokens a letter: a long sentence cannot be matched under 255 tokens."""
+    from whisper_tune.evaluation import warn_if_cut_short
+
+    labels = {"labels": [[0] * (5 + 255), [0] * (5 + 256), [0] * 20]}
+    with caplog.at_level("WARNING", logger="whisper_tune.evaluation"):
+        assert warn_if_cut_short(labels, 255) == 1
+    assert "1 reference transcripts are longer than --max-new-tokens 255" in caplog.text
+    assert warn_if_cut_short(labels, 256) == 0

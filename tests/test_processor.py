@@ -87,3 +87,27 @@ def test_build_processor_128_mels_and_v3_languages(tmp_path):
     assert proc.feature_extractor.feature_size == 128
     # large-v3 adds <|yue|> after the 99 v2 languages, shifting the control tokens by one
     assert proc.tokenizer.convert_tokens_to_ids(["<|yue|>", "<|transcribe|>"]) == [50358, 50360]
+
+
+@pytest.mark.parametrize("code", ["mn", "vi", "ka"])
+def test_common_voice_sample_languages_have_their_token(tokenizer, code):
+    from whisper_tune.features import set_prefix
+
+    set_prefix(tokenizer, resolve_language(code), "transcribe")
+    assert tokenizer.convert_ids_to_tokens(tokenizer.prefix_tokens)[1] == f"<|{code}|>"
+
+
+def test_a_language_the_model_lacks_is_one_line_not_a_wrong_prefix(tokenizer):
+    """transformers builds <|translate|> into the prefix of 'yue' on a 99-language tokenizer."""
+    from whisper_tune.features import set_prefix
+
+    with pytest.raises(
+        UserError, match=r"language 'yue' \(cantonese\) is not in this model's tokenizer, which knows 99"
+    ):
+        set_prefix(tokenizer, resolve_language("yue"), "transcribe")
+
+
+@pytest.mark.parametrize("locale, code", [("zh-CN", "zh"), ("sv-SE", "sv"), ("pa-IN", "pa")])
+def test_common_voice_locales_name_the_whisper_code(locale, code):
+    with pytest.raises(UserError, match=f"Whisper names it '{code}'.*use --language {code}$"):
+        resolve_language(locale)

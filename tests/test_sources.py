@@ -246,3 +246,39 @@ def test_open_source_knows_prepared_folders_and_split_aliases(small_corpus, tmp_
     assert isinstance(prepared, PreparedSource) and prepared.folder == out
     with pytest.raises(UserError, match="prepared already"):
         list(prepared.rows("test"))
+
+
+def test_common_voice_csv_quoted_sentences_are_unquoted_raw_quotes_kept(tmp_path):
+    """Mozilla writes quotes raw; copies re-saved with pandas (as the published samples
+    are) quote a sentence holding one. Both read as the sentence that was spoken."""
+    tsv = (
+        "client_id\tpath\tsentence\n"
+        'c\ta.mp3\t"""Тэгж ч"" дотор байлаа."\n'
+        'c\tb.mp3\t"Ийм гэдэг"" хэмээн."\n'
+        'c\tc.mp3\t"Hi" he said\n'
+        'c\td.mp3\tplain "quoted" word\n'
+    )
+    folder = _cv_folder(tmp_path, tsv.encode())
+    assert [r.text for r in open_source(str(folder)).rows("train")] == [
+        '"Тэгж ч" дотор байлаа.',
+        'Ийм гэдэг" хэмээн.',
+        '"Hi" he said',
+        'plain "quoted" word',
+    ]
+
+
+def test_common_voice_rows_name_their_speaker(small_corpus):
+    rows = list(open_source(str(small_corpus)).rows("train"))
+    assert [r.speaker for r in rows] == [e["client_id"] or None for e in _tsv_rows(small_corpus, "train")]
+
+
+def test_hf_dataset_slices_by_speaker_and_streaming_refuses_a_slice(tmp_path, hf_dataset):
+    dd, _ = hf_dataset
+    dd = dd.map(lambda r, i: {"client_id": f"spk{i % 2}"}, with_indices=True)
+    dd.save_to_disk(str(tmp_path / "saved"))
+    src = open_source(str(tmp_path / "saved"))
+    head, tail = list(src.rows("train[:50%]")), list(src.rows("train[50%:]"))
+    assert len(head) + len(tail) == 3 and {r.speaker for r in head}.isdisjoint(r.speaker for r in tail)
+    streaming = open_source(str(tmp_path / "saved"), streaming=True)
+    with pytest.raises(UserError, match=r"'train\[:50%\]': a slice needs the whole split.*drop --streaming"):
+        list(streaming.rows("train[:50%]"))

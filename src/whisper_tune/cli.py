@@ -53,7 +53,8 @@ def _add_data_args(
     g.add_argument(
         "--split",
         default=split_default,
-        help="split name; combine with + (train+dev); manifests without a split column are one split",
+        help="split name; combine with + (train+dev); slice by whole speakers with validated[:80%%] / "
+        "validated[80%%:]; manifests without a split column are one split",
     )
     for name in DATA_FLAGS:
         flag, default = f"--{name.replace('_', '-')}", defaults[name]

@@ -10,6 +10,7 @@ fine-tuned Whisper fails that a corpus-level WER hides.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,10 @@ from .features import log_mel
 from .metrics import error_rates
 from .modeling import input_dtype
 from .normalizers import normalize, orthographic
+from .processor import MAX_LABEL_TOKENS
 from .run import write_eval_report
+
+log = logging.getLogger(__name__)
 
 LOOP_REPEATS = {1: 4, 2: 3, 3: 3, 4: 3}  # n-gram length -> consecutive repeats that make a loop
 _CHAR_LOOP = re.compile(r"(\S{1,10}?)\1{7,}")  # loops inside a word (scripts written without spaces)
@@ -211,6 +215,23 @@ def summarize(result: GenerationResult, model_info: dict | None = None) -> tuple
     return summary, clips
 
 
+def warn_if_cut_short(dataset, max_new_tokens: int) -> int:
+    """Warn (and return how many) when references need more tokens than generation may make:
+    their hypotheses are cut short and score worse whatever the model. Georgian takes two to
+    three byte-level tokens a letter, so a 100-letter Common Voice sentence is ~290 tokens."""
+    framing = 5  # <|startoftranscript|><|lang|><|task|><|notimestamps|> ... <|endoftext|>
+    over = sum(1 for labels in dataset["labels"] if len(labels) - framing > max_new_tokens)
+    if over:
+        log.warning(
+            "%d reference transcripts are longer than --max-new-tokens %d tokens: their hypotheses are cut short; "
+            "raise --max-new-tokens (Whisper allows up to %d)",
+            over,
+            max_new_tokens,
+            MAX_LABEL_TOKENS - framing + 1,
+        )
+    return over
+
+
 def evaluate(
     base: str | None,
     adapter: str | None,
@@ -235,6 +256,7 @@ def evaluate(
     processor_dir = out / "processor"
     loaded.processor.save_pretrained(processor_dir)
     dataset = prepare_split(data, split, out / "prepared", str(processor_dir), progress=progress)
+    warn_if_cut_short(dataset if max_samples is None else dataset[:max_samples], max_new_tokens)
     result = generate_on(
         loaded.model,
         loaded.processor,

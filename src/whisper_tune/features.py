@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from .audio import CHUNK_SECONDS, SAMPLE_RATE
+from .processor import require_language_token
 
 IGNORE_INDEX = -100  # label positions the loss skips
 
 
 def set_prefix(tokenizer, language: str, task: str = "transcribe") -> None:
     """Make the tokenizer start every label with <|sot|><|lang|><|task|><|notimestamps|>."""
+    require_language_token(tokenizer, language)
     tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
 
 

@@ -33,6 +33,7 @@ from .processor import (
     VOCAB_V3,
     languages,
     offline_processor_dir,
+    require_language_token,
 )
 from .quantization import NONE, Holding, get_holding
 from .run import AdapterMeta, looks_local
@@ -217,6 +218,8 @@ def check_processor(config, processor, where: str) -> None:
 
 def set_generation_language(model, tokenizer, language: str, task: str, max_length: int = MAX_LABEL_TOKENS) -> None:
     """Write language/task and the token tables Whisper's generate needs into generation_config."""
+    if language:
+        require_language_token(tokenizer, language)
     gc = model.generation_config
     vocab = tokenizer.get_vocab()  # a fresh dict per call: fetch it once
     codes = [c for c in languages() if f"<|{c}|>" in vocab]

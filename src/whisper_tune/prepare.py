@@ -43,7 +43,8 @@ from .config import MAX_SECONDS, TASKS, DataConfig
 from .errors import UserError
 from .features import label_ids, set_prefix
 from .processor import MAX_LABEL_TOKENS, load_tokenizer, processor_path, resolve_language
-from .sources import DataSource, PreparedSource, Row, open_source
+from .slices import RULE as SLICE_RULE
+from .sources import DataSource, PreparedSource, Row, open_source, split_parts
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +192,14 @@ def _features():
 def _fingerprint(source: DataSource, split: str | None, options: PrepareOptions, tokenizer) -> dict:
     """What the cache depends on; the prefix ids pin the tokenizer's language-token layout."""
     set_prefix(tokenizer, options.language, options.task)
+    sliced = split is not None and not all(part.whole for part in split_parts(split))
     return {
         "format": FORMAT_VERSION,
         "source": source.describe(),
-        "split": split,
+        "split": split,  # a slice's bounds too: validated[:80%] and validated[80%:] are two caches
         "options": asdict(options) | {"processor": None},
         "tokenizer": {"size": len(tokenizer), "prefix": tokenizer.prefix_tokens},
-    }
+    } | ({"slices": SLICE_RULE} if sliced else {})  # unsliced caches made before slices stay valid
 
 
 def _write_shard(shards: Path, index: int, results: list[tuple[str, dict]]) -> None:

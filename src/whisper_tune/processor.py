@@ -65,10 +65,27 @@ def resolve_language(language: str) -> str:
         return key
     if key in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[key]
+    base = key.replace("_", "-").split("-")[0]  # a Common Voice locale such as zh-CN, sv-SE, pa-IN
+    if base != key and base in codes:
+        raise UserError(
+            f"unknown language {language!r}: Whisper names it {base!r} ({codes[base]}); use --language {base}"
+        )
     raise UserError(
         f"unknown language {language!r}: use a Whisper language code such as 'mr', 'hi', 'en' "
         f"or its English name such as 'marathi' ({len(codes)} are known)"
     )
+
+
+def require_language_token(tokenizer, language: str) -> None:
+    """A UserError when ``tokenizer`` has no ``<|language|>`` token: Whisper v1/v2 know 99
+    languages and v3 added Cantonese (``yue``), and transformers then builds a prefix with a
+    wrong token in its place (``<|translate|>`` for ``yue``) and trains on it silently."""
+    if f"<|{language}|>" not in tokenizer.get_vocab():
+        known = sum(f"<|{c}|>" in tokenizer.get_vocab() for c in languages())
+        raise UserError(
+            f"language {language!r} ({languages().get(language, '?')}) is not in this model's tokenizer, which knows "
+            f"{known} languages: use a model that has it (Cantonese 'yue' came with large-v3) or another language"
+        )
 
 
 def _read_ranks(path: Path) -> dict[bytes, int]:

@@ -145,7 +145,10 @@ def read_eval_clips(report_dir: Path) -> list[dict]:
 
 def default_eval_dir(model: str | None, adapter: str | None, split: str, exact: bool) -> Path:
     """Where ``evaluate`` reports when not told: beside the adapter (in its run folder), else
-    ``eval-MODEL-SPLIT`` here."""
+    ``eval-MODEL-SPLIT`` here (a slice's brackets spelled out: ``validated_80pcto``)."""
+    from .slices import folder_name
+
+    split = folder_name(split)
     if adapter:
         suffix = "-exact" if exact else ""
         return Path(adapter).resolve().parent / f"eval-{Path(adapter).name}-{split}{suffix}"

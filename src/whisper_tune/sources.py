@@ -18,7 +18,8 @@ inference.
 * ``manifest:PATH`` or a ``.csv``/``.tsv``/``.jsonl``/``.json`` file of audio path + text;
 * ``hf:ID_OR_FOLDER``, a ``save_to_disk``/parquet folder, or a hub id like ``owner/name``.
 
-Splits combine with ``+`` (``train+dev``).
+Splits combine with ``+`` (``train+dev``) and take slices in the Hugging Face style
+(``validated[:80%]``), cut only between speakers where rows name them (see ``slices``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DataConfig
 from .errors import UserError
+from .slices import SplitPart, parse_part, take
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 AUDIO_COLUMN_GUESSES = ("audio", "path", "audio_path", "audio_filepath", "file", "filename")
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "transcription", "transcript", "normalized_text")
+SPEAKER_COLUMNS = ("client_id", "speaker", "speaker_id")  # who speaks: slices keep a speaker whole
+_CSV_QUOTED = re.compile(r'^"((?:[^"]|"")*)"$', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,38 @@ class Row:
     audio: str | bytes | None
     text: str | None
     root: str | None = None  # a folder the audio path must stay inside (Common Voice's clips/), else rejected
+    speaker: str | None = None  # Common Voice's client_id: a split's slice never cuts a speaker in two
 
 
 def split_names(split: str) -> list[str]:
-    """``"train+dev"`` -> ``["train", "dev"]``."""
+    """``"train+dev"`` -> ``["train", "dev"]``; each part may be a slice (``validated[:80%]``)."""
     names = [s.strip() for s in split.split("+") if s.strip()]
     if not names:
         raise UserError(f"empty split {split!r}: name one, such as 'train' or 'train+dev'")
     return names
+
+
+def split_parts(split: str) -> list[SplitPart]:
+    """``"train+validated[:80%]"`` -> its parts, each slice parsed (a bad one is a UserError)."""
+    return [parse_part(name) for name in split_names(split)]
+
+
+def _speaker(record: dict) -> str | None:
+    """The speaker a record names (see ``SPEAKER_COLUMNS``), None when it names none."""
+    for column in SPEAKER_COLUMNS:
+        value = _clean_text(record.get(column))
+        if value and value.strip():
+            return value.strip()
+    return None
+
+
+def unquote(value: str | None) -> str | None:
+    """A field as written, unless it is CSV-quoted whole (``"a ""b"" c"`` -> ``a "b" c``).
+    Mozilla writes Common Voice TSVs unquoted, but copies re-saved with pandas (as some
+    published samples are) quote every sentence holding a quote; a field counts as quoted
+    only when every inner quote is doubled, so a raw ``"Hi" he said`` is kept as it is."""
+    match = _CSV_QUOTED.match(value) if value else None
+    return match.group(1).replace('""', '"') if match else value
 
 
 def _pick_column(columns: list[str], wanted: str | None, guesses: tuple[str, ...], what: str, where: str) -> str:
@@ -121,31 +150,56 @@ class DataSource:
     def _rows(self, split: str | None) -> Iterator[Row]:
         raise NotImplementedError
 
+    def _count(self, name: str | None) -> int | None:
+        """Rows of one named split when known without reading the audio."""
+        return None
+
     def count(self, split: str | None) -> int | None:
         """Number of rows when known without reading the audio (for progress bars)."""
-        return None
+        total = 0
+        for part in self._parts(split):
+            if part is None or part.whole:
+                n = self._count(part.name if part else None)
+            else:
+                n = None if self._count(part.name) is None else len(self._take(part))
+            if n is None:
+                return None
+            total += n
+        return total
 
     def describe(self) -> dict:
         """What identifies this source in a prepared cache's fingerprint."""
         raise NotImplementedError
 
-    def check_split(self, split: str | None) -> list[str | None]:
+    def _parts(self, split: str | None) -> list[SplitPart | None]:
+        """The parts of ``split``, aliases resolved and names checked; ``[None]`` for an
+        unsplit source, every split for ``None``."""
         available = self.splits()
         if available is None or split is None:
-            return [None] if available is None else list(available)
-        names = [self.split_aliases.get(n, n) for n in split_names(split)]
-        for name in names:
-            if name not in available:
+            return [None] if available is None else [SplitPart(name) for name in available]
+        parts = [SplitPart(self.split_aliases.get(p.name, p.name), p.start, p.stop, p.text) for p in split_parts(split)]
+        for part in parts:
+            if part.name not in available:
                 raise UserError(
-                    f"split {name!r} is not in {self.describe()['location']}; "
-                    f"available: {', '.join(available)} (combine with '+', e.g. train+dev)"
+                    f"split {part.name!r} is not in {self.describe()['location']}; available: "
+                    f"{', '.join(available)} (combine with '+', e.g. train+dev; slice, e.g. validated[:80%])"
                 )
-        return names
+        return parts
+
+    def check_split(self, split: str | None) -> list[str | None]:
+        """The split names ``split`` reads (slices parsed and checked too)."""
+        return [part.name if part else None for part in self._parts(split)]
+
+    def _take(self, part: SplitPart) -> list[Row]:
+        return take(list(self._rows(part.name)), part, self.describe()["location"])
 
     def rows(self, split: str | None) -> Iterator[Row]:
-        """Rows of ``split`` (``a+b`` concatenates), in a stable order."""
-        for name in self.check_split(split):
-            yield from self._rows(name)
+        """Rows of ``split`` (``a+b`` concatenates, ``a[:80%]`` slices), in a stable order."""
+        for part in self._parts(split):
+            if part is None or part.whole:
+                yield from self._rows(part.name if part else None)
+            else:
+                yield from self._take(part)
 
 
 class CommonVoiceSource(DataSource):
@@ -173,17 +227,17 @@ class CommonVoiceSource(DataSource):
 
     def _read(self, split: str) -> list[dict]:
         text = read_text(self.folder / f"{split}.tsv", "Common Voice file")
-        # Sentences carry quotes of every kind; Common Voice does not quote fields.
+        # Sentences carry quotes of every kind: read fields raw, then undo whole-field CSV quoting.
         reader = csv.DictReader(_text_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE)
-        rows = list(reader)
+        rows = [{k: unquote(v) for k, v in r.items()} for r in reader]
         columns = reader.fieldnames or []
         for needed in ("path", "sentence"):
             if needed not in columns:
                 raise UserError(f"{self.folder / (split + '.tsv')} has no {needed!r} column: not a Common Voice TSV")
         return rows
 
-    def count(self, split: str | None) -> int:
-        return sum(len(self._read(s)) for s in self.check_split(split))
+    def _count(self, name: str) -> int:
+        return len(self._read(name))
 
     def _rows(self, split: str) -> Iterator[Row]:
         clips = self.folder / "clips"
@@ -194,6 +248,7 @@ class CommonVoiceSource(DataSource):
                 audio=str(clips / path),
                 text=_clean_text(r.get("sentence")),
                 root=str(clips),  # a TSV names clips, never files elsewhere (../, /abs, symlinks out)
+                speaker=_speaker(r),
             )
 
     def describe(self) -> dict:
@@ -256,9 +311,8 @@ class ManifestSource(DataSource):
             return None
         return sorted({str(r.get("split")) for r in self.records})
 
-    def count(self, split: str | None) -> int:
-        names = self.check_split(split)
-        return sum(1 for r in self.records if names == [None] or str(r.get("split")) in names)
+    def _count(self, name: str | None) -> int:
+        return sum(1 for r in self.records if name is None or str(r.get("split")) == name)
 
     def _rows(self, split: str | None) -> Iterator[Row]:
         for i, r in enumerate(self.records):
@@ -267,7 +321,10 @@ class ManifestSource(DataSource):
             value = _clean_text(r.get(self.audio_column))
             audio = str(self.path.parent / value) if value else None
             yield Row(
-                id=Path(value).stem if value else f"row{i}", audio=audio, text=_clean_text(r.get(self.text_column))
+                id=Path(value).stem if value else f"row{i}",
+                audio=audio,
+                text=_clean_text(r.get(self.text_column)),
+                speaker=_speaker(r),
             )
 
     def describe(self) -> dict:
@@ -338,10 +395,16 @@ class HFSource(DataSource):
     def splits(self) -> list[str]:
         return list(self.dataset)
 
-    def count(self, split: str | None) -> int | None:
-        if self.streaming:
-            return None
-        return sum(len(self.dataset[s]) for s in self.check_split(split))
+    def _count(self, name: str) -> int | None:
+        return None if self.streaming else len(self.dataset[name])
+
+    def _take(self, part: SplitPart) -> list[Row]:
+        if self.streaming:  # a slice by speaker needs every row first, which streaming is there to avoid
+            raise UserError(
+                f"split {part.text!r}: a slice needs the whole split, and --streaming reads it as it arrives; "
+                f"drop --streaming, or name a split without [ ]"
+            )
+        return super()._take(part)
 
     def _rows(self, split: str) -> Iterator[Row]:
         import datasets
@@ -360,7 +423,7 @@ class HFSource(DataSource):
                 key = Path(audio).stem
                 if base is not None and not Path(audio).is_absolute():
                     audio = str(base / audio)
-            yield Row(id=key, audio=audio, text=_clean_text(r.get(self.text_column)))
+            yield Row(id=key, audio=audio, text=_clean_text(r.get(self.text_column)), speaker=_speaker(r))
 
     def describe(self) -> dict:
         return {
