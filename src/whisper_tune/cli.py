@@ -316,12 +316,10 @@ def _decoding_options(args):
 # ---- transcribe ----------------------------------------------------------------------
 
 
-def _transcripts(args, files):
+def _transcripts(args, files, decoding):
     """Transcripts (or (path, error) pairs) of ``files``, on faster-whisper for an export-ct2
     folder, else on transformers."""
     from .transcription import is_ct2_model, transcribe_files, transcribe_files_ct2
-
-    decoding = _decoding_options(args)  # before any model loads: a bad flag fails at once
 
     if args.model and is_ct2_model(args.model):
         if args.adapter or args.exact:
@@ -345,12 +343,13 @@ def cmd_transcribe(args) -> int:
 
     from .transcription import expand_inputs, get_writer, output_names
 
+    decoding = _decoding_options(args)  # before any file is read: a bad flag fails at once
     files, problems = expand_inputs(args.inputs)
     for item, why in problems:
         print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
     if not files:
         return 2
-    items = _transcripts(args, files)
+    items = _transcripts(args, files, decoding)
     out_dir = Path(args.out) if args.out else None
     names = output_names(files)  # a/x.wav and b/x.wav write a-x.* and b-x.*, not one over the other
     if out_dir:
