@@ -160,3 +160,17 @@ def test_api_verbose_json_reports_the_decoders_scores(loaded, audio, tmp_path):
     assert all(s["temperature"] == 0.0 for s in greedy["segments"])  # thresholds a request sets are used
     bad = post(beam_size="0")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "beam_size"
+
+
+def test_evaluate_robust_decodes_a_batch_whose_clips_fall_back_differently(loaded, audio):
+    """A batch where one clip falls back and one may not: transformers must not be asked to
+    stack outputs of different lengths; the greedy default stays the fast decoder."""
+    from datasets import Dataset
+
+    from whisper_tune.evaluation import generate_on, summarize
+
+    clips = [audio, np.zeros(16000, dtype=np.float32)]
+    data = Dataset.from_dict({"id": ["a", "b"], "text": ["x y", "z"], "audio": clips, "duration": [2.0, 1.0]})
+    result = generate_on(loaded.model, loaded.processor, data, "mr", max_new_tokens=NEW_TOKENS, decoding=DecodingOptions())
+    assert len(result.hypotheses) == 2 and all(isinstance(h, str) for h in result.hypotheses)
+    assert summarize(result, {}, DecodingOptions())[0].decoding["name"] == "robust"

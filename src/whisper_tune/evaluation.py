@@ -82,7 +82,10 @@ def generate_on(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    kwargs = {"max_new_tokens": max_new_tokens} | (decoding.generate_kwargs() if decoding else {}) | (generate_kwargs or {})
+    # robust: a padded tensor back, since transformers 5 fails to stack a batch's outputs once
+    # its clips ended at different fallback temperatures (different lengths)
+    robust = {**decoding.generate_kwargs(), "return_dict_in_generate": False} if decoding else {}
+    kwargs = {"max_new_tokens": max_new_tokens} | robust | (generate_kwargs or {})
     fast = engine == "fast" or (
         engine == "auto"
         and language is not None
