@@ -26,7 +26,10 @@ import torch
 from whisper_tune.audio import load_audio
 from whisper_tune.export import export_ct2, merge
 from whisper_tune.reporting import environment
+from whisper_tune.robust_decoding import DecodingOptions
 from whisper_tune.transcription import transcribe_audio, transcribe_files_ct2
+
+GREEDY = DecodingOptions.greedy()  # what this benchmark has always timed
 
 
 def main() -> None:
@@ -51,14 +54,14 @@ def main() -> None:
         merged = merge(args.model, args.adapter, Path(tmp) / "merged", dtype="float32") if args.adapter else args.model
         model = WhisperForConditionalGeneration.from_pretrained(merged, dtype=torch.float32).eval()
         processor = WhisperProcessor.from_pretrained(merged)
-        transcribe_audio(model, processor, audios[0], args.language)  # warm-up
+        transcribe_audio(model, processor, audios[0], args.language, decoding=GREEDY)  # warm-up
         start = time.perf_counter()
-        ours = [" ".join(s.text for s in transcribe_audio(model, processor, a, args.language)[0]) for a in audios]
+        ours = [" ".join(s.text for s in transcribe_audio(model, processor, a, args.language, decoding=GREEDY)[0]) for a in audios]
         rows.append({"engine": "whisper-tune transcribe (transformers, fp32)", "seconds": time.perf_counter() - start})
         ct2 = export_ct2(merged, Path(tmp) / "ct2-int8", quantization="int8")
-        list(transcribe_files_ct2(ct2, [clips[0]], args.language, compute_type="int8", progress=False))  # warm-up
+        list(transcribe_files_ct2(ct2, [clips[0]], args.language, compute_type="int8", progress=False, decoding=GREEDY))  # warm-up
         start = time.perf_counter()
-        mine = [t.text for t in transcribe_files_ct2(ct2, clips, args.language, compute_type="int8", progress=False)]
+        mine = [t.text for t in transcribe_files_ct2(ct2, clips, args.language, compute_type="int8", progress=False, decoding=GREEDY)]
         row = {"engine": "whisper-tune transcribe --model <export-ct2 int8> (faster-whisper engine)"}
         row |= {"seconds": time.perf_counter() - start}
         row["same_text_as_whisper_tune"] = sum(a.split() == b.split() for a, b in zip(ours, mine))

@@ -58,9 +58,14 @@ class Engine:
     ``model``/``processor`` are the transformers objects (None for a CTranslate2 engine).
     """
 
-    def __init__(self, name: str, kind: str, decode, language: str | None, task: str, model=None, processor=None):
+    def __init__(
+        self, name: str, kind: str, decode, language: str | None, task: str, model=None, processor=None, decoding=None
+    ):
+        from .robust_decoding import DecodingOptions
+
         self.name, self.kind, self.decode = name, kind, decode
         self.language, self.task = language, task
+        self.decoding = decoding or DecodingOptions()  # the server's defaults; a request may change them
         self.model, self.processor = model, processor
         self.created = int(time.time())
 
@@ -70,20 +75,25 @@ class Engine:
         language: str | None = None,
         task: str | None = None,
         prompt: str | None = None,
-        temperature: float = 0.0,
+        decoding=None,
     ) -> Transcript:
         """A Transcript of one 16 kHz clip; ``language`` None uses the model's default
-        (the adapter's language, else Whisper's detection)."""
+        (the adapter's language, else Whisper's detection), ``decoding`` None the server's."""
         from .audio import duration
 
         start = time.perf_counter()
-        segments, used = self.decode(audio, language or self.language, task or self.task, prompt, temperature)
+        segments, used = self.decode(
+            audio, language or self.language, task or self.task, prompt, decoding or self.decoding
+        )
         return Transcript("upload", used, duration(audio), segments, time.perf_counter() - start)
 
 
-def load_engine(model: str | None = None, adapter: str | None = None, language: str | None = None, device=None):
+def load_engine(
+    model: str | None = None, adapter: str | None = None, language: str | None = None, device=None, decoding=None
+):
     """The Engine for ``--model``/``--adapter``: a CTranslate2 folder runs on faster-whisper,
-    anything else loads through ``modeling.load_for_inference`` with the adapter merged."""
+    anything else loads through ``modeling.load_for_inference`` with the adapter merged.
+    ``decoding`` (``DecodingOptions``) is the server's default decoding."""
     from .processor import resolve_language
     from .transcription import is_ct2_model
 
@@ -95,22 +105,22 @@ def load_engine(model: str | None = None, adapter: str | None = None, language: 
         ct2 = load_ct2(model)
         forced = None if language in (None, "auto") else resolve_language(language)
 
-        def decode(audio, lang, task, prompt, temperature):
-            return transcribe_audio_ct2(ct2, audio, lang, task, prompt=prompt, temperature=temperature)
+        def decode(audio, lang, task, prompt, options):
+            return transcribe_audio_ct2(ct2, audio, lang, task, prompt=prompt, decoding=options)
 
-        return Engine(str(model), "ctranslate2", decode, forced, "transcribe")
+        return Engine(str(model), "ctranslate2", decode, forced, "transcribe", decoding=decoding)
     from .modeling import load_for_inference, pick_device
     from .transcription import transcribe_audio
 
     loaded = load_for_inference(model, adapter, device or pick_device(), language=language, merge=True)
 
-    def decode(audio, lang, task, prompt, temperature):
-        return transcribe_audio(
-            loaded.model, loaded.processor, audio, lang, task, prompt=prompt, temperature=temperature
-        )
+    def decode(audio, lang, task, prompt, options):
+        return transcribe_audio(loaded.model, loaded.processor, audio, lang, task, prompt=prompt, decoding=options)
 
     name = str(adapter or loaded.base)
-    return Engine(name, "transformers", decode, loaded.language, loaded.task, loaded.model, loaded.processor)
+    return Engine(
+        name, "transformers", decode, loaded.language, loaded.task, loaded.model, loaded.processor, decoding
+    )
 
 
 def default_model_id(model: str | None, adapter: str | None) -> str:
@@ -243,12 +253,24 @@ class Options:
     response_format: str
     language: str | None
     prompt: str | None
-    temperature: float
+    decoding: object  # robust_decoding.DecodingOptions
 
 
-def parse_options(form, model_id: str) -> Options:
+# Fields beyond OpenAI's (openai/whisper's names), each a number or true/false
+DECODING_FIELDS = {
+    "beam_size": int,
+    "compression_ratio_threshold": float,
+    "logprob_threshold": float,
+    "no_speech_threshold": float,
+    "condition_on_previous_text": bool,
+}
+
+
+def parse_options(form, model_id: str, defaults=None) -> Options:
     """Check the form's fields in OpenAI's order of complaints: 400 for a bad value, 404 for
-    a model this server does not serve."""
+    a model this server does not serve. ``temperature`` starts the fallback ramp (as in
+    OpenAI's API: 0 rises on fallback); the decoding fields change ``defaults`` (the
+    server's ``DecodingOptions``) for this request only."""
     from .processor import resolve_language
 
     model = _text_field(form, "model")
@@ -269,14 +291,43 @@ def parse_options(form, model_id: str) -> Options:
             language = resolve_language(language)
         except UserError as e:
             raise ApiError(400, str(e), param="language") from None
-    temperature = _text_field(form, "temperature") or "0"
+    decoding = _decoding(form, defaults)
+    return Options(model, fmt, language or None, _text_field(form, "prompt") or None, decoding)
+
+
+def _decoding(form, defaults):
+    """The request's DecodingOptions: the server's, with the fields it sends (400 if bad)."""
+    from .robust_decoding import DecodingOptions
+
+    options = defaults or DecodingOptions()
+    temperature = _text_field(form, "temperature")
+    if temperature is not None:
+        try:
+            value = float(temperature)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise ApiError(400, f"temperature must be a number from 0 to 1, not '{temperature}'", param="temperature")
+        options = options.starting_at(value)
+    changes = {name: _typed_field(form, name, kind) for name, kind in DECODING_FIELDS.items()}
     try:
-        value = float(temperature)
+        return options.with_fields(**{k: v for k, v in changes.items() if v is not None})
+    except UserError as e:
+        raise ApiError(400, str(e), param=next((k for k, v in changes.items() if v is not None), "temperature"))
+
+
+def _typed_field(form, name: str, kind):
+    text = _text_field(form, name)
+    if text is None:
+        return None
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ApiError(400, f"'{name}' must be true or false, not '{text}'", param=name)
+        return text.lower() in ("true", "1")
+    try:
+        return kind(text)
     except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ApiError(400, f"temperature must be a number from 0 to 1, not '{temperature}'", param="temperature")
-    return Options(model, fmt, language or None, _text_field(form, "prompt") or None, value)
+        raise ApiError(400, f"'{name}' must be a {kind.__name__} number, not '{text}'", param=name) from None
 
 
 def _text_field(form, name: str) -> str | None:
@@ -323,8 +374,9 @@ def language_name(code: str | None) -> str | None:
 
 
 def verbose_json(transcript: Transcript, task: str, temperature: float) -> dict:
-    """OpenAI's verbose_json. Per-segment scores Whisper's long-form output does not give
-    here (tokens, avg_logprob, compression_ratio, no_speech_prob) are neutral placeholders."""
+    """OpenAI's verbose_json, with each segment's window scores as the decoder measured them
+    (temperature used, avg_logprob, compression_ratio, no_speech_prob); ``tokens`` stays
+    empty, and a score the decoder did not measure reads 0 (``temperature``: the first)."""
     return {
         "task": task,
         "language": language_name(transcript.language),
@@ -335,6 +387,9 @@ def verbose_json(transcript: Transcript, task: str, temperature: float) -> dict:
 
 
 def _segment(index: int, segment: Segment, temperature: float) -> dict:
+    def score(value):
+        return 0.0 if value is None else value
+
     return {
         "id": index,
         "seek": int(segment.start * 100),
@@ -342,10 +397,10 @@ def _segment(index: int, segment: Segment, temperature: float) -> dict:
         "end": segment.end,
         "text": segment.text,
         "tokens": [],
-        "temperature": temperature,
-        "avg_logprob": 0.0,
-        "compression_ratio": 0.0,
-        "no_speech_prob": 0.0,
+        "temperature": temperature if segment.temperature is None else segment.temperature,
+        "avg_logprob": score(segment.avg_logprob),
+        "compression_ratio": score(segment.compression_ratio),
+        "no_speech_prob": score(segment.no_speech_prob),
     }
 
 
@@ -414,16 +469,16 @@ def build_app(
     async def handle(request: Request, task: str):
         form = await read_form(request, limits)
         try:
-            options = parse_options(form, model_id)
+            options = parse_options(form, model_id, engine.decoding)
             upload = _upload(form, limits)
             audio = await asyncio.to_thread(decode_upload, upload, limits)
         finally:
             await form.close()
         transcript = await queue.run(
-            engine.transcribe, audio, options.language, task, options.prompt, options.temperature
+            engine.transcribe, audio, options.language, task, options.prompt, options.decoding
         )
         log.info("%s %.1f s of audio in %.2f s", task, transcript.duration, transcript.seconds)
-        return render(transcript, options.response_format, task, options.temperature)
+        return render(transcript, options.response_format, task, options.decoding.temperature[0])
 
     @v1.post("/audio/transcriptions")
     async def transcriptions(request: Request):
@@ -465,8 +520,10 @@ def serve_api(
     api_key: str | None = None,
     language: str | None = None,
     model_id: str | None = None,
+    decoding=None,
 ) -> None:
-    """Load the model once, then serve until interrupted."""
+    """Load the model once, then serve until interrupted; ``decoding`` (``DecodingOptions``)
+    is the default a request's fields start from."""
     try:
         import uvicorn
         from fastapi import FastAPI  # noqa: F401
@@ -474,7 +531,7 @@ def serve_api(
         raise UserError("the API server needs FastAPI and uvicorn: pip install 'whisper-tune[api]'") from None
     if not model and not adapter:
         raise UserError("give --model (a merged or CTranslate2 folder, or a base) and/or --adapter")
-    engine = load_engine(model, adapter, language)
+    engine = load_engine(model, adapter, language, decoding=decoding)
     model_id = model_id or default_model_id(model, adapter)
     app = build_app(engine, limits or Limits(), api_key, model_id)
     if host not in LOOPBACK:

@@ -189,6 +189,10 @@ def cmd_evaluate(args) -> int:
 
     if not args.model and not args.adapter:
         raise UserError("evaluate needs --model BASE, --adapter DIR, or both")
+    given = [n for n in DECODING_FLAGS if getattr(args, n) is not None]
+    if args.decoding == "greedy" and given:
+        raise UserError(f"--{given[0].replace('_', '-')} sets robust decoding: add --decoding robust")
+    decoding = _decoding_options(args) if args.decoding == "robust" else None
     summary, folder = evaluate(
         args.model,
         args.adapter,
@@ -199,8 +203,12 @@ def cmd_evaluate(args) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         max_samples=args.max_samples,
+        decoding=decoding,
     )
-    print(f"{summary.model['mode']} on {args.split} ({summary.n} clips, {summary.clips_per_s:.2f} clips/s):")
+    print(
+        f"{summary.model['mode']} on {args.split} ({summary.n} clips, {summary.clips_per_s:.2f} clips/s, "
+        f"{summary.decoding['name']} decoding):"
+    )
     print(f"  WER {summary.wer:6.2f} %   CER {summary.cer:6.2f} %   (orthographic)")
     print(f"  WER {summary.normalized_wer:6.2f} %   CER {summary.normalized_cer:6.2f} %   (normalized)")
     if summary.flagged:
@@ -228,12 +236,89 @@ def args_evaluate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-samples", type=int, default=None, help=notes["max_samples"])
     p.add_argument("--out", default=None, help="report folder (default: eval-ADAPTER-SPLIT beside the adapter)")
+    p.add_argument(
+        "--decoding",
+        default="greedy",
+        choices=("greedy", "robust"),
+        help="greedy: the fast decoder, comparable with earlier reports (default); robust: temperature "
+        "fallback and thresholds, tuned by the decoding flags below",
+    )
+    _add_decoding_args(p)
+
+
+# ---- decoding flags (openai/whisper's names), shared by transcribe, serve, api, evaluate
+
+
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """Flags left None here so that ``_decoding_options`` knows which ones were given."""
+    from .robust_decoding import DecodingOptions
+
+    d = DecodingOptions()
+    g = p.add_argument_group("decoding (openai/whisper's names and defaults; see robust_decoding)")
+    g.add_argument("--beam-size", type=int, default=None, help=f"1 is greedy (default: {d.beam_size}; openai's CLI: 5)")
+    g.add_argument("--temperature", type=float, default=None, help="first temperature (default: 0)")
+    g.add_argument(
+        "--temperature-increment-on-fallback",
+        type=float,
+        default=None,
+        help="step up to 1 when a window fails the thresholds below (default: 0.2; 0: no fallback)",
+    )
+    for flag, value, why in (
+        ("--compression-ratio-threshold", d.compression_ratio_threshold, "text this compressible is a loop"),
+        ("--logprob-threshold", d.logprob_threshold, "a mean token log-probability below this is a guess"),
+        ("--no-speech-threshold", d.no_speech_threshold, "drop a doubtful window this likely silent"),
+    ):
+        g.add_argument(flag, type=_number_or_none, default=None, help=f"{why}; 'none' turns it off (default: {value})")
+    g.add_argument(
+        "--condition-on-previous-text",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prompt each window with the previous window's text (default: on)",
+    )
+
+
+OFF = "none"  # a threshold given as 'none' (None means the flag was not given)
+
+
+def _number_or_none(text: str):
+    if text.lower() == OFF:
+        return OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', not {text!r}") from None
+
+
+DECODING_FLAGS = (
+    "beam_size",
+    "temperature",
+    "temperature_increment_on_fallback",
+    "compression_ratio_threshold",
+    "logprob_threshold",
+    "no_speech_threshold",
+    "condition_on_previous_text",
+)
+
+
+def _decoding_options(args):
+    """``DecodingOptions`` from the decoding flags, built once here (unset flags: defaults)."""
+    from .robust_decoding import DecodingOptions
+
+    given = {n: getattr(args, n) for n in DECODING_FLAGS[3:] if getattr(args, n) is not None}
+    if args.beam_size is not None:
+        given["beam_size"] = args.beam_size
+    increment = args.temperature_increment_on_fallback
+    return DecodingOptions.from_temperature(
+        args.temperature or 0.0,
+        0.2 if increment is None else increment,
+        **{k: None if v == OFF else v for k, v in given.items()},
+    )
 
 
 # ---- transcribe ----------------------------------------------------------------------
 
 
-def _transcripts(args, files):
+def _transcripts(args, files, decoding):
     """Transcripts (or (path, error) pairs) of ``files``, on faster-whisper for an export-ct2
     folder, else on transformers."""
     from .transcription import is_ct2_model, transcribe_files, transcribe_files_ct2
@@ -245,13 +330,13 @@ def _transcripts(args, files):
 
         language = None if args.language in (None, "auto") else resolve_language(args.language)
         print(f"engine: faster-whisper (CTranslate2 model {args.model})", file=sys.stderr)
-        return transcribe_files_ct2(args.model, files, language, args.task or "transcribe")
+        return transcribe_files_ct2(args.model, files, language, args.task or "transcribe", decoding=decoding)
     from .modeling import load_for_inference, pick_device
 
     loaded = load_for_inference(
         args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
     )
-    return transcribe_files(loaded.model, loaded.processor, files, loaded.language, loaded.task)
+    return transcribe_files(loaded.model, loaded.processor, files, loaded.language, loaded.task, decoding=decoding)
 
 
 def cmd_transcribe(args) -> int:
@@ -260,12 +345,13 @@ def cmd_transcribe(args) -> int:
 
     from .transcription import expand_inputs, get_writer, output_names
 
+    decoding = _decoding_options(args)  # before any file is read: a bad flag fails at once
     files, problems = expand_inputs(args.inputs)
     for item, why in problems:
         print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
     if not files:
         return 2
-    items = _transcripts(args, files)
+    items = _transcripts(args, files, decoding)
     out_dir = Path(args.out) if args.out else None
     names = output_names(files)  # a/x.wav and b/x.wav write a-x.* and b-x.*, not one over the other
     if out_dir:
@@ -302,6 +388,7 @@ def args_transcribe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact", action="store_true", help="keep the base held as in training (see evaluate)")
     p.add_argument("--format", nargs="+", default=["txt", "srt"], choices=("txt", "srt", "vtt", "json"))
     p.add_argument("--out", default=None, help="folder for the output files (default: print the text)")
+    _add_decoding_args(p)
 
 
 # ---- merge and export ----------------------------------------------------------------
@@ -444,6 +531,7 @@ def cmd_serve(args) -> int:
         port=args.port,
         limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
         language=args.language,
+        decoding=_decoding_options(args),
     )
     return 0
 
@@ -471,6 +559,7 @@ def args_serve(p: argparse.ArgumentParser) -> None:
         default=limits.max_seconds,
         help=f"longest audio accepted (default: {limits.max_seconds:g})",
     )
+    _add_decoding_args(p)
 
 
 def cmd_api(args) -> int:
@@ -487,6 +576,7 @@ def cmd_api(args) -> int:
         api_key=args.api_key or None,
         language=args.language,
         model_id=args.model_id,
+        decoding=_decoding_options(args),
     )
     return 0
 
@@ -511,6 +601,7 @@ def args_api(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default=None, help="default language (default: the adapter's; 'auto' detects)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
+    _add_decoding_args(p)
 
 
 def cmd_bench(args) -> int:

@@ -63,6 +63,7 @@ def generate_on(
     progress: bool = False,
     generate_kwargs: dict | None = None,
     engine: str = "auto",
+    decoding=None,
 ) -> GenerationResult:
     """Transcribe every clip of a prepared dataset (results in the dataset's order).
 
@@ -70,7 +71,8 @@ def generate_on(
     is transformers' ``generate``; ``auto`` takes the fast one where it applies (a plain or
     merged model, a known language, greedy search). ``generate_kwargs`` go to
     ``model.generate``; ``min_new_tokens``/``max_new_tokens`` (benchmarks pin both) are
-    honoured by both engines."""
+    honoured by both engines. ``decoding`` (``robust_decoding.DecodingOptions``) decodes with
+    its fallback and thresholds through ``generate`` instead; None keeps greedy search."""
     from tqdm.auto import tqdm
 
     from .decoding import decoder_for, prompt_ids, supports_fast_path
@@ -84,7 +86,10 @@ def generate_on(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    kwargs = {"max_new_tokens": max_new_tokens} | (generate_kwargs or {})
+    # robust: a padded tensor back, since transformers 5 fails to stack a batch's outputs once
+    # its clips ended at different fallback temperatures (different lengths)
+    robust = {**decoding.generate_kwargs(), "return_dict_in_generate": False} if decoding else {}
+    kwargs = {"max_new_tokens": max_new_tokens} | robust | (generate_kwargs or {})
     fast = engine == "fast" or (
         engine == "auto"
         and language is not None
@@ -92,7 +97,7 @@ def generate_on(
         and supports_fast_path(model)
     )
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, _decoding_context(model, processor, decoding, device):
         if fast and n:
             prompt = prompt_ids(model, processor.tokenizer, language, task)
             max_len = len(prompt) + kwargs["max_new_tokens"]
@@ -105,6 +110,7 @@ def generate_on(
                 out = decoder(features, prompt, kwargs["max_new_tokens"], kwargs.get("min_new_tokens", 0))
             else:
                 out = model.generate(input_features=features, language=language, task=task, **kwargs)
+                out = out if torch.is_tensor(out) else out["sequences"]
             for j, text in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 hyps[j] = text.strip()
     if device.type == "cuda":
@@ -113,6 +119,18 @@ def generate_on(
     model.train(was_training)
     meta = dataset.select_columns(["id", "text"])[:n]
     return GenerationResult(meta["id"], meta["text"], hyps, seconds)
+
+
+def _decoding_context(model, processor, decoding, device):
+    """Seeded sampling and openai's text compression ratio while robust decoding runs."""
+    if decoding is None:
+        return contextlib.nullcontext()
+    from .robust_decoding import scored_windows, seeded
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(seeded(device))
+    stack.enter_context(scored_windows(model, processor.tokenizer))
+    return stack
 
 
 # ---- per-clip analysis ---------------------------------------------------------------
@@ -178,9 +196,12 @@ class EvalSummary:
     clips_per_s: float
     flagged: dict[str, int] = field(default_factory=dict)
     model: dict = field(default_factory=dict)
+    decoding: dict = field(default_factory=lambda: {"name": "greedy"})  # robust_decoding.DecodingOptions.describe()
 
 
-def summarize(result: GenerationResult, model_info: dict | None = None) -> tuple[EvalSummary, list[dict]]:
+def summarize(
+    result: GenerationResult, model_info: dict | None = None, decoding=None
+) -> tuple[EvalSummary, list[dict]]:
     """Corpus-level rates (orthographic and normalized) and the per-clip reports; a UserError
     when there is nothing to score, since a rate over no words is NaN, not a result."""
     if not result.references:
@@ -211,6 +232,7 @@ def summarize(result: GenerationResult, model_info: dict | None = None) -> tuple
         clips_per_s=result.clips_per_s,
         flagged=flagged,
         model=model_info or {},
+        decoding=decoding.describe() if decoding else {"name": "greedy"},
     )
     return summary, clips
 
@@ -243,10 +265,13 @@ def evaluate(
     max_new_tokens: int = EVALUATE_MAX_NEW_TOKENS,
     max_samples: int | None = None,
     progress: bool = True,
+    decoding=None,
 ) -> tuple[EvalSummary, Path]:
     """Measure WER/CER of base (+ adapter) on ``split`` of ``data`` (a ``DataConfig``); writes
     ``summary.json`` and ``clips.jsonl`` into ``out_dir`` (the prepared split is cached in
-    ``out_dir/prepared``). Without ``adapter`` this is the zero-shot baseline."""
+    ``out_dir/prepared``). Without ``adapter`` this is the zero-shot baseline. ``decoding``
+    (``DecodingOptions``) replaces the default fast greedy search, whose numbers stay
+    comparable with every earlier report; the summary records which one ran."""
     from .modeling import load_for_inference, pick_device
     from .prepare import prepare_split
 
@@ -268,6 +293,7 @@ def evaluate(
         loaded.autocast_dtype,
         max_samples,
         progress=progress,
+        decoding=decoding,
     )
     info = {
         "base": loaded.base,
@@ -281,5 +307,5 @@ def evaluate(
         "split": split,
         "device": str(device),
     }
-    summary, clips = summarize(result, info)
+    summary, clips = summarize(result, info, decoding)
     return summary, write_eval_report(out, asdict(summary), clips)

@@ -75,9 +75,12 @@ class Comparer:
     """The base model with the adapter attached but unmerged, loaded once: the base
     transcript runs with the adapter switched off, so both share one copy of the weights."""
 
-    def __init__(self, base: str | None, adapter: str | None, device: torch.device, language: str | None = None):
+    def __init__(
+        self, base: str | None, adapter: str | None, device: torch.device, language: str | None = None, decoding=None
+    ):
         from .modeling import load_for_inference
 
+        self.decoding = decoding  # robust_decoding.DecodingOptions; None: its defaults
         loaded = load_for_inference(base, adapter, device, language=language, merge=False)
         self.model, self.processor = loaded.model, loaded.processor
         self.base, self.adapter, self.language, self.task = loaded.base, adapter, loaded.language, loaded.task
@@ -90,7 +93,9 @@ class Comparer:
         switch = nullcontext() if fine_tuned or not self.adapter else self.model.disable_adapter()
         start = time.perf_counter()
         with switch:
-            segments, language = transcribe_audio(self.model, self.processor, audio, self.language, self.task)
+            segments, language = transcribe_audio(
+                self.model, self.processor, audio, self.language, self.task, decoding=self.decoding
+            )
         text = " ".join(s.text for s in segments if s.text).strip()
         return Transcription(text, language, time.perf_counter() - start, duration(audio))
 
@@ -227,8 +232,10 @@ def serve(
     port: int = 7860,
     limits: Limits | None = None,
     language: str | None = None,
+    decoding=None,
 ) -> None:
-    """Load once, build the page, and serve until interrupted."""
+    """Load once, build the page, and serve until interrupted; ``decoding`` is a
+    ``robust_decoding.DecodingOptions`` (None: openai/whisper's defaults)."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local app
@@ -244,7 +251,7 @@ def serve(
     if report is not None:
         adapter = str(report.adapter)
     limits = limits or Limits()
-    comparer = Comparer(base, adapter, pick_device(), language)
+    comparer = Comparer(base, adapter, pick_device(), language, decoding)
     app = build_app(comparer, limits, report)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"whisper-tune: serving on {host}: anyone who can reach this address can use the app")

@@ -23,6 +23,7 @@ import torch
 from .audio import CHUNK_SECONDS, AudioError, check_finite, duration, load_audio
 from .features import log_mel_whole
 from .modeling import input_dtype
+from .robust_decoding import DecodingOptions, scored_windows, seeded
 
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".wma")
 
@@ -32,6 +33,11 @@ class Segment:
     start: float  # seconds
     end: float
     text: str
+    # the scores of the 30 s window the segment came from, where the decoder measured them
+    temperature: float | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
 
 
 @dataclass
@@ -123,24 +129,26 @@ def transcribe_audio(
     task: str = "transcribe",
     max_new_tokens: int = 224,
     prompt: str | None = None,
-    temperature: float = 0.0,
+    decoding: DecodingOptions | None = None,
 ) -> tuple[list[Segment], str]:
-    """Segments with time stamps for one 16 kHz clip of any length, and the language used.
+    """Segments with time stamps and window scores for one 16 kHz clip of any length, and
+    the language used.
 
     ``prompt`` is Whisper's initial prompt (previous-text tokens before the first window:
-    spellings, names, style); ``temperature`` above 0 samples instead of decoding greedily.
-    Both are left out of ``generate`` at their defaults, so the plain call is unchanged.
+    spellings, names, style). ``decoding`` defaults to openai/whisper's: greedy with
+    temperature fallback and its thresholds (see ``robust_decoding``).
     """
     check_finite(audio)  # NaN features decode as "!!!!": refuse, as for an unreadable file
+    decoding = decoding or DecodingOptions()
     device = next(model.parameters()).device
-    options = {}
+    if decoding.condition_on_previous_text:  # room for up to 224 previous tokens + 4 start tokens
+        max_new_tokens = min(max_new_tokens, model.config.max_target_positions // 2 - 5)
+    options = decoding.generate_kwargs()
     if prompt and prompt.strip():
         options["prompt_ids"] = _prompt_ids(model, processor, prompt, max_new_tokens).to(device)
-    if temperature > 0:
-        options["temperature"] = temperature
     features, mask = log_mel_whole(processor.feature_extractor, audio)
     features = features.to(device, input_dtype(model))
-    with torch.inference_mode():
+    with torch.inference_mode(), seeded(device), scored_windows(model, processor.tokenizer) as scores:
         if language is None:
             language = detect_language(model, processor, features)
         out = model.generate(
@@ -153,17 +161,35 @@ def transcribe_audio(
             max_new_tokens=max_new_tokens,
             **options,
         )
-    total = duration(audio)
+    return _segments(out, processor.tokenizer, scores, duration(audio)), language
+
+
+def _segments(out, tokenizer, scores: dict, total: float) -> list[Segment]:
+    """``generate``'s segments as Segments clipped to the clip's length, each with its
+    window's scores; else one segment for the whole clip (empty where every window was silent)."""
     segments = []
     for seg in out["segments"][0] if isinstance(out, dict) and out.get("segments") else []:
-        text = processor.tokenizer.decode(seg["tokens"], skip_special_tokens=True).strip()
+        text = tokenizer.decode(seg["tokens"], skip_special_tokens=True).strip()
         start = min(float(seg["start"]), total)
-        segments.append(Segment(round(start, 3), round(max(start, min(float(seg["end"]), total)), 3), text))
-    if not segments:  # no timestamps predicted: one segment for the whole clip
+        end = max(start, min(float(seg["end"]), total))
+        window = scores.get(id(seg.get("result")))
+        segments.append(Segment(round(start, 3), round(end, 3), text, **_score_fields(window)))
+    if not segments:  # no window kept (silence) or no time stamp predicted
         ids = out["sequences"] if isinstance(out, dict) else out
-        text = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
+        text = tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
         segments = [Segment(0.0, round(total, 3), text)]
-    return segments, language
+    return segments
+
+
+def _score_fields(window) -> dict:
+    if window is None:
+        return {}
+    return {
+        "temperature": window.temperature,
+        "avg_logprob": None if window.avg_logprob is None else round(window.avg_logprob, 4),
+        "compression_ratio": round(window.compression_ratio, 4),
+        "no_speech_prob": None if window.no_speech_prob is None else round(window.no_speech_prob, 4),
+    }
 
 
 def _prompt_ids(model, processor, prompt: str, max_new_tokens: int) -> torch.Tensor:
@@ -176,10 +202,18 @@ def _prompt_ids(model, processor, prompt: str, max_new_tokens: int) -> torch.Ten
 
 
 def transcribe_files(
-    model, processor, files: list[Path], language: str | None = None, task: str = "transcribe", progress: bool = True
+    model,
+    processor,
+    files: list[Path],
+    language: str | None = None,
+    task: str = "transcribe",
+    progress: bool = True,
+    decoding: DecodingOptions | None = None,
 ):
     """Yield a Transcript, or (path, error) for a file that cannot be read, per file."""
-    return _each_file(files, lambda audio: transcribe_audio(model, processor, audio, language, task), progress)
+    return _each_file(
+        files, lambda audio: transcribe_audio(model, processor, audio, language, task, decoding=decoding), progress
+    )
 
 
 def is_ct2_model(path: str | Path) -> bool:
@@ -194,12 +228,15 @@ def transcribe_files_ct2(
     task: str = "transcribe",
     compute_type: str = "default",
     progress: bool = True,
+    decoding: DecodingOptions | None = None,
 ):
     """``transcribe_files`` on a CTranslate2 export, through faster-whisper: same audio
-    decoding, same Transcript and writers, greedy decoding with time stamps. On a CPU this is
-    the fastest engine for a finished model (see benchmarks/results/cpu_transcribe.md)."""
+    decoding, same Transcript and writers, same decoding options, with time stamps. On a CPU
+    this is the fastest engine for a finished model (see benchmarks/results/cpu_transcribe.md)."""
     model = load_ct2(model_dir, compute_type)
-    return _each_file(files, lambda audio: transcribe_audio_ct2(model, audio, language, task), progress)
+    return _each_file(
+        files, lambda audio: transcribe_audio_ct2(model, audio, language, task, decoding=decoding), progress
+    )
 
 
 def load_ct2(model_dir: str | Path, compute_type: str = "default"):
@@ -222,21 +259,32 @@ def transcribe_audio_ct2(
     language: str | None = None,
     task: str = "transcribe",
     prompt: str | None = None,
-    temperature: float = 0.0,
+    decoding: DecodingOptions | None = None,
 ) -> tuple[list[Segment], str]:
     """``transcribe_audio`` for a faster-whisper model (``load_ct2``): one 16 kHz clip ->
-    (segments, language), greedy at temperature 0, without faster-whisper's own fallback."""
+    (segments with their window scores, language), with the same ``decoding`` options
+    (faster-whisper implements openai/whisper's fallback under the same names)."""
     check_finite(audio)
     segments, info = model.transcribe(
         audio,
         language=language,
         task=task,
-        beam_size=1,
-        temperature=temperature,
-        condition_on_previous_text=False,
         initial_prompt=prompt or None,
+        **(decoding or DecodingOptions()).faster_whisper_kwargs(),
     )
-    return [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments], info.language
+    return [_ct2_segment(s) for s in segments], info.language
+
+
+def _ct2_segment(s) -> Segment:
+    return Segment(
+        round(s.start, 3),
+        round(s.end, 3),
+        s.text.strip(),
+        temperature=s.temperature,
+        avg_logprob=round(s.avg_logprob, 4),
+        compression_ratio=round(s.compression_ratio, 4),
+        no_speech_prob=round(s.no_speech_prob, 4),
+    )
 
 
 def _each_file(files: list[Path], decode, progress: bool):
@@ -318,13 +366,18 @@ class WriteJSON(Writer):
                     "language": t.language,
                     "duration": t.duration,
                     "text": t.text,
-                    "segments": [asdict(s) for s in t.segments],
+                    "segments": [_segment_fields(s) for s in t.segments],
                 },
                 ensure_ascii=False,
                 indent=2,
             )
             + "\n"
         )
+
+
+def _segment_fields(segment: Segment) -> dict:
+    """A segment's fields, without the scores its decoder did not measure."""
+    return {k: v for k, v in asdict(segment).items() if v is not None}
 
 
 WRITERS = {w.extension: w for w in (WriteTXT, WriteSRT, WriteVTT, WriteJSON)}

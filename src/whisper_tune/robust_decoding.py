@@ -1,0 +1,218 @@
+"""Decoding that resists runaways: openai/whisper's temperature fallback, thresholds and
+beam search, as one options object mapped onto both engines.
+
+A window whose text compresses too well (a loop: ``compression_ratio_threshold``) or whose
+tokens the model itself doubts (mean log-probability under ``logprob_threshold``) is
+decoded again at the next temperature; a window the model calls silent
+(``no_speech_threshold``) whose tokens are also doubtful is dropped. The names and defaults
+are openai/whisper's, so its documentation and faster-whisper's (same names) apply.
+
+Why it is built this way:
+
+* transformers' Whisper ``generate`` implements the fallback itself, for short-form (<= 30 s)
+  input as well as long-form (``generate_with_fallback`` runs for both in transformers 5), so
+  :meth:`DecodingOptions.generate_kwargs` only maps names. One meaning differs: transformers
+  measures the compression ratio on the token ids' bytes, where openai/whisper and
+  faster-whisper gzip the window's *text* (which is why transformers' docs suggest 1.35, not
+  2.4). :func:`scored_windows` puts openai's text measure in for the call, so 2.4 means the
+  same on every engine, and records what each window ended with (temperature used, mean
+  log-probability, compression ratio, no-speech probability) for ``verbose_json``.
+* Sampling is seeded per call (:data:`FALLBACK_SEED`, in a forked RNG): a clip that falls back
+  gives the same text every time it is sent, and the caller's random state is untouched.
+* Beam search applies at temperature 0 only (sampling at a fallback temperature is one
+  sample, as transformers does): ``best_of`` is not offered, so both engines draw one sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from dataclasses import asdict, dataclass, replace
+
+from .errors import UserError
+
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai: --temperature 0, increment 0.2
+FALLBACK_SEED = 0  # sampling at fallback temperatures is reproducible per call
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How a window is decoded; defaults are openai/whisper ``transcribe()``'s.
+
+    ``beam_size`` 1 is greedy (openai's CLI uses 5: about 2-3x the decoding time on a CPU).
+    A threshold of None switches that check off; ``temperature`` of one value switches the
+    fallback off."""
+
+    beam_size: int = 1
+    temperature: tuple[float, ...] = FALLBACK_TEMPERATURES
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = True
+
+    def __post_init__(self):
+        temps = tuple(float(t) for t in (self.temperature if isinstance(self.temperature, (list, tuple)) else [self.temperature]))
+        object.__setattr__(self, "temperature", temps)
+        if not isinstance(self.beam_size, int) or self.beam_size < 1:
+            raise UserError(f"beam size must be a whole number from 1 (greedy), not {self.beam_size!r}")
+        if not temps or any(not 0.0 <= t <= 1.0 for t in temps) or list(temps) != sorted(temps):
+            raise UserError(f"temperatures must be rising numbers from 0 to 1, not {list(temps)}")
+        if self.beam_size > 1 and temps[0] > 0:
+            raise UserError("beam search decodes at temperature 0: use --temperature 0 with --beam-size above 1")
+        if self.compression_ratio_threshold is not None and not self.compression_ratio_threshold > 0:
+            raise UserError(f"compression ratio threshold must be above 0, not {self.compression_ratio_threshold}")
+        if self.logprob_threshold is not None and not self.logprob_threshold <= 0:
+            raise UserError(f"log-probability threshold must be 0 or below (a mean log-probability), not {self.logprob_threshold}")
+        if self.no_speech_threshold is not None and not 0.0 <= self.no_speech_threshold <= 1.0:
+            raise UserError(f"no-speech threshold must be a probability from 0 to 1, not {self.no_speech_threshold}")
+        if self.no_speech_threshold is not None and self.logprob_threshold is None:
+            raise UserError("the no-speech threshold drops a window only when its log-probability is also low: give a log-probability threshold")
+
+    @classmethod
+    def from_temperature(cls, temperature: float = 0.0, increment: float | None = 0.2, **fields) -> DecodingOptions:
+        """openai's CLI pair: start at ``temperature`` and step by ``increment`` up to 1 on
+        fallback (``increment`` None or 0: that one temperature only)."""
+        if increment is not None and increment < 0:
+            raise UserError(f"the temperature increment must be 0 or more, not {increment}")
+        if not increment or temperature >= 1.0:
+            return cls(temperature=(temperature,), **fields)
+        steps = int((1.0 - temperature) / increment + 1e-6)
+        return cls(temperature=tuple(round(temperature + k * increment, 6) for k in range(steps + 1)), **fields)
+
+    @classmethod
+    def greedy(cls) -> DecodingOptions:
+        """Plain greedy decoding: no fallback, no thresholds, each window on its own."""
+        return cls(1, (0.0,), None, None, None, False)
+
+    def starting_at(self, temperature: float, increment: float = 0.2) -> DecodingOptions:
+        """These options with the fallback ramp starting at ``temperature`` (an API request's
+        ``temperature``: OpenAI's API also raises it on fallback)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "temperature"}
+        return DecodingOptions.from_temperature(temperature, increment if len(self.temperature) > 1 else None, **fields)
+
+    def with_fields(self, **changes) -> DecodingOptions:
+        return replace(self, **changes)
+
+    @property
+    def name(self) -> str:
+        return "greedy" if self == DecodingOptions.greedy() else "robust"
+
+    def describe(self) -> dict:
+        """For a report's summary: which decoding made these numbers."""
+        return {"name": self.name, **asdict(self), "temperature": list(self.temperature)}
+
+    def generate_kwargs(self) -> dict:
+        """Arguments of transformers' Whisper ``generate``. Scores are always returned: the
+        log-probability check needs them, and :func:`scored_windows` reports them."""
+        kwargs = {
+            "temperature": self.temperature if len(self.temperature) > 1 else self.temperature[0],
+            "compression_ratio_threshold": self.compression_ratio_threshold,
+            "logprob_threshold": self.logprob_threshold,
+            "no_speech_threshold": self.no_speech_threshold,
+            "condition_on_prev_tokens": self.condition_on_previous_text,
+            "return_dict_in_generate": True,
+            "output_scores": True,
+        }
+        if self.beam_size > 1:
+            kwargs["num_beams"] = self.beam_size
+        return kwargs
+
+    def faster_whisper_kwargs(self) -> dict:
+        """Arguments of faster-whisper's ``WhisperModel.transcribe`` (it spells the
+        log-probability threshold ``log_prob_threshold``)."""
+        return {
+            "beam_size": self.beam_size,
+            "best_of": 1,
+            "temperature": list(self.temperature),
+            "compression_ratio_threshold": self.compression_ratio_threshold,
+            "log_prob_threshold": self.logprob_threshold,
+            "no_speech_threshold": self.no_speech_threshold,
+            "condition_on_previous_text": self.condition_on_previous_text,
+        }
+
+
+def compression_ratio(text: str) -> float:
+    """openai/whisper's measure: raw UTF-8 bytes over zlib-compressed bytes (a loop is high)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """What a decoded 30 s window ended with (the last attempt's values)."""
+
+    temperature: float
+    avg_logprob: float | None
+    compression_ratio: float
+    no_speech_prob: float | None
+
+
+def _generating_model(model):
+    """The Whisper model whose ``generate`` runs (inside a PEFT wrapper, if any)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(type(inner), "_need_fallback") or not hasattr(type(inner), "_retrieve_compression_ratio"):
+        raise RuntimeError("this transformers version's Whisper generate has no temperature fallback hooks")
+    return inner
+
+
+@contextlib.contextmanager
+def scored_windows(model, tokenizer):
+    """Within the block, ``model.generate`` measures compression on the window's text (as
+    openai/whisper) and records a :class:`WindowScore` per window; yields a dict from
+    ``id(segment["result"])`` to its score (segments of one window share their result).
+    The two instance attributes set here shadow the class's methods and are removed after."""
+    whisper = _generating_model(model)
+    need_fallback = whisper._need_fallback  # bound, before the shadowing below
+    scores, keep = {}, []
+
+    def text_ratio(tokens, vocab_size):
+        return compression_ratio(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+
+    def recording(seek_sequence, seek_outputs, index, logits_processor, generation_config, vocab_size, temperature):
+        decision = need_fallback(
+            seek_sequence, seek_outputs, index, logits_processor, generation_config, vocab_size, temperature
+        )
+        result = seek_outputs[index]
+        keep.append(result)  # alive until the block ends, so no id is reused
+        scores[id(result)] = WindowScore(
+            float(temperature or 0.0),
+            _avg_logprob(whisper, result, seek_sequence, temperature),
+            text_ratio(seek_sequence, vocab_size),
+            _no_speech_prob(logits_processor, index),
+        )
+        return decision
+
+    whisper._retrieve_compression_ratio = text_ratio
+    whisper._need_fallback = recording
+    try:
+        yield scores
+    finally:
+        del whisper._retrieve_compression_ratio, whisper._need_fallback
+
+
+def _avg_logprob(whisper, result, sequence, temperature) -> float | None:
+    """transformers' own measure (the one its fallback compares), end-of-text included."""
+    if not isinstance(result, dict) or not result.get("scores"):
+        return None
+    return float(whisper._retrieve_avg_logprobs(result["scores"], sequence, temperature or 0.0))
+
+
+def _no_speech_prob(logits_processor, index: int) -> float | None:
+    from transformers.generation.logits_process import WhisperNoSpeechDetection
+
+    for proc in logits_processor or []:
+        if isinstance(proc, WhisperNoSpeechDetection):
+            probs = proc.no_speech_prob
+            return float(probs[index]) if len(probs) > index else None
+    return None
+
+
+@contextlib.contextmanager
+def seeded(device):
+    """A forked RNG seeded with :data:`FALLBACK_SEED` (CUDA's too, on a GPU)."""
+    import torch
+
+    devices = [device] if getattr(device, "type", None) == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(FALLBACK_SEED)
+        yield
