@@ -179,5 +179,5 @@ def build_optimizer(model, cfg: TrainConfig, total_steps: int, device: torch.dev
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.train.learning_rate, cfg.train.weight_decay, device)
     scheduler = lr_schedule(optimizer, cfg.train.warmup_steps, total_steps, cfg.train.lr_schedule)
-    amp = amp_dtype(device, cfg.train.mixed_precision)
+    amp = amp_dtype(device, cfg.train.mixed_precision, training=True)
     return optimizer, scheduler, OptimizerStep(model, optimizer, amp, cfg.train.max_grad_norm, world)
