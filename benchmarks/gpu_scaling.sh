@@ -12,18 +12,21 @@ set -euo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/scaling
 STEPS=${STEPS:-40}
+ARCHS=${ARCHS:-large-v2 large-v3-turbo}
+# torchrun:VARIANT runs benchmarks/ddp_variant.py (main, no-bucket-view, host-skip): an A/B of the loop
+LAUNCHERS=${LAUNCHERS:-1gpu torchrun accelerate}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1
 mkdir -p "$OUT" "$W"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/scaling.log"
-python3 - "$W" <<'PY'
+python3 - "$W" $ARCHS <<'PY'
 import json, sys
 from pathlib import Path
 import numpy as np, soundfile as sf
 from whisper_tune.bench import save_random
 from whisper_tune.demo_data import demo_sentences
 w = Path(sys.argv[1]); (w / "clips").mkdir(parents=True, exist_ok=True)
-for arch in ("large-v2", "large-v3-turbo"):
+for arch in sys.argv[2:]:
     save_random(arch, w / arch)
 rng, rows = np.random.default_rng(0), []
 for i, text in enumerate((demo_sentences("mr") * 3)[:640]):
@@ -37,30 +40,32 @@ launch() {  # launcher, then the train arguments
   case $how in
     1gpu) python3 -m whisper_tune.cli "$@" ;;
     torchrun) torchrun --nproc_per_node 2 -m whisper_tune.cli "$@" ;;
+    torchrun:*) torchrun --nproc_per_node 2 benchmarks/ddp_variant.py "${how#torchrun:}" "$@" ;;
     accelerate) python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \
                   --mixed_precision no --dynamo_backend no -m whisper_tune.cli "$@" ;;
   esac
 }
-for arch in large-v2 large-v3-turbo; do
-  for how in 1gpu torchrun accelerate; do
-    run=$W/run-$arch-$how
+for arch in $ARCHS; do
+  for how in $LAUNCHERS; do
+    tag=${how/:/-}
+    run=$W/run-$arch-$tag
     launch $how train --config marathi-large-v2-int8 model.base=$W/$arch model.quantization=int8-wo \
       data.source=$W/manifest.jsonl train.batch_size=16 train.max_steps=$STEPS train.num_workers=4 \
-      train.log_every=5 eval.every=-1 train.save_every=1000 train.output_dir=$run > "$W/log-$arch-$how" 2>&1 \
-      || { tail -20 "$W/log-$arch-$how"; exit 1; }
-    cp "$run/run.json" "$OUT/run-$arch-$how.json"
+      train.log_every=5 eval.every=-1 train.save_every=1000 train.output_dir=$run > "$W/log-$arch-$tag" 2>&1 \
+      || { tail -20 "$W/log-$arch-$tag"; exit 1; }
+    cp "$run/run.json" "$OUT/run-$arch-$tag.json"
   done
 done
-python3 - "$OUT" <<'PY' | tee -a "$OUT/scaling.log" "$OUT/scaling.md"
+python3 - "$OUT" "$ARCHS" "$LAUNCHERS" <<'PY' | tee -a "$OUT/scaling.log" "$OUT/scaling.md"
 import json, sys
 from pathlib import Path
 out, rows = Path(sys.argv[1]), []
 print("| architecture | launcher | GPUs | steady samples/s | overall samples/s | x vs 1 GPU | efficiency | peak GiB per GPU |")
 print("|---|---|---|---|---|---|---|---|")
-for arch in ("large-v2", "large-v3-turbo"):
+for arch in sys.argv[2].split():
     one = json.loads((out / f"run-{arch}-1gpu.json").read_text())
-    for how in ("1gpu", "torchrun", "accelerate"):
-        r = json.loads((out / f"run-{arch}-{how}.json").read_text())
+    for how in sys.argv[3].split():
+        r = json.loads((out / f"run-{arch}-{how.replace(':', '-')}.json").read_text())
         n, rate = r["world_size"], r["steady_samples_per_s"]
         speedup = rate / one["steady_samples_per_s"]
         peaks = r.get("peak_gpu_gib_per_rank", [r.get("peak_gpu_gib", 0.0)])
