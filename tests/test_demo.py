@@ -48,3 +48,17 @@ def test_offline_base_when_the_hub_is_silent(tmp_path, monkeypatch):
     assert resolve_base(tmp_path) == (base, source) and len(calls) == 1  # imported once
     monkeypatch.setattr(demo, "hub_answers", lambda *a, **k: True)
     assert resolve_base(tmp_path / "other") == (demo.HUB_BASE, "hub")
+
+
+def test_on_a_gpu_the_demo_trains_longer_and_says_so():
+    """The GPU plan is a valid set of recipe overrides that trains longer than the CPU recipe."""
+    from whisper_tune.config import load_train_config
+    from whisper_tune.demo import device_plan
+
+    cpu, cpu_line = device_plan(cuda=False)
+    gpu, gpu_line = device_plan(cuda=True)
+    assert cpu == [] and "CPU" in cpu_line
+    assert "GPU" in gpu_line and all(o in gpu_line for o in gpu)
+    recipe, longer = load_train_config("demo"), load_train_config("demo", gpu)
+    assert longer.train.max_steps is None and longer.train.epochs * 600 / longer.train.batch_size > recipe.train.max_steps
+    assert longer.lora.target_modules() == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
