@@ -56,12 +56,22 @@ def main() -> None:
         processor = WhisperProcessor.from_pretrained(merged)
         transcribe_audio(model, processor, audios[0], args.language, decoding=GREEDY)  # warm-up
         start = time.perf_counter()
-        ours = [" ".join(s.text for s in transcribe_audio(model, processor, a, args.language, decoding=GREEDY)[0]) for a in audios]
+        ours = [
+            " ".join(s.text for s in transcribe_audio(model, processor, a, args.language, decoding=GREEDY)[0])
+            for a in audios
+        ]
         rows.append({"engine": "whisper-tune transcribe (transformers, fp32)", "seconds": time.perf_counter() - start})
         ct2 = export_ct2(merged, Path(tmp) / "ct2-int8", quantization="int8")
-        list(transcribe_files_ct2(ct2, [clips[0]], args.language, compute_type="int8", progress=False, decoding=GREEDY))  # warm-up
+        list(
+            transcribe_files_ct2(ct2, [clips[0]], args.language, compute_type="int8", progress=False, decoding=GREEDY)
+        )  # warm-up
         start = time.perf_counter()
-        mine = [t.text for t in transcribe_files_ct2(ct2, clips, args.language, compute_type="int8", progress=False, decoding=GREEDY)]
+        mine = [
+            t.text
+            for t in transcribe_files_ct2(
+                ct2, clips, args.language, compute_type="int8", progress=False, decoding=GREEDY
+            )
+        ]
         row = {"engine": "whisper-tune transcribe --model <export-ct2 int8> (faster-whisper engine)"}
         row |= {"seconds": time.perf_counter() - start}
         row["same_text_as_whisper_tune"] = sum(a.split() == b.split() for a, b in zip(ours, mine))

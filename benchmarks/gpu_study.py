@@ -23,8 +23,15 @@ from pathlib import Path
 
 from whisper_tune.demo import GPU_OVERRIDES as GPU_DEMO
 
-GPU = ["train.max_steps=null", "train.epochs=5", "train.batch_size=16", "lora.freeze_encoder=false",
-       "train.num_workers=3", "train.warmup_steps=20", "train.save_every=100000"]
+GPU = [
+    "train.max_steps=null",
+    "train.epochs=5",
+    "train.batch_size=16",
+    "lora.freeze_encoder=false",
+    "train.num_workers=3",
+    "train.warmup_steps=20",
+    "train.save_every=100000",
+]
 CPU_BUDGET = ["train.max_steps=170", "train.batch_size=8", "train.num_workers=3", "train.save_every=100000"]
 ROWS = {
     # LoRA targets, encoder and decoder, augmentation on (the defaults) and off
@@ -33,8 +40,8 @@ ROWS = {
     "attn": GPU + ["lora.targets=attn"],
     "all-linear": GPU + ["lora.targets=all-linear"],
     "all-linear, no aug": GPU + ["lora.targets=all-linear", "augment.enabled=false"],
-    "all-linear, SpecAugment only": GPU + ["lora.targets=all-linear", "augment.speed_prob=0", "augment.gain_prob=0",
-                                           "augment.noise_prob=0"],
+    "all-linear, SpecAugment only": GPU
+    + ["lora.targets=all-linear", "augment.speed_prob=0", "augment.gain_prob=0", "augment.noise_prob=0"],
     "all-linear, wave aug only": GPU + ["lora.targets=all-linear", "augment.spec_augment=false"],
     "all-linear, + pitch": GPU + ["lora.targets=all-linear", "augment.pitch_prob=0.3"],
     # rank, learning rate, schedule, epochs (all-linear, augmentation on)
@@ -47,21 +54,27 @@ ROWS = {
     "all-linear 10 epochs": GPU + ["lora.targets=all-linear", "train.epochs=10"],
     # the CPU demo's budget: 170 steps of batch 8 (12 min on 2 cores), decoder-only or not
     "cpu budget: decoder qv": CPU_BUDGET + ["lora.targets=qv", "lora.freeze_encoder=true"],
-    "cpu budget: decoder qv, no aug": CPU_BUDGET + ["lora.targets=qv", "lora.freeze_encoder=true", "augment.enabled=false"],
+    "cpu budget: decoder qv, no aug": CPU_BUDGET
+    + ["lora.targets=qv", "lora.freeze_encoder=true", "augment.enabled=false"],
     "cpu budget: decoder all-linear": CPU_BUDGET + ["lora.targets=all-linear", "lora.freeze_encoder=true"],
-    "cpu budget: decoder all-linear lr 2e-3": CPU_BUDGET + ["lora.targets=all-linear", "lora.freeze_encoder=true",
-                                                           "train.learning_rate=2e-3"],
+    "cpu budget: decoder all-linear lr 2e-3": CPU_BUDGET
+    + ["lora.targets=all-linear", "lora.freeze_encoder=true", "train.learning_rate=2e-3"],
     "cpu budget: enc+dec qv": CPU_BUDGET + ["lora.targets=qv", "lora.freeze_encoder=false"],
 }
-ENC_DEC_QV = ["lora.targets=qv", "lora.freeze_encoder=false", "train.batch_size=8", "train.num_workers=3",
-              "train.save_every=100000"]
+ENC_DEC_QV = [
+    "lora.targets=qv",
+    "lora.freeze_encoder=false",
+    "train.batch_size=8",
+    "train.num_workers=3",
+    "train.save_every=100000",
+]
 ROWS |= {  # shorter CPU budgets with the encoder adapted (a step costs more on the CPU than decoder-only)
     "cpu 60 steps: enc+dec qv": ENC_DEC_QV + ["train.max_steps=60"],
     "cpu 90 steps: enc+dec qv": ENC_DEC_QV + ["train.max_steps=90"],
     "cpu 90 steps: enc+dec qv, no aug": ENC_DEC_QV + ["train.max_steps=90", "augment.enabled=false"],
     "cpu 90 steps: enc+dec qv lr 2e-3": ENC_DEC_QV + ["train.max_steps=90", "train.learning_rate=2e-3"],
-    "cpu 180 steps of 4: enc+dec qv lr 2e-3": ENC_DEC_QV + ["train.max_steps=180", "train.batch_size=4",
-                                                           "train.learning_rate=2e-3"],
+    "cpu 180 steps of 4: enc+dec qv lr 2e-3": ENC_DEC_QV
+    + ["train.max_steps=180", "train.batch_size=4", "train.learning_rate=2e-3"],
     "cpu 90 steps: enc+dec all-linear": ENC_DEC_QV + ["train.max_steps=90", "lora.targets=all-linear"],
 }
 ROWS |= {  # the defaults chosen from the rows above, run again (SpecAugment on, waveform perturbations off)
@@ -89,24 +102,45 @@ def run_row(name: str, overrides: list[str], base: str, data: str, out: Path) ->
     folder, log = out / slug, out / f"{slug}.log"
     folder.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    cli("train", "--config", "demo", f"model.base={base}", f"data.source={data}", "data.train_split=train",
-        "data.eval_split=test", f"train.output_dir={folder}/run", "eval.every=-1", *overrides, log=log)
+    cli(
+        "train",
+        "--config",
+        "demo",
+        f"model.base={base}",
+        f"data.source={data}",
+        "data.train_split=train",
+        "data.eval_split=test",
+        f"train.output_dir={folder}/run",
+        "eval.every=-1",
+        *overrides,
+        log=log,
+    )
     record = json.loads((folder / "run" / "run.json").read_text())
     scores = {s: evaluate(["--adapter", f"{folder}/run/adapter"], data, s, folder / f"eval-{s}", log) for s in SPLITS}
-    return {"name": name, "overrides": overrides, "steps": record["steps"], "samples_per_s": record["samples_per_s"],
-            "wall_s": round(time.time() - start), **{s: v for s, v in scores.items()}}
+    return {
+        "name": name,
+        "overrides": overrides,
+        "steps": record["steps"],
+        "samples_per_s": record["samples_per_s"],
+        "wall_s": round(time.time() - start),
+        **{s: v for s, v in scores.items()},
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| setting | steps | test WER % | test CER % | unseen WER % | unseen CER % | samples/s (shared card) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | steps | test WER % | test CER % | unseen WER % | unseen CER % | samples/s (shared card) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['name']} | failed: {r['error']} | | | | | |")
             continue
         t, u = r["test"], r["unseen"]
-        lines.append(f"| {r['name']} | {r['steps']} | {t['wer']:.1f} | {t['cer']:.1f} | {u['wer']:.1f} | "
-                     f"{u['cer']:.1f} | {r['samples_per_s']:.1f} |")
+        lines.append(
+            f"| {r['name']} | {r['steps']} | {t['wer']:.1f} | {t['cer']:.1f} | {u['wer']:.1f} | "
+            f"{u['cer']:.1f} | {r['samples_per_s']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -118,13 +152,18 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--only", nargs="*", default=None, help="these rows (default: all)")
     ap.add_argument("--no-zero-shot", action="store_true", help="skip the base model's row")
-    ap.add_argument("--extra", nargs="*", default=[], help="overrides appended to every row (a dry run: train.max_steps=2)")
+    ap.add_argument(
+        "--extra", nargs="*", default=[], help="overrides appended to every row (a dry run: train.max_steps=2)"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     if not args.no_zero_shot:
-        zero = {s: evaluate(["--model", args.base], args.data, s, out / f"zero-shot-{s}", out / "zero-shot.log") for s in SPLITS}
+        zero = {
+            s: evaluate(["--model", args.base], args.data, s, out / f"zero-shot-{s}", out / "zero-shot.log")
+            for s in SPLITS
+        }
         rows.append({"name": "zero-shot", "steps": 0, "samples_per_s": 0.0, **zero})
     names = args.only or list(ROWS)
 

@@ -46,7 +46,9 @@ def test_perturbations_keep_the_rate_and_do_what_they_say():
 
 
 def test_slowing_down_never_pushes_a_clip_past_the_window():
-    aug = WaveAugment.from_settings(AugmentSettings(speed_prob=1.0, speed_range=[0.5, 0.6], gain_prob=0, noise_prob=0), 0)
+    aug = WaveAugment.from_settings(
+        AugmentSettings(speed_prob=1.0, speed_range=[0.5, 0.6], gain_prob=0, noise_prob=0), 0
+    )
     long_clip = tone(CHUNK_SECONDS - 1.0, SAMPLE_RATE)
     for index in range(5):
         assert len(aug(long_clip, index, 0)) <= CHUNK_SECONDS * SAMPLE_RATE
@@ -90,7 +92,9 @@ def test_the_collator_augments_only_when_told_and_seeds_by_clip():
     expected = log_mel(fe, [rows[2]["audio"], rows[0]["audio"]])
     assert torch.equal(batch["input_features"], expected)  # what evaluation computes, untouched
     assert "attention_mask" not in batch and batch["labels"].tolist() == [[5, 6, 2]] * 2
-    augmenting = SpeechCollator(fe, 1, augment=WaveAugment.from_settings(AugmentSettings(**ALL_ON), 3), attention_mask=True)
+    augmenting = SpeechCollator(
+        fe, 1, augment=WaveAugment.from_settings(AugmentSettings(**ALL_ON), 3), attention_mask=True
+    )
     one = augmenting([rows[(4, 2)], rows[(4, 0)]])
     alone = augmenting([rows[(4, 0)]])  # the same clip in another batch: the same perturbation
     assert torch.equal(one["input_features"][1], alone["input_features"][0])
@@ -125,7 +129,9 @@ def test_resume_with_augmentation_equals_the_uninterrupted_run(tiny_model_dir, s
 
     aug = {f"augment.{k}": v for k, v in ALL_ON.items()} | {"augment.mask_time_prob": 0.3}
     full = train(_cfg(tiny_model_dir, small_corpus, tmp_path / "full", **aug), progress=False)
-    plain = train(_cfg(tiny_model_dir, small_corpus, tmp_path / "plain", **{"augment.enabled": "false"}), progress=False)
+    plain = train(
+        _cfg(tiny_model_dir, small_corpus, tmp_path / "plain", **{"augment.enabled": "false"}), progress=False
+    )
     assert not _same(_adapter(full.adapter_dir), _adapter(plain.adapter_dir))  # augmentation did something
     cfg = _cfg(tiny_model_dir, small_corpus, tmp_path / "split", **aug)
     train(cfg, stop_after=3, progress=False)

@@ -60,5 +60,7 @@ def test_on_a_gpu_the_demo_trains_longer_and_says_so():
     assert cpu == [] and "CPU" in cpu_line
     assert "GPU" in gpu_line and all(o in gpu_line for o in gpu)
     recipe, longer = load_train_config("demo"), load_train_config("demo", gpu)
-    assert longer.train.max_steps is None and longer.train.epochs * 600 / longer.train.batch_size > recipe.train.max_steps
+    assert (
+        longer.train.max_steps is None and longer.train.epochs * 600 / longer.train.batch_size > recipe.train.max_steps
+    )
     assert longer.lora.target_modules() == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]

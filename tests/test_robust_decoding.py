@@ -58,7 +58,12 @@ def test_bad_options_end_with_one_clear_line(fields, words):
 
 def test_defaults_and_temperature_ramp_are_openai_whispers():
     d = DecodingOptions()
-    assert (d.beam_size, d.compression_ratio_threshold, d.logprob_threshold, d.no_speech_threshold) == (1, 2.4, -1.0, 0.6)
+    assert (d.beam_size, d.compression_ratio_threshold, d.logprob_threshold, d.no_speech_threshold) == (
+        1,
+        2.4,
+        -1.0,
+        0.6,
+    )
     assert d.condition_on_previous_text and d.temperature == FALLBACK_TEMPERATURES
     assert DecodingOptions.from_temperature(0.0, 0.2).temperature == FALLBACK_TEMPERATURES
     assert DecodingOptions.from_temperature(0.5, 0.25).temperature == (0.5, 0.75, 1.0)
@@ -113,8 +118,19 @@ def test_cli_flags_build_the_options_once():
     from whisper_tune.cli import _decoding_options, build_parser
 
     parse = build_parser().parse_args
-    args = parse(["transcribe", "x.wav", "--beam-size", "5", "--no-speech-threshold", "none",
-                  "--no-condition-on-previous-text", "--temperature-increment-on-fallback", "0.5"])
+    args = parse(
+        [
+            "transcribe",
+            "x.wav",
+            "--beam-size",
+            "5",
+            "--no-speech-threshold",
+            "none",
+            "--no-condition-on-previous-text",
+            "--temperature-increment-on-fallback",
+            "0.5",
+        ]
+    )
     options = _decoding_options(args)
     assert (options.beam_size, options.no_speech_threshold, options.condition_on_previous_text) == (5, None, False)
     assert options.temperature == (0.0, 0.5, 1.0) and options.logprob_threshold == -1.0
@@ -171,6 +187,8 @@ def test_evaluate_robust_decodes_a_batch_whose_clips_fall_back_differently(loade
 
     clips = [audio, np.zeros(16000, dtype=np.float32)]
     data = Dataset.from_dict({"id": ["a", "b"], "text": ["x y", "z"], "audio": clips, "duration": [2.0, 1.0]})
-    result = generate_on(loaded.model, loaded.processor, data, "mr", max_new_tokens=NEW_TOKENS, decoding=DecodingOptions())
+    result = generate_on(
+        loaded.model, loaded.processor, data, "mr", max_new_tokens=NEW_TOKENS, decoding=DecodingOptions()
+    )
     assert len(result.hypotheses) == 2 and all(isinstance(h, str) for h in result.hypotheses)
     assert summarize(result, {}, DecodingOptions())[0].decoding["name"] == "robust"

@@ -263,6 +263,7 @@ def test_one_loader_with_persistent_workers_follows_the_epoch_and_position_it_is
 
     durations = np.random.default_rng(0).uniform(1, 10, size=37).astype(np.float32)
     order = EpochBatches(durations, 4, seed=3, group_by_length=True, world=2, rank=1)
+
     class Keys(torch.utils.data.Dataset):  # each item is the key the sampler asked for
         def __len__(self):
             return 37
@@ -270,7 +271,9 @@ def test_one_loader_with_persistent_workers_follows_the_epoch_and_position_it_is
         def __getitem__(self, key):
             return key
 
-    loader = torch.utils.data.DataLoader(Keys(), batch_sampler=order, num_workers=1, persistent_workers=True, collate_fn=list)
+    loader = torch.utils.data.DataLoader(
+        Keys(), batch_sampler=order, num_workers=1, persistent_workers=True, collate_fn=list
+    )
     workers = set()
     for epoch, start in ((0, 2), (1, 0), (2, 3)):
         order.set_position(epoch, start)

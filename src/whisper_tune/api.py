@@ -118,9 +118,7 @@ def load_engine(
         return transcribe_audio(loaded.model, loaded.processor, audio, lang, task, prompt=prompt, decoding=options)
 
     name = str(adapter or loaded.base)
-    return Engine(
-        name, "transformers", decode, loaded.language, loaded.task, loaded.model, loaded.processor, decoding
-    )
+    return Engine(name, "transformers", decode, loaded.language, loaded.task, loaded.model, loaded.processor, decoding)
 
 
 def default_model_id(model: str | None, adapter: str | None) -> str:
@@ -313,7 +311,9 @@ def _decoding(form, defaults):
     try:
         return options.with_fields(**{k: v for k, v in changes.items() if v is not None})
     except UserError as e:
-        raise ApiError(400, str(e), param=next((k for k, v in changes.items() if v is not None), "temperature"))
+        raise ApiError(
+            400, str(e), param=next((k for k, v in changes.items() if v is not None), "temperature")
+        ) from None
 
 
 def _typed_field(form, name: str, kind):
@@ -474,9 +474,7 @@ def build_app(
             audio = await asyncio.to_thread(decode_upload, upload, limits)
         finally:
             await form.close()
-        transcript = await queue.run(
-            engine.transcribe, audio, options.language, task, options.prompt, options.decoding
-        )
+        transcript = await queue.run(engine.transcribe, audio, options.language, task, options.prompt, options.decoding)
         log.info("%s %.1f s of audio in %.2f s", task, transcript.duration, transcript.seconds)
         return render(transcript, options.response_format, task, options.decoding.temperature[0])
 

@@ -146,7 +146,9 @@ class TrainSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     compile: bool = False  # torch.compile each layer (CUDA): ~15 % faster steps after a ~1 min compile
-    mixed_precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; CPU: bf16 with AMX, else fp32) | bf16 | fp16 | no
+    mixed_precision: str = (
+        "auto"  # auto (bf16 on GPUs that have it, else fp16; CPU: bf16 with AMX, else fp32) | bf16 | fp16 | no
+    )
     group_by_length: bool = True  # batches of similar length: less padding in the labels
     num_workers: int = 2  # DataLoader workers computing log-mel features
     seed: int = 42

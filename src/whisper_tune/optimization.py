@@ -19,10 +19,9 @@ optimizer) the step reads the flag once and skips on the host instead.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import math
 
 import torch
 
@@ -38,7 +37,9 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
-def lr_schedule(optimizer, warmup_steps: int, total_steps: int, shape: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
+def lr_schedule(
+    optimizer, warmup_steps: int, total_steps: int, shape: str = "linear"
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then ``shape`` (``config.LR_SCHEDULES``; the recipe's is linear decay to zero)."""
 
     def factor(step: int) -> float:

@@ -51,7 +51,9 @@ class DecodingOptions:
     condition_on_previous_text: bool = True
 
     def __post_init__(self):
-        temps = tuple(float(t) for t in (self.temperature if isinstance(self.temperature, (list, tuple)) else [self.temperature]))
+        temps = tuple(
+            float(t) for t in (self.temperature if isinstance(self.temperature, (list, tuple)) else [self.temperature])
+        )
         object.__setattr__(self, "temperature", temps)
         if not isinstance(self.beam_size, int) or self.beam_size < 1:
             raise UserError(f"beam size must be a whole number from 1 (greedy), not {self.beam_size!r}")
@@ -62,11 +64,15 @@ class DecodingOptions:
         if self.compression_ratio_threshold is not None and not self.compression_ratio_threshold > 0:
             raise UserError(f"compression ratio threshold must be above 0, not {self.compression_ratio_threshold}")
         if self.logprob_threshold is not None and not self.logprob_threshold <= 0:
-            raise UserError(f"log-probability threshold must be 0 or below (a mean log-probability), not {self.logprob_threshold}")
+            raise UserError(
+                f"log-probability threshold must be 0 or below (a mean log-probability), not {self.logprob_threshold}"
+            )
         if self.no_speech_threshold is not None and not 0.0 <= self.no_speech_threshold <= 1.0:
             raise UserError(f"no-speech threshold must be a probability from 0 to 1, not {self.no_speech_threshold}")
         if self.no_speech_threshold is not None and self.logprob_threshold is None:
-            raise UserError("the no-speech threshold drops a window only when its log-probability is also low: give a log-probability threshold")
+            raise UserError(
+                "the no-speech threshold drops a window only when its log-probability is also low: give a log-probability threshold"
+            )
 
     @classmethod
     def from_temperature(cls, temperature: float = 0.0, increment: float | None = 0.2, **fields) -> DecodingOptions:
