@@ -34,7 +34,7 @@ def one_batch(four_clips, tiny_model_dir, tmp_path_factory):
 def test_lora_overfits_one_batch_and_base_stays_frozen(quantization, tiny_model_dir, one_batch):
     torch.manual_seed(0)
     cfg = ModelConfig(base=str(tiny_model_dir), quantization=quantization, gradient_checkpointing=False)
-    model = lora_model(cfg, LoraSettings(r=16, alpha=32, dropout=0.0), torch.device("cpu"))
+    model = lora_model(cfg, LoraSettings(r=16, alpha=32, dropout=0.0, targets="qv"), torch.device("cpu"))
     if quantization == "int8-wo":
         from whisper_tune.quantization import Int8WeightOnlyLinear
 

@@ -76,13 +76,11 @@ class WaveAugment:
 
     @classmethod
     def from_settings(cls, settings, seed: int) -> WaveAugment | None:
-        if not settings.enabled:
-            return None
+        if settings.enabled and settings.noise_dir:
+            noise_files(settings.noise_dir)  # a wrong folder fails now, named, not later in a worker
         probs = (settings.speed_prob, settings.gain_prob, settings.noise_prob, settings.pitch_prob)
-        if not any(probs):
+        if not settings.enabled or not any(probs):
             return None
-        if settings.noise_dir:
-            noise_files(settings.noise_dir)  # fail now, with the folder named, not in a worker
         return cls(
             seed=seed,
             speed_prob=settings.speed_prob,

@@ -34,13 +34,16 @@ def label_ids(tokenizer, text: str) -> list[int]:
 
 
 def log_mel(feature_extractor, audios: Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
-    """Whisper log-mel features [batch, n_mels, 3000] for 16 kHz mono clips (padded to 30 s)."""
-    out = feature_extractor(
-        [np.asarray(a, dtype=np.float32) for a in audios],
-        sampling_rate=SAMPLE_RATE,
-        return_tensors="pt",
-        device=str(device),
-    )
+    """Whisper log-mel features [batch, n_mels, 3000] for 16 kHz mono clips (padded to 30 s).
+    Always in fp32, also inside a caller's autocast (the extractor's STFT must not run in bf16,
+    and its numpy hand-off cannot take bf16)."""
+    with torch.autocast(torch.device(device).type, enabled=False):
+        out = feature_extractor(
+            [np.asarray(a, dtype=np.float32) for a in audios],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            device=str(device),
+        )
     return out.input_features
 
 

@@ -100,10 +100,11 @@ class OptimizerStep:
     def _loss(self, batch: dict) -> torch.Tensor:
         features = batch["input_features"].to(self.device, self.feature_dtype, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
-        mask = batch.get("attention_mask")  # present when SpecAugment is on: its masks stay on speech
-        mask = None if mask is None else mask.to(self.device, non_blocking=True)
+        extra = {}  # the frames that are speech, when SpecAugment is on: its masks then fall on speech
+        if batch.get("attention_mask") is not None:
+            extra["attention_mask"] = batch["attention_mask"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            return self.model(input_features=features, labels=labels, attention_mask=mask, use_cache=False).loss
+            return self.model(input_features=features, labels=labels, use_cache=False, **extra).loss
 
     def _no_sync(self, last: bool):
         """DDP's ``no_sync`` on all but the last micro-batch: gradients accumulate locally and
