@@ -91,13 +91,14 @@ def _ffmpeg_decode(source: AudioSource, sr: int) -> np.ndarray:
     return np.frombuffer(run.stdout, dtype=np.float32).copy()
 
 
-def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample a mono float32 signal; a no-op when the rates already match."""
+def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE, quality: str = "HQ") -> np.ndarray:
+    """Resample a mono float32 signal; a no-op when the rates already match. ``quality`` is
+    soxr's: HQ for audio we read, MQ where speed matters more (training augmentation)."""
     if orig_sr == target_sr or samples.size == 0:
         return samples.astype(np.float32, copy=False)
     import soxr
 
-    return soxr.resample(samples, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+    return soxr.resample(samples, orig_sr, target_sr, quality=quality).astype(np.float32, copy=False)
 
 
 def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:

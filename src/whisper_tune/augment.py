@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import CHUNK_SECONDS, SAMPLE_RATE
+from .audio import CHUNK_SECONDS, SAMPLE_RATE, resample
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,7 @@ def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
     does): resample to ``SAMPLE_RATE / factor`` and read it back at ``SAMPLE_RATE``."""
     if abs(factor - 1.0) < 1e-6 or audio.size == 0:
         return audio
-    import soxr
-
-    return soxr.resample(audio, SAMPLE_RATE, round(SAMPLE_RATE / factor), quality="MQ").astype(np.float32)
+    return resample(audio, SAMPLE_RATE, round(SAMPLE_RATE / factor), quality="MQ")
 
 
 def shift_pitch(audio: np.ndarray, semitones: float) -> np.ndarray:
@@ -164,10 +162,8 @@ def shift_pitch(audio: np.ndarray, semitones: float) -> np.ndarray:
     ratio = 2 ** (semitones / 12)
     if abs(ratio - 1.0) < 1e-6 or audio.size < 2048:
         return audio
-    import soxr
-
     stretched = _time_stretch(audio, 1 / ratio)
-    back = soxr.resample(stretched, len(stretched), len(audio), quality="MQ").astype(np.float32)
+    back = resample(stretched, len(stretched), len(audio), quality="MQ")
     return np.pad(back, (0, max(0, len(audio) - len(back))))[: len(audio)]
 
 

@@ -125,12 +125,9 @@ def _decoding_context(model, processor, decoding, device):
     """Seeded sampling and openai's text compression ratio while robust decoding runs."""
     if decoding is None:
         return contextlib.nullcontext()
-    from .robust_decoding import scored_windows, seeded
+    from .robust_decoding import decoding_session
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(seeded(device))
-    stack.enter_context(scored_windows(model, processor.tokenizer))
-    return stack
+    return decoding_session(model, processor.tokenizer, device)
 
 
 # ---- per-clip analysis ---------------------------------------------------------------

@@ -37,14 +37,21 @@ def log_mel(feature_extractor, audios: Sequence[np.ndarray], device: str | torch
     """Whisper log-mel features [batch, n_mels, 3000] for 16 kHz mono clips (padded to 30 s).
     Always in fp32, also inside a caller's autocast (the extractor's STFT must not run in bf16,
     and its numpy hand-off cannot take bf16)."""
+    return _extract(feature_extractor, audios, device)["input_features"]
+
+
+def _extract(feature_extractor, audios: Sequence[np.ndarray], device="cpu", mask: bool = False) -> dict:
+    """The feature extractor on a batch, in fp32 whatever autocast is on; with ``mask``, also
+    the frame attention mask (which frames are speech, not padding)."""
     with torch.autocast(torch.device(device).type, enabled=False):
         out = feature_extractor(
             [np.asarray(a, dtype=np.float32) for a in audios],
             sampling_rate=SAMPLE_RATE,
             return_tensors="pt",
             device=str(device),
+            return_attention_mask=mask,
         )
-    return out.input_features
+    return {"input_features": out.input_features} | ({"attention_mask": out.attention_mask} if mask else {})
 
 
 def log_mel_whole(feature_extractor, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +116,7 @@ class SpeechCollator:
         audios = [e["audio"] for e in examples]
         if self.augment is not None:
             audios = [self.augment(a, e["index"], e["epoch"]) for a, e in zip(audios, examples)]
-        batch = self._features(audios)
+        batch = _extract(self.feature_extractor, audios, mask=self.attention_mask)
         longest = max(len(e["labels"]) for e in examples)
         labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
         for i, e in enumerate(examples):
@@ -117,14 +124,3 @@ class SpeechCollator:
         if (labels[:, 0] == self.decoder_start_token_id).all():
             labels = labels[:, 1:]
         return batch | {"labels": labels}
-
-    def _features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        if not self.attention_mask:
-            return {"input_features": log_mel(self.feature_extractor, audios)}
-        out = self.feature_extractor(
-            [np.asarray(a, dtype=np.float32) for a in audios],
-            sampling_rate=SAMPLE_RATE,
-            return_tensors="pt",
-            return_attention_mask=True,
-        )
-        return {"input_features": out.input_features, "attention_mask": out.attention_mask}

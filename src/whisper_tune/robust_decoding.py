@@ -222,3 +222,11 @@ def seeded(device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(FALLBACK_SEED)
         yield
+
+
+@contextlib.contextmanager
+def decoding_session(model, tokenizer, device):
+    """What every robust ``generate`` call runs inside (transcription and evaluation alike):
+    seeded fallback sampling and :func:`scored_windows`; yields the window scores."""
+    with seeded(device), scored_windows(model, tokenizer) as scores:
+        yield scores

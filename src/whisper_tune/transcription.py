@@ -23,7 +23,7 @@ import torch
 from .audio import CHUNK_SECONDS, AudioError, check_finite, duration, load_audio
 from .features import log_mel_whole
 from .modeling import input_dtype
-from .robust_decoding import DecodingOptions, scored_windows, seeded
+from .robust_decoding import DecodingOptions, decoding_session
 
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".wma")
 
@@ -148,7 +148,7 @@ def transcribe_audio(
         options["prompt_ids"] = _prompt_ids(model, processor, prompt, max_new_tokens).to(device)
     features, mask = log_mel_whole(processor.feature_extractor, audio)
     features = features.to(device, input_dtype(model))
-    with torch.inference_mode(), seeded(device), scored_windows(model, processor.tokenizer) as scores:
+    with torch.inference_mode(), decoding_session(model, processor.tokenizer, device) as scores:
         if language is None:
             language = detect_language(model, processor, features)
         out = model.generate(
