@@ -32,8 +32,12 @@ def test_bench_transcribe_runs(tmp_path, arch):
     assert rows[1]["quantization"] == "none" and rows[1]["merged"]
 
 
-def test_bench_rows_are_validated():
+def test_bench_rows_are_validated(tmp_path, capsys):
     from whisper_tune.bench import TrainRow
+
+    args = ["bench", "transcribe", "--arch", "tiny-test", "--clips", "1", "--out", str(tmp_path)]
+    assert main([*args, "--rows", "fastest/8"]) == 2
+    assert "fast-compiled" in capsys.readouterr().err  # the message lists the engines
 
     assert TrainRow.parse("none/24/0/compile").compile
     for bad in ("int8-wo/8", "int9/8/1", "none/8/2", "none/8/0/fast"):

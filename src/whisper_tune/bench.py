@@ -290,7 +290,8 @@ def write_result(result: dict, out: Path, stem: str, table: list[str]) -> None:
 
 # ---- transcription ---------------------------------------------------------------------
 
-GPU_TRANSCRIBE_ROWS = ["recipe", "generate/32", "fast/8", "fast/32", "fast/64", "fast/128"]
+GPU_TRANSCRIBE_ROWS = ["recipe", "generate/32", "fast/8", "fast/32", "fast/64", "fast/128", "fast-compiled/128"]
+ENGINES = ("fast", "fast-compiled", "generate")
 CPU_TRANSCRIBE_ROWS = ["recipe", "generate/8", "fast/8"]
 
 
@@ -368,8 +369,11 @@ def bench_transcribe(
     device = pick_device()
     specs = rows or (GPU_TRANSCRIBE_ROWS if device.type == "cuda" else CPU_TRANSCRIBE_ROWS)
     for spec in specs:
-        if spec != "recipe" and (spec.count("/") != 1 or spec.split("/")[0] not in ("fast", "generate")):
-            raise UserError(f"transcription row {spec!r} is not 'recipe' or ENGINE/BATCH (fast/32, generate/8)")
+        if spec != "recipe" and (spec.count("/") != 1 or spec.split("/")[0] not in ENGINES):
+            raise UserError(
+                f"transcription row {spec!r} is not 'recipe' or ENGINE/BATCH with ENGINE one of "
+                f"{', '.join(ENGINES)} (fast/32, generate/8)"
+            )
     base, adapter = work / f"random-{arch}", work / f"adapter-{arch}"
     if not (base / "config.json").exists():
         save_random(arch, base)

@@ -67,7 +67,8 @@ def generate_on(
 ) -> GenerationResult:
     """Transcribe every clip of a prepared dataset (results in the dataset's order).
 
-    ``engine``: ``fast`` is ``decoding.GreedyDecoder`` (static caches, CUDA graphs), ``generate``
+    ``engine``: ``fast`` is ``decoding.GreedyDecoder`` (static caches, CUDA graphs),
+    ``fast-compiled`` the same with the encoder compiled (long jobs on a GPU), ``generate``
     is transformers' ``generate``; ``auto`` takes the fast one where it applies (a plain or
     merged model, a known language, greedy search). ``generate_kwargs`` go to
     ``model.generate``; ``min_new_tokens``/``max_new_tokens`` (benchmarks pin both) are
@@ -90,7 +91,7 @@ def generate_on(
     # its clips ended at different fallback temperatures (different lengths)
     robust = {**decoding.generate_kwargs(), "return_dict_in_generate": False} if decoding else {}
     kwargs = {"max_new_tokens": max_new_tokens} | robust | (generate_kwargs or {})
-    fast = engine == "fast" or (
+    fast = engine in ("fast", "fast-compiled") or (
         engine == "auto"
         and language is not None
         and set(kwargs) <= {"max_new_tokens", "min_new_tokens"}
@@ -101,7 +102,8 @@ def generate_on(
         if fast and n:
             prompt = prompt_ids(model, processor.tokenizer, language, task)
             max_len = len(prompt) + kwargs["max_new_tokens"]
-            decoder = decoder_for(model, min(batch_size, n), max_len, amp or input_dtype(model))
+            compiled = engine == "fast-compiled"
+            decoder = decoder_for(model, min(batch_size, n), max_len, amp or input_dtype(model), compiled)
         for i in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
             idx = order[i : i + batch_size].tolist()
             features = log_mel(processor.feature_extractor, [data[j]["audio"] for j in idx], device=device)
