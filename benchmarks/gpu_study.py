@@ -81,6 +81,9 @@ ROWS |= {  # the defaults chosen from the rows above, run again (SpecAugment on,
     "chosen: all-linear, 5 epochs": GPU + ["lora.targets=all-linear"],
     "chosen: demo on a GPU (10 epochs)": list(GPU_DEMO),
 }
+ROWS |= {  # issue 17: the GPU demo's fine-tune on each holding of the base (fp8 must stay within 1 WER point of bf16)
+    f"holding {q}: demo on a GPU": [*GPU_DEMO, f"model.quantization={q}"] for q in ("none", "int8-wo", "fp8")
+}
 SPLITS = ("test", "unseen")
 
 
