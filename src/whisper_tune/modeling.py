@@ -164,7 +164,7 @@ def load_base(cfg: ModelConfig, device: torch.device):
     speed-ups yet: :func:`lora_model` and :func:`load_for_inference` add them)."""
     from transformers import WhisperForConditionalGeneration
 
-    holding = get_holding(cfg.quantization)
+    holding = get_holding(cfg.quantization).on(device)
     holding.check_available(device)
     name = resolve_model(cfg.base)
     dtype = base_dtype(device)
