@@ -47,7 +47,8 @@ GPU_TRAIN_ROWS = [
     f"{NONE}/32/1/compile",
     f"{NONE}/32/0",
     f"{NONE}/24/0/compile",
-    f"{FP8}/24/0/compile",
+    f"{NONE}/32/0/compile",
+    f"{FP8}/32/0/compile",
 ]
 CPU_TRAIN_ROWS = ["recipe", f"{INT8_WO}/8/1", f"{NONE}/8/1"]
 LABEL_TOKENS = 40  # a typical Common Voice sentence

@@ -82,6 +82,9 @@ def _dequantize(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) 
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+# Hopper's fast accumulation skips the periodic promotion of the fp8 tensor cores' partial sums:
+# faster, slightly less exact; torchao's float8 training uses it for the forward output only
+FAST_ACCUM_FORWARD, FAST_ACCUM_BACKWARD = True, False
 FP8_ALIGN = 16  # _scaled_mm wants both dimensions of each weight to be multiples of 16
 # The CPU has no fp8 matmuls: torch emulates them (right numerics, slower than int8-wo), so a
 # CPU run falls back unless this is "1" (the tests and the CPU accuracy checks of fp8 set it).
@@ -112,8 +115,8 @@ class Fp8Linear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        out = _Fp8Matmul.apply(x, self.weight, self.weight_scale, dtype)
-        return out if self.bias is None else out + self.bias.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return _Fp8Matmul.apply(x, self.weight, self.weight_scale, bias, dtype)
 
 
 class _Fp8Matmul(torch.autograd.Function):
@@ -126,24 +129,24 @@ class _Fp8Matmul(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, qweight, scale, dtype):
+    def forward(ctx, x, qweight, scale, bias, dtype):
         ctx.save_for_backward(qweight, scale)
         ctx.dtype = dtype
         rows = x.reshape(-1, x.shape[-1])
         qx, sx = _quantize_rows(rows)
-        out = _fp8_mm(qx, qweight.t(), sx, scale[None, :], dtype)
+        out = _fp8_mm(qx, qweight.t(), sx, scale[None, :], dtype, bias, FAST_ACCUM_FORWARD)
         return out.reshape(*x.shape[:-1], qweight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
         qweight, scale = ctx.saved_tensors
         rows = grad.reshape(-1, grad.shape[-1])
         qg, sg = _quantize_rows(rows, scale)
         ones = torch.ones(1, qweight.shape[1], device=qweight.device, dtype=torch.float32)
-        grad_x = _fp8_mm(qg, qweight.t().contiguous().t(), sg, ones, ctx.dtype)
-        return grad_x.reshape(*grad.shape[:-1], qweight.shape[1]), None, None, None
+        grad_x = _fp8_mm(qg, qweight.t().contiguous().t(), sg, ones, ctx.dtype, None, FAST_ACCUM_BACKWARD)
+        return grad_x.reshape(*grad.shape[:-1], qweight.shape[1]), None, None, None, None
 
 
 def _quantize_rows_eager(t: torch.Tensor, col_scale: torch.Tensor | None = None):
@@ -169,10 +172,22 @@ def _quantize_rows(t: torch.Tensor, col_scale: torch.Tensor | None = None):
     return _quantize_rows_fused(t, col_scale)
 
 
-def _fp8_mm(a, b, scale_a, scale_b, dtype):
-    """``torch._scaled_mm`` in ``dtype`` (CUDA's row-wise kernels return only bf16)."""
+def _fp8_mm(a, b, scale_a, scale_b, dtype, bias, fast_accum):
+    """``a @ b`` scaled, plus ``bias``, in ``dtype``. CUDA's row-wise kernels return only
+    bf16 and add a bf16 bias in their epilogue (a separate add would cost one more pass
+    over the output in eager runs)."""
     out_dtype = dtype if a.device.type == "cpu" else torch.bfloat16
-    return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype).to(dtype)
+    fused = bias is not None and bias.dtype == out_dtype
+    out = torch._scaled_mm(
+        a,
+        b,
+        scale_a=scale_a,
+        scale_b=scale_b,
+        bias=bias if fused else None,
+        out_dtype=out_dtype,
+        use_fast_accum=fast_accum,
+    ).to(dtype)
+    return out if bias is None or fused else out + bias
 
 
 def fp8_unavailable(device: torch.device) -> str | None:
