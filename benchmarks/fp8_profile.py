@@ -31,7 +31,8 @@ def scaled_mm_variants(rows=48000, k=1280, n=5120) -> None:
     b = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn).t()
     sa, sb = torch.rand(rows, 1, device="cuda"), torch.rand(1, n, device="cuda")
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    x, w = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16), torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
     flops = 2 * rows * k * n
     cases = {
         "bf16 addmm": lambda: torch.nn.functional.linear(x, w, bias),
@@ -71,7 +72,7 @@ def profile_rows(specs: list[str]) -> None:
             "labels": torch.randint(0, 50000, (row.batch, LABEL_TOKENS), generator=g).cuda(),
         }
         model.train()
-        ms = _ms(lambda: step(iter([batch]), 1), steps=3)
+        ms = _ms(lambda step=step, batch=batch: step(iter([batch]), 1), steps=3)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             step(iter([batch]), 1)
             torch.cuda.synchronize()

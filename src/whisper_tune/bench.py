@@ -133,7 +133,12 @@ def recipe_model(folder: Path, device: torch.device):
 
 
 def _release(device: torch.device) -> None:
-    """Give the last row's memory back before the next row loads (rows run in one process)."""
+    """Give the last row's memory back before the next row loads (rows run in one process),
+    and its compiled graphs: the next compiled row would otherwise count its recompiles on
+    top of the last row's and could reach dynamo's limit, running some layers eagerly."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
