@@ -29,7 +29,7 @@ import torch
 from .config import ModelConfig
 from .errors import UserError
 from .modeling import ARCHITECTURES, architecture_config, lora_model, pick_device
-from .quantization import INT8, INT8_WO, NF4, NONE
+from .quantization import FP8, INT8, INT8_WO, NF4, NONE
 from .reporting import environment, peak_memory_gib
 
 GPU_TRAIN_ROWS = [
@@ -38,10 +38,17 @@ GPU_TRAIN_ROWS = [
     f"{INT8_WO}/8/1",
     f"{INT8_WO}/32/1",
     f"{INT8_WO}/32/1/compile",
+    f"{FP8}/8/1",
+    f"{FP8}/32/1",
+    f"{FP8}/32/1/compile",
     f"{NF4}/8/1",
     f"{NONE}/8/1",
+    f"{NONE}/32/1",
+    f"{NONE}/32/1/compile",
     f"{NONE}/32/0",
     f"{NONE}/24/0/compile",
+    f"{NONE}/32/0/compile",
+    f"{FP8}/32/0/compile",
 ]
 CPU_TRAIN_ROWS = ["recipe", f"{INT8_WO}/8/1", f"{NONE}/8/1"]
 LABEL_TOKENS = 40  # a typical Common Voice sentence
@@ -126,7 +133,12 @@ def recipe_model(folder: Path, device: torch.device):
 
 
 def _release(device: torch.device) -> None:
-    """Give the last row's memory back before the next row loads (rows run in one process)."""
+    """Give the last row's memory back before the next row loads (rows run in one process),
+    and its compiled graphs: the next compiled row would otherwise count its recompiles on
+    top of the last row's and could reach dynamo's limit, running some layers eagerly."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

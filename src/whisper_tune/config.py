@@ -63,7 +63,7 @@ class DataConfig:
             raise ValueError(f"data.max_seconds must be in (0, {MAX_SECONDS:g}], got {self.max_seconds!r}")
 
 
-QUANTIZATIONS = ("int8", "int8-wo", "nf4", "none")
+QUANTIZATIONS = ("int8", "int8-wo", "fp8", "nf4", "none")
 WHISPER_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # what LoRA can wrap in Whisper
 ATTENTION = ("sdpa", "eager")
 LR_SCHEDULES = ("linear", "cosine", "constant")  # after the warm-up: to zero in a line, in a half cosine, flat
@@ -81,7 +81,8 @@ class ModelConfig:
     base: str = "openai/whisper-large-v2"  # hub id or local folder
     # int8-wo (the default: int8 weights, one scale per row, dequantized inside each Linear:
     # 8-bit memory at bf16 speed) | int8 (bitsandbytes LLM.int8: the recipe's exact numerics,
-    # 2-5x slower on a GPU) | nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
+    # 2-5x slower on a GPU) | fp8 (E4M3 weights, fp8 matmuls forward and backward on cards
+    # with fp8 tensor cores; int8-wo elsewhere) | nf4 (4-bit, double quant) | none (bf16/fp16/fp32)
     quantization: str = "int8-wo"
     int8_threshold: float = 6.0  # LLM.int8 outlier threshold; 0 = all-int8 matmuls (faster, less exact)
     # recompute activations: less memory, about 30 % slower; a number in (0, 1) recomputes

@@ -35,7 +35,7 @@ from .processor import (
     offline_processor_dir,
     require_language_token,
 )
-from .quantization import NONE, Holding, get_holding
+from .quantization import FP8, NONE, Holding, fp8_unavailable, get_holding
 from .run import AdapterMeta, looks_local
 from .speedups import apply_speedups
 
@@ -164,7 +164,7 @@ def load_base(cfg: ModelConfig, device: torch.device):
     speed-ups yet: :func:`lora_model` and :func:`load_for_inference` add them)."""
     from transformers import WhisperForConditionalGeneration
 
-    holding = get_holding(cfg.quantization)
+    holding = get_holding(cfg.quantization).on(device)
     holding.check_available(device)
     name = resolve_model(cfg.base)
     dtype = base_dtype(device)
@@ -281,6 +281,12 @@ def lora_model(cfg: ModelConfig, lora: LoraSettings, device: torch.device, compi
     per-layer compile)."""
     model = add_lora(load_base(cfg, device), lora, cfg)
     apply_speedups(model, cfg, train=True, compile=compile)
+    if cfg.quantization == FP8 and not compile and device.type == "cuda" and fp8_unavailable(device) is None:
+        # measured on large-v2 (H200, batch 8): 9.6 samples/s eager against int8-wo's 14.2
+        log.warning(
+            "model.quantization=fp8 without train.compile quantizes activations in separate passes, "
+            "slower than int8-wo: set train.compile=true"
+        )
     return model
 
 
