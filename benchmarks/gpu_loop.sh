@@ -16,6 +16,7 @@
 #   ARCHS         architectures                                               (default "base large-v3-turbo")
 #   ROWS          bench rows QUANTIZATION/BATCH/CHECKPOINTING                 (default "none/8/0 none/32/0")
 #   TRAIN_STEPS   optimizer steps per training run                            (default 60)
+#   TRAIN_STEPS_<ARCH>  the same for one architecture, - written _ (TRAIN_STEPS_large_v3_turbo=40)
 #   BENCH_STEPS   timed steps per bench row                                   (default 10)
 #   WORKERS       train.num_workers                                           (default 4)
 #   OUT           results go to $OUT/loop/                                    (default /tmp/out)
@@ -46,7 +47,12 @@ wt() {  # wt SRC ARGS...: whisper-tune from the code tree SRC
   PYTHONPATH="$src${BASE_PYTHONPATH:+:$BASE_PYTHONPATH}" "$PY" -m whisper_tune.cli "$@" 2>&1 | tr '\r' '\n' \
     | grep -v -E '%\||^\s*$|Warning|warn' || true
 }
+steps_of() {  # steps_of ARCH: TRAIN_STEPS_<ARCH> if set, else TRAIN_STEPS
+  local var="TRAIN_STEPS_${1//-/_}"
+  echo "${!var:-$TRAIN_STEPS}"
+}
 for arch in $ARCHS; do
+  steps=$(steps_of "$arch")
   # shellcheck disable=SC2086  # ROWS is a list
   wt "$first_src" bench train --arch "$arch" --rows $ROWS --steps "$BENCH_STEPS" --out "$R/bench-$arch" \
     --work "$WORK" | tee "$R/bench-$arch.log"
@@ -63,7 +69,7 @@ for arch in $ARCHS; do
       start=$(date +%s)
       wt "$src" train --config marathi-large-v2-int8 model.base="$model" data.source="$WORK/prepared-$arch" \
         model.quantization="$quant" model.gradient_checkpointing="$share" train.batch_size="$batch" \
-        train.max_steps="$TRAIN_STEPS" train.num_workers="$WORKERS" \
+        train.max_steps="$steps" train.num_workers="$WORKERS" \
         train.log_every=20 train.save_every=100000 train.output_dir="$run" eval.every=-1 | tail -2
       cp "$run/run.json" "$R/run-$arch-$quant-$batch-$share-$name.json"
       echo "$arch $row $name: $(( $(date +%s) - start )) s wall"
@@ -71,4 +77,5 @@ for arch in $ARCHS; do
   done
 done
 PYTHONPATH="$first_src${BASE_PYTHONPATH:+:$BASE_PYTHONPATH}" "$PY" "$HERE/loop_table.py" "$R" \
-  --command "CORPUS=$CORPUS SRCS=\"$SRCS\" ARCHS=\"$ARCHS\" ROWS=\"$ROWS\" TRAIN_STEPS=$TRAIN_STEPS BENCH_STEPS=$BENCH_STEPS WORKERS=$WORKERS bash benchmarks/gpu_loop.sh"
+  --command "CORPUS=$CORPUS SRCS=\"$SRCS\" ARCHS=\"$ARCHS\" ROWS=\"$ROWS\" TRAIN_STEPS=$TRAIN_STEPS$(for a in $ARCHS; do
+    [ "$(steps_of "$a")" != "$TRAIN_STEPS" ] && echo -n " TRAIN_STEPS_${a//-/_}=$(steps_of "$a")"; done) BENCH_STEPS=$BENCH_STEPS WORKERS=$WORKERS bash benchmarks/gpu_loop.sh"

@@ -59,15 +59,15 @@ def markdown(table: list[dict], environment: dict, command: str) -> str:
         "(r=32 q/v), optimizer, quantization, batch and checkpointing; log-mel, data loading and the step "
         f"together. Target: loop >= {TARGET:.0%} of bench.",
         "",
-        "| arch | row | code | workers | bench samples/s | loop samples/s (steady) | loop/bench | "
+        "| arch | row | code | workers | loop steps | bench samples/s | loop samples/s (steady) | loop/bench | "
         "loop overall samples/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         ratio = f"{r['loop_vs_bench']:.0%}" if r["loop_vs_bench"] is not None else "-"
         loop = f"{r['loop_samples_per_s']:.1f}" if r["loop_samples_per_s"] else "-"
         lines.append(
-            f"| {r['arch']} | {r['row']} | {r['code']} | {r['num_workers']} | {r['bench_samples_per_s']:.1f} "
+            f"| {r['arch']} | {r['row']} | {r['code']} | {r['num_workers']} | {r['loop_steps']} | {r['bench_samples_per_s']:.1f} "
             f"| {loop} | {ratio} | {r['loop_overall_samples_per_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"
