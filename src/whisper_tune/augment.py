@@ -19,10 +19,12 @@ same clips look like more speakers and rooms. Two rules hold:
 from __future__ import annotations
 
 import logging
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, resample
 from .errors import UserError
@@ -49,10 +51,57 @@ def spec_augment_config(settings) -> dict:
 
 
 def set_spec_augment(model, settings) -> None:
-    """Write :func:`spec_augment_config` into the (possibly PEFT-wrapped) model's config."""
+    """Write :func:`spec_augment_config` into the (possibly PEFT-wrapped) model's config,
+    and have its ``WhisperModel`` mask through :func:`spec_augment` (the same masks, no
+    wait for the GPU)."""
+    from transformers.models.whisper.modeling_whisper import WhisperModel
+
     config = getattr(model, "config", None) or model.get_base_model().config
     for key, value in spec_augment_config(settings).items():
         setattr(config, key, value)
+    for module in model.modules():
+        if isinstance(module, WhisperModel):
+            module._mask_input_features = types.MethodType(spec_augment, module)
+
+
+def spec_augment(whisper, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``WhisperModel._mask_input_features`` without a host sync. Transformers' own draws the
+    masks on the host and then reads the attention mask back from the GPU, copies the masks
+    from pageable memory and zeroes them by boolean indexing: three waits for the GPU in
+    each step. Here the masks are the same draws (transformers' ``_compute_mask_indices``
+    on numpy's global generator, which checkpoints store, so ``--resume`` stays exact), from
+    the host-side attention mask, sent through pinned memory and applied with ``masked_fill``."""
+    from transformers.models.whisper.modeling_whisper import _compute_mask_indices
+
+    config = whisper.config
+    if not getattr(config, "apply_spec_augment", True) or not whisper.training:
+        return input_features
+    batch, bins, frames = input_features.shape
+    if config.mask_time_prob > 0:
+        mask = _compute_mask_indices(
+            (batch, frames),
+            mask_prob=config.mask_time_prob,
+            mask_length=config.mask_time_length,
+            attention_mask=None if attention_mask is None else attention_mask.cpu(),
+            min_masks=config.mask_time_min_masks,
+        )
+        input_features = input_features.masked_fill(_on(mask, input_features.device)[:, None, :], 0)
+    if config.mask_feature_prob > 0:
+        mask = _compute_mask_indices(
+            (batch, bins),
+            mask_prob=config.mask_feature_prob,
+            mask_length=config.mask_feature_length,
+            min_masks=config.mask_feature_min_masks,
+        )
+        input_features = input_features.masked_fill(_on(mask, input_features.device)[:, :, None], 0)
+    return input_features
+
+
+def _on(mask: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 @dataclass

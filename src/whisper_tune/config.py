@@ -151,7 +151,7 @@ class TrainSettings:
         "auto"  # auto (bf16 on GPUs that have it, else fp16; CPU: bf16 with AMX, else fp32) | bf16 | fp16 | no
     )
     group_by_length: bool = True  # batches of similar length: less padding in the labels
-    num_workers: int = 2  # DataLoader workers computing log-mel features
+    num_workers: int = 2  # DataLoader workers reading and padding audio (and, on the CPU, computing log-mel)
     seed: int = 42
     log_every: int = 10  # steps between metric lines
     save_every: int = 200  # steps between checkpoints (and one at the end)

@@ -4,8 +4,9 @@ features, and the batch collator.
 Prepared data keeps 16 kHz audio, not log-mel: a clip of average Common Voice length
 (5 s) is 320 kB of float32 audio against 960 kB of 80 x 3000 float32 log-mel, and the
 same cache then serves 80-bin (large-v2, base) and 128-bin (large-v3) models. Log-mel is
-computed per batch by the model's own ``WhisperFeatureExtractor`` (torch STFT), in one
-function shared by training, evaluation and transcription.
+computed per batch by ``logmel.LogMel`` (the model's own ``WhisperFeatureExtractor``'s
+recipe and filters, in torch) on the model's device, in one function shared by training,
+evaluation and transcription; in training on a GPU the DataLoader then moves only audio.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .audio import CHUNK_SECONDS, SAMPLE_RATE
+from .logmel import LogMel, frame_mask, pad_audio
 from .processor import require_language_token
 
 IGNORE_INDEX = -100  # label positions the loss skips
+# Label widths are padded to a multiple of 16 (padding the loss skips, after the text, which
+# the causal decoder never attends to): a few shapes per corpus instead of one per batch.
+# Each new shape has cuDNN's attention build new plans on the host, about 2 ms per attention
+# call: 66 ms of a 140 ms Whisper base step on an H200 when every batch had its own width.
+LABEL_MULTIPLE = 16  # also a multiple of 8 for tensor cores; 448 (max_target_positions) = 28 x 16
 
 
 def set_prefix(tokenizer, language: str, task: str = "transcribe") -> None:
@@ -34,39 +40,40 @@ def label_ids(tokenizer, text: str) -> list[int]:
 
 
 def log_mel(feature_extractor, audios: Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
-    """Whisper log-mel features [batch, n_mels, 3000] for 16 kHz mono clips (padded to 30 s).
-    Always in fp32, also inside a caller's autocast (the extractor's STFT must not run in bf16,
-    and its numpy hand-off cannot take bf16)."""
-    return _extract(feature_extractor, audios, device)["input_features"]
+    """Whisper log-mel features [batch, n_mels, 3000] of 16 kHz mono clips (padded to 30 s),
+    computed on ``device`` (``logmel.LogMel``: the extractor's recipe and filters). Always
+    fp32, also inside a caller's autocast."""
+    audio, _ = pad_audio(audios)
+    return LogMel.of(feature_extractor)(_to(audio, torch.device(device)))
 
 
-def _extract(feature_extractor, audios: Sequence[np.ndarray], device="cpu", mask: bool = False) -> dict:
-    """The feature extractor on a batch, in fp32 whatever autocast is on; with ``mask``, also
-    the frame attention mask (which frames are speech, not padding)."""
-    with torch.autocast(torch.device(device).type, enabled=False):
-        out = feature_extractor(
-            [np.asarray(a, dtype=np.float32) for a in audios],
-            sampling_rate=SAMPLE_RATE,
-            return_tensors="pt",
-            device=str(device),
-            return_attention_mask=mask,
-        )
-    return {"input_features": out.input_features} | ({"attention_mask": out.attention_mask} if mask else {})
+def log_mel_whole(
+    feature_extractor, audio: np.ndarray, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel of a whole file for long-form decoding, with its attention mask, on ``device``:
+    padded to 30 s when shorter (as ``log_mel``), kept whole when longer (samples // 160
+    frames, as the feature extractor with ``padding="longest"``)."""
+    samples, lengths = pad_audio([audio], max_samples=None)
+    features = LogMel.of(feature_extractor)(_to(samples, torch.device(device)), whole=True)
+    return features, frame_mask(lengths, features.shape[-1]).to(features.device)
 
 
-def log_mel_whole(feature_extractor, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-mel of a whole file for long-form decoding, with its attention mask: padded to
-    30 s when shorter (as ``log_mel``), kept whole when longer."""
-    long = len(audio) > CHUNK_SECONDS * SAMPLE_RATE
-    out = feature_extractor(
-        audio,
-        sampling_rate=SAMPLE_RATE,
-        return_tensors="pt",
-        truncation=not long,
-        padding="longest" if long else "max_length",
-        return_attention_mask=True,
-    )
-    return out.input_features, out.attention_mask
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, through pinned memory when that is a GPU (no wait for it)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def batch_to(batch: dict, log_mel_of: LogMel, device: torch.device) -> dict:
+    """A collated training batch on ``device``, without waiting for it: copies are
+    non-blocking (the DataLoader pinned the batch), audio becomes log-mel there. The frame
+    attention mask stays on the host, where SpecAugment draws its masks
+    (``augment.set_spec_augment``)."""
+    out = {k: v if k == "attention_mask" else v.to(device, non_blocking=True) for k, v in batch.items() if k != "audio"}
+    if "audio" in batch:
+        out["input_features"] = log_mel_of(batch["audio"].to(device, non_blocking=True))
+    return out
 
 
 class IndexedRows(torch.utils.data.Dataset):
@@ -99,28 +106,46 @@ class IndexedRows(torch.utils.data.Dataset):
 class SpeechCollator:
     """Pads a list of prepared examples ({"audio", "labels"}) into a training batch.
 
-    Label padding becomes -100 so the loss ignores it. The leading
+    Label padding becomes -100 so the loss ignores it (widths rounded up to
+    ``LABEL_MULTIPLE``). The leading
     <|startoftranscript|> is dropped when every row has it, because the model prepends
     ``decoder_start_token_id`` itself when it shifts labels right. With ``augment`` (training
     only), each clip is perturbed first, seeded by its ``"index"`` and ``"epoch"``; with
     ``attention_mask``, the batch says which frames are speech, so SpecAugment's masks fall
     on speech rather than on the padding of a 30 s window.
+
+    With ``audio_only`` (training on a GPU) the batch carries ``"audio"``, zero-padded to its
+    longest clip, instead of ``"input_features"``: :func:`batch_to` computes the log-mel on
+    the device, so the workers only pad audio. Otherwise the workers compute the log-mel
+    (on the CPU, where the training step would compute it anyway, it then overlaps the step).
     """
 
     feature_extractor: object
     decoder_start_token_id: int
     augment: object = None  # a whisper_tune.augment.WaveAugment, or None
     attention_mask: bool = False
+    audio_only: bool = False
+
+    def __post_init__(self):
+        self.log_mel = LogMel.of(self.feature_extractor)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         audios = [e["audio"] for e in examples]
         if self.augment is not None:
             audios = [self.augment(a, e["index"], e["epoch"]) for a, e in zip(audios, examples)]
-        batch = _extract(self.feature_extractor, audios, mask=self.attention_mask)
-        longest = max(len(e["labels"]) for e in examples)
-        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-        for i, e in enumerate(examples):
-            labels[i, : len(e["labels"])] = torch.as_tensor(e["labels"], dtype=torch.long)
-        if (labels[:, 0] == self.decoder_start_token_id).all():
-            labels = labels[:, 1:]
-        return batch | {"labels": labels}
+        audio, lengths = pad_audio(audios)
+        batch = {"audio": audio} if self.audio_only else {"input_features": self.log_mel(audio)}
+        if self.attention_mask:
+            batch["attention_mask"] = frame_mask(lengths)
+        return batch | {"labels": self._labels([e["labels"] for e in examples])}
+
+    def _labels(self, rows: list) -> torch.Tensor:
+        """Label ids padded with -100 to a width that is a multiple of ``LABEL_MULTIPLE``."""
+        rows = [np.asarray(r, dtype=np.int64) for r in rows]
+        if all(len(r) and r[0] == self.decoder_start_token_id for r in rows):
+            rows = [r[1:] for r in rows]
+        width = -(-max(len(r) for r in rows) // LABEL_MULTIPLE) * LABEL_MULTIPLE
+        labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+        for i, r in enumerate(rows):
+            labels[i, : len(r)] = r
+        return torch.from_numpy(labels)

@@ -101,8 +101,8 @@ class OptimizerStep:
         features = batch["input_features"].to(self.device, self.feature_dtype, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
         extra = {}  # the frames that are speech, when SpecAugment is on: its masks then fall on speech
-        if batch.get("attention_mask") is not None:
-            extra["attention_mask"] = batch["attention_mask"].to(self.device, non_blocking=True)
+        if batch.get("attention_mask") is not None:  # left where it is: SpecAugment reads it on the host
+            extra["attention_mask"] = batch["attention_mask"]
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             return self.model(input_features=features, labels=labels, use_cache=False, **extra).loss
 

@@ -36,7 +36,8 @@ from .batching import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches:
 from .config import TrainConfig, to_dict
 from .errors import UserError
 from .evaluation import generate_on
-from .features import IndexedRows, SpeechCollator
+from .features import IndexedRows, SpeechCollator, batch_to
+from .logmel import LogMel
 from .modeling import (
     check_processor,
     load_processor,
@@ -302,7 +303,9 @@ class TrainingRun:
             self.model.config.decoder_start_token_id,
             augment=WaveAugment.from_settings(cfg.augment, cfg.train.seed),
             attention_mask=spec_augment_config(cfg.augment)["apply_spec_augment"],
+            audio_only=self.device.type != "cpu",  # log-mel on the GPU, next to the model (batch_to)
         )
+        self.log_mel = LogMel.of(self.processor.feature_extractor)
         self.data = IndexedRows(train_ds.select_columns(["audio", "labels"]).with_format("numpy"))
 
     def _identity(self) -> dict:
@@ -413,7 +416,7 @@ class TrainingRun:
         """The rest of the current epoch. Nothing here waits for the device: the step's loss
         and skip flag wait in ``self.pending`` until :meth:`_after_step` reads them."""
         self.rate.leave_out_next_step()  # the loader's start
-        batches = iter(self._loader())
+        batches = (batch_to(batch, self.log_mel, self.device) for batch in self._loader())
         while self.pos.step < self.target and self.pos.micro_done < self.micro_per_epoch and self.early_stop_at is None:
             n_micro = min(self.cfg.train.grad_accum, self.micro_per_epoch - self.pos.micro_done)
             outcome = self.step_fn(batches, n_micro)

@@ -146,14 +146,14 @@ def transcribe_audio(
     options = decoding.generate_kwargs()
     if prompt and prompt.strip():
         options["prompt_ids"] = _prompt_ids(model, processor, prompt, max_new_tokens).to(device)
-    features, mask = log_mel_whole(processor.feature_extractor, audio)
-    features = features.to(device, input_dtype(model))
+    features, mask = log_mel_whole(processor.feature_extractor, audio, device)
+    features = features.to(dtype=input_dtype(model))
     with torch.inference_mode(), decoding_session(model, processor.tokenizer, device) as scores:
         if language is None:
             language = detect_language(model, processor, features)
         out = model.generate(
             input_features=features,
-            attention_mask=mask.to(device),
+            attention_mask=mask,
             language=language,
             task=task,
             return_timestamps=True,
