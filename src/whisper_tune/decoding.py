@@ -130,9 +130,8 @@ class GreedyDecoder:
         """Masks and per-clip buffers of the time-stamp rules (see the module docstring)."""
         self.ts_begin = gc.no_timestamps_token_id + 1
         self.no_speech_id = gc.no_timestamps_token_id - 1  # <|nospeech|> (<|nocaptions|>), as transformers
-        ids = torch.arange(vocab, device=self.device)
-        self.is_time, self.below_eos = ids >= self.ts_begin, ids < self.eos
-        self.vocab_ids = ids
+        self.vocab = vocab
+        self.time_ids = torch.arange(self.ts_begin, vocab, device=self.device)
         for name in ("first", "later"):
             self.masks[name][gc.no_timestamps_token_id] = float("-inf")
         self.masks["first"][: self.ts_begin] = float("-inf")  # the first token is a time stamp...
@@ -153,17 +152,20 @@ class GreedyDecoder:
         self.time_last.fill_(self.ts_begin - 1)
         self.sum_logprob.zero_()
 
-    def _timestamp_rules(self, logits: torch.Tensor) -> torch.Tensor:
-        """transformers' ``WhisperTimeStampLogitsProcessor`` on every clip at once."""
+    def _timestamp_rules(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """transformers' ``WhisperTimeStampLogitsProcessor`` on every clip at once, in place
+        (as row-wise bounds, not vocabulary-wide masks: on a CPU those cost as much as the
+        decoder step of a small model); also returns the logits' log-normaliser."""
         pair_open = self.last_time & ~self.before_last_time  # a time stamp after text: close or end
-        forbid = (self.last_time & self.before_last_time)[:, None] & self.is_time  # two in a row: text next
-        forbid |= pair_open[:, None] & self.below_eos  # closing: no text
-        floor = torch.where(pair_open, self.time_last, self.time_last + 1)
-        forbid |= self.is_time & (self.vocab_ids < floor[:, None])  # never backwards
-        logits = logits.masked_fill(forbid, float("-inf"))
-        logprobs = torch.log_softmax(logits, dim=-1)
-        time_wins = logprobs[:, self.ts_begin :].logsumexp(-1) > logprobs[:, : self.ts_begin].max(-1).values
-        return logits.masked_fill(time_wins[:, None] & ~self.is_time, float("-inf"))
+        logits[:, : self.eos].masked_fill_(pair_open[:, None], float("-inf"))  # closing: no text
+        floor = torch.where(pair_open, self.time_last, self.time_last + 1)  # never backwards...
+        floor = torch.where(self.last_time & self.before_last_time, self.vocab, floor)  # ...none after two
+        times = logits[:, self.ts_begin :]
+        times.masked_fill_(self.time_ids[None] < floor[:, None], float("-inf"))
+        total, time_total = logits.logsumexp(-1), times.logsumexp(-1)
+        time_wins = time_total > logits[:, : self.ts_begin].max(-1).values  # summed time-stamp probability wins
+        logits[:, : self.ts_begin].masked_fill_(time_wins[:, None], float("-inf"))
+        return logits, torch.where(time_wins, time_total, total)
 
     def _capture(self):
         """One decoding step as a CUDA graph (None, with a warning, where capture fails)."""
@@ -213,9 +215,9 @@ class GreedyDecoder:
             self.next.copy_(choice)
             return
         self.logits.copy_(logits)  # the prompt's first position: no-speech probability
-        logits = self._timestamp_rules(logits)
+        logits, normaliser = self._timestamp_rules(logits)
         choice = torch.where(self.done, self.eos, logits.argmax(-1))
-        picked = logits.gather(1, choice[:, None])[:, 0] - logits.logsumexp(-1)
+        picked = logits.gather(1, choice[:, None])[:, 0] - normaliser
         self.sum_logprob += torch.where(self.done, 0.0, picked)
         is_time = choice >= self.ts_begin
         self.before_last_time.copy_(self.last_time | self.fresh)  # transformers: "len(seq) < 2" counts as one

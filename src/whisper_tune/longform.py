@@ -103,9 +103,11 @@ def transcribe_batched(
     task: str = "transcribe",
     batch_size: int = 16,
     decoding: DecodingOptions | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> list[tuple[list, str]]:
     """(segments, language) per 16 kHz clip of any length, as ``transcribe_audio`` returns
-    them, with the windows of all clips decoded ``batch_size`` at a time."""
+    them, with the windows of all clips decoded ``batch_size`` at a time (at most
+    ``max_new_tokens`` tokens per window)."""
     from .transcription import Segment  # noqa: F401 - the type of what comes back
 
     decoding = decoding or DecodingOptions()
@@ -122,7 +124,7 @@ def transcribe_batched(
             todo = [w for w in windows if languages[w.file] == lang]
             for i in range(0, len(todo), rows):
                 batch = todo[i : i + rows]
-                decoded = _decode(model, processor, audios, batch, lang, task, rows)
+                decoded = _decode(model, processor, audios, batch, lang, task, rows, max_new_tokens)
                 for window, d in zip(batch, decoded):
                     results[window] = _window_segments(model, processor, audios, window, d, lang, task, decoding)
     per_file = [[] for _ in audios]
@@ -148,15 +150,15 @@ def _languages(model, processor, audios, windows, language, batch_size) -> list[
     return found
 
 
-def _decode(model, processor, audios, batch: list[Window], language, task, batch_size):
+def _decode(model, processor, audios, batch: list[Window], language, task, batch_size, max_new_tokens):
     device = next(model.parameters()).device
     prompt = prompt_ids(model, processor.tokenizer, language, task, timestamps=True)
     max_initial = getattr(model.generation_config, "max_initial_timestamp_index", None) or MAX_INITIAL_TIMESTAMP
     decoder = decoder_for(
-        model, batch_size, len(prompt) + MAX_NEW_TOKENS, input_dtype(model), timestamps=True, max_initial=max_initial
+        model, batch_size, len(prompt) + max_new_tokens, input_dtype(model), timestamps=True, max_initial=max_initial
     )
     features = log_mel(processor.feature_extractor, [audios[w.file][w.start : w.end] for w in batch], device)
-    return decoder.decode(features.to(device, input_dtype(model)), prompt, MAX_NEW_TOKENS)
+    return decoder.decode(features.to(device, input_dtype(model)), prompt, max_new_tokens)
 
 
 def _window_segments(model, processor, audios, window: Window, decoded, language, task, decoding) -> list:
