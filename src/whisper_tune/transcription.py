@@ -1,8 +1,11 @@
 """Transcribe audio files of any length with base (+ adapter).
 
-Long files use Whisper's own sequential long-form decoding (transformers'
-``generate`` with timestamps): each 30 s window starts where the last complete segment
-ended, so no word is cut at a window edge and every segment carries its time stamps.
+Two engines behind :func:`transcribe_files`: the batched one (``longform.py``: windows of
+many files decoded together through the fast decoder, the default where it applies) and
+the sequential one here, :func:`transcribe_audio`: Whisper's own long-form decoding
+(transformers' ``generate`` with timestamps), where each 30 s window starts where the last
+complete segment ended and may be prompted with its text; every segment carries its time
+stamps either way.
 Features come from ``features.log_mel_whole``: the same extractor and settings as training.
 Output formats are one small writer class each behind :func:`get_writer`, as in
 openai/whisper.
