@@ -55,14 +55,28 @@ def engines(merged: Path, tmp: Path, language: str, threads: int, batch_size: in
         return [" ".join(s.text for s in segments) for segments, _ in out]
 
     def sequential(audios):
-        return [" ".join(s.text for s in transcribe_audio(model, processor, a, language, decoding=GREEDY)[0]) for a in audios]
+        return [
+            " ".join(s.text for s in transcribe_audio(model, processor, a, language, decoding=GREEDY)[0])
+            for a in audios
+        ]
 
-    found = {f"whisper-tune batched (fp32, batch {batch_size})": batched, "whisper-tune sequential (generate, fp32)": sequential}
+    found = {
+        f"whisper-tune batched (fp32, batch {batch_size})": batched,
+        "whisper-tune sequential (generate, fp32)": sequential,
+    }
     for compute in ("float32", "int8"):
-        fw = WhisperModel(str(export_ct2(merged, tmp / f"ct2-{compute}", quantization=compute)), device="cpu", compute_type=compute, cpu_threads=threads)
+        fw = WhisperModel(
+            str(export_ct2(merged, tmp / f"ct2-{compute}", quantization=compute)),
+            device="cpu",
+            compute_type=compute,
+            cpu_threads=threads,
+        )
 
         def run(audios, fw=fw):
-            return [" ".join(s.text for s in fw.transcribe(a, language=language, beam_size=1, temperature=0.0)[0]) for a in audios]
+            return [
+                " ".join(s.text for s in fw.transcribe(a, language=language, beam_size=1, temperature=0.0)[0])
+                for a in audios
+            ]
 
         found[f"faster-whisper {compute}"] = run
     return found
@@ -88,7 +102,9 @@ def main() -> None:
     times: dict[str, list[float]] = {}
     texts: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        merged = merge(args.model, args.adapter, Path(tmp) / "merged", dtype="float32") if args.adapter else Path(args.model)
+        merged = (
+            merge(args.model, args.adapter, Path(tmp) / "merged", dtype="float32") if args.adapter else Path(args.model)
+        )
         runs = engines(merged, Path(tmp), args.language, args.threads, args.batch_size)
         if args.skip_sequential:
             runs = {k: v for k, v in runs.items() if "sequential" not in k}

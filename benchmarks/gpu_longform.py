@@ -84,7 +84,9 @@ def run_pipeline(model, processor, audios, language, batch, device, dtype, max_n
 
 
 def run_ours(model, processor, audios, language, batch, decoding, max_new_tokens):
-    out = transcribe_batched(model, processor, audios, language, batch_size=batch, decoding=decoding, max_new_tokens=max_new_tokens)
+    out = transcribe_batched(
+        model, processor, audios, language, batch_size=batch, decoding=decoding, max_new_tokens=max_new_tokens
+    )
     return [" ".join(s.text for s in segments).strip() for segments, _ in out]
 
 
@@ -115,7 +117,9 @@ def main() -> None:
     references = [normalize(m["text"]) for m in manifest]
     seconds_audio = sum(len(a) for a in audios) / SAMPLE_RATE
     model, processor = load_model(args.model, device, dtype)
-    decoding = DecodingOptions(condition_on_previous_text=False) if args.decoding == "robust" else DecodingOptions.greedy()
+    decoding = (
+        DecodingOptions(condition_on_previous_text=False) if args.decoding == "robust" else DecodingOptions.greedy()
+    )
     print(f"{len(audios)} files, {seconds_audio / 60:.1f} min of audio, {device}, {dtype}", flush=True)
     runs = [(f"transformers pipeline (chunk 30 s, greedy), batch {b}", b, "pipeline") for b in args.pipeline_batch]
     runs += [(f"whisper-tune batched ({args.decoding}), batch {b}", b, "ours") for b in args.batch_size]
@@ -123,11 +127,16 @@ def main() -> None:
     with torch.inference_mode():
         for name, batch, kind in runs:
             if kind == "pipeline":
+
                 def fn(audios=audios, batch=batch):
-                    return run_pipeline(model, processor, audios, args.language, batch, device, dtype, args.max_new_tokens)
+                    return run_pipeline(
+                        model, processor, audios, args.language, batch, device, dtype, args.max_new_tokens
+                    )
             else:
+
                 def fn(audios=audios, batch=batch):
                     return run_ours(model, processor, audios, args.language, batch, decoding, args.max_new_tokens)
+
             fn(audios[:1])  # warm-up: one file (graphs for this batch size, cuBLAS, allocator)
             texts, seconds = timed(fn, device)
             hyps = [normalize(t) for t in texts]
@@ -139,11 +148,18 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats(device)
             row["texts"] = texts
             rows.append(row)
-            print(f"{name}: {seconds:.1f} s, {row['realtime_factor']:.0f}x real time, WER {row['wer']:.2f} CER {row['cer']:.2f}", flush=True)
+            print(
+                f"{name}: {seconds:.1f} s, {row['realtime_factor']:.0f}x real time, "
+                f"WER {row['wer']:.2f} CER {row['cer']:.2f}",
+                flush=True,
+            )
     best_pipe = min((r for r in rows if r["kind"] == "pipeline"), key=lambda r: r["seconds"])
     best_ours = min((r for r in rows if r["kind"] == "ours"), key=lambda r: r["seconds"])
     speedup = best_pipe["seconds"] / best_ours["seconds"]
-    print(f"best whisper-tune / best pipeline throughput: {speedup:.2f}x (WER {best_ours['wer']:.2f} vs {best_pipe['wer']:.2f})")
+    print(
+        f"best whisper-tune / best pipeline throughput: {speedup:.2f}x "
+        f"(WER {best_ours['wer']:.2f} vs {best_pipe['wer']:.2f})"
+    )
     env = environment(device)
     result = {
         "command": "python " + " ".join(sys.argv),

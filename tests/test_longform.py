@@ -8,7 +8,7 @@ import torch
 
 from whisper_tune import longform
 from whisper_tune.audio import N_SAMPLES, SAMPLE_RATE
-from whisper_tune.decoding import DecodeSpec, Decoded, GreedyDecoder, prompt_ids
+from whisper_tune.decoding import Decoded, DecodeSpec, GreedyDecoder, prompt_ids
 from whisper_tune.modeling import load_processor, set_generation_language
 from whisper_tune.robust_decoding import DecodingOptions
 from whisper_tune.transcription import Segment
@@ -40,7 +40,9 @@ def test_timestamped_tokens_equal_generate(model_and_processor):
             input_features=features, language="mr", task="transcribe", return_timestamps=True, max_new_tokens=SHORT
         )
         prompt = prompt_ids(model, processor.tokenizer, "mr", "transcribe", timestamps=True)
-        decoder = GreedyDecoder(model, DecodeSpec(4, len(prompt) + SHORT, True), torch.float32, max_initial_timestamp_index=50)
+        decoder = GreedyDecoder(
+            model, DecodeSpec(4, len(prompt) + SHORT, True), torch.float32, max_initial_timestamp_index=50
+        )
         got = decoder.decode(features, prompt, SHORT)  # 3 windows in a batch of 4
     expected = [row[: row.index(eos)] if eos in row else row for row in out.tolist()]
     ts_begin = model.generation_config.no_timestamps_token_id + 1
@@ -67,12 +69,20 @@ def test_segments_are_split_at_time_stamps_and_shifted_by_the_window(model_and_p
     ts = model.generation_config.no_timestamps_token_id + 1
     hello, world = tok.encode(" hello", add_special_tokens=False), tok.encode(" world", add_special_tokens=False)
     tokens = [ts, *hello, ts + 50, ts + 50, *world, ts + 125, *hello]  # the last segment is cut by the window
-    assert longform.split_segments(tokens, ts, tok, 20.0) == [(0.0, 1.0, "hello"), (1.0, 2.5, "world"), (2.5, 20.0, "hello")]
+    assert longform.split_segments(tokens, ts, tok, 20.0) == [
+        (0.0, 1.0, "hello"),
+        (1.0, 2.5, "world"),
+        (2.5, 20.0, "hello"),
+    ]
     window = longform.Window(0, 40 * SAMPLE_RATE, 60 * SAMPLE_RATE)
     segments = longform._window_segments(
         model, processor, None, window, Decoded(tokens, -0.1, 0.01), "mr", "transcribe", DecodingOptions()
     )
-    assert [(s.start, s.end, s.text) for s in segments] == [(40.0, 41.0, "hello"), (41.0, 42.5, "world"), (42.5, 60.0, "hello")]
+    assert [(s.start, s.end, s.text) for s in segments] == [
+        (40.0, 41.0, "hello"),
+        (41.0, 42.5, "world"),
+        (42.5, 60.0, "hello"),
+    ]
     assert {s.avg_logprob for s in segments} == {-0.1} and {s.temperature for s in segments} == {0.0}
 
 
@@ -80,8 +90,12 @@ def test_batch_size_does_not_change_the_output(model_and_processor):
     model, processor = model_and_processor
     audios = [_noise(65.0, 1), _noise(4.0, 2), _noise(12.0, 3)]
     greedy = DecodingOptions.greedy()
-    one = longform.transcribe_batched(model, processor, audios, "mr", batch_size=1, decoding=greedy, max_new_tokens=SHORT)
-    four = longform.transcribe_batched(model, processor, audios, "mr", batch_size=4, decoding=greedy, max_new_tokens=SHORT)
+    one = longform.transcribe_batched(
+        model, processor, audios, "mr", batch_size=1, decoding=greedy, max_new_tokens=SHORT
+    )
+    four = longform.transcribe_batched(
+        model, processor, audios, "mr", batch_size=4, decoding=greedy, max_new_tokens=SHORT
+    )
     assert one == four
     assert [lang for _, lang in one] == ["mr"] * 3
     long_segments = one[0][0]
@@ -102,16 +116,26 @@ def test_windows_failing_the_thresholds_are_decoded_again(model_and_processor, m
     monkeypatch.setattr(transcription, "transcribe_audio", fallback)
     audio = _noise(40.0, 4)
     doubt_all = DecodingOptions(logprob_threshold=0.0, no_speech_threshold=None)  # every mean log-prob is < 0
-    (segments, _), = longform.transcribe_batched(model, processor, [audio], "mr", decoding=doubt_all, max_new_tokens=SHORT)
+    ((segments, _),) = longform.transcribe_batched(
+        model, processor, [audio], "mr", decoding=doubt_all, max_new_tokens=SHORT
+    )
     spans = longform.cut_windows(audio)
     assert [n for n, _ in calls] == [end - start for start, end in spans]
     assert all(d.temperature == doubt_all.temperature[1:] and not d.condition_on_previous_text for _, d in calls)
-    assert [(s.start, s.text) for s in segments] == [(1.0, "again"), (round(spans[1][0] / SAMPLE_RATE + 1.0, 3), "again")]
+    assert [(s.start, s.text) for s in segments] == [
+        (1.0, "again"),
+        (round(spans[1][0] / SAMPLE_RATE + 1.0, 3), "again"),
+    ]
     calls.clear()
     silent = DecodingOptions(logprob_threshold=0.0, no_speech_threshold=0.0)  # doubtful and "silent": dropped
-    assert longform.transcribe_batched(model, processor, [audio], "mr", decoding=silent, max_new_tokens=SHORT) == [([], "mr")]
+    assert longform.transcribe_batched(model, processor, [audio], "mr", decoding=silent, max_new_tokens=SHORT) == [
+        ([], "mr")
+    ]
     no_ramp = DecodingOptions(temperature=(0.0,), logprob_threshold=0.0, no_speech_threshold=None)
-    assert longform.transcribe_batched(model, processor, [audio], "mr", decoding=no_ramp, max_new_tokens=SHORT)[0][0] and not calls
+    assert (
+        longform.transcribe_batched(model, processor, [audio], "mr", decoding=no_ramp, max_new_tokens=SHORT)[0][0]
+        and not calls
+    )
 
 
 def test_robust_transcription_prints_no_length_warning(model_and_processor, capfd):

@@ -339,7 +339,13 @@ def _transcripts(args, files, decoding):
         args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
     )
     return transcribe_files(
-        loaded.model, loaded.processor, files, loaded.language, loaded.task, decoding=decoding, batch_size=args.batch_size
+        loaded.model,
+        loaded.processor,
+        files,
+        loaded.language,
+        loaded.task,
+        decoding=decoding,
+        batch_size=args.batch_size,
     )
 
 

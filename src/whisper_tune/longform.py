@@ -108,8 +108,6 @@ def transcribe_batched(
     """(segments, language) per 16 kHz clip of any length, as ``transcribe_audio`` returns
     them, with the windows of all clips decoded ``batch_size`` at a time (at most
     ``max_new_tokens`` tokens per window)."""
-    from .transcription import Segment  # noqa: F401 - the type of what comes back
-
     decoding = decoding or DecodingOptions()
     if not supports(model, decoding):
         raise ValueError("batched transcription needs a plain model and greedy decoding from temperature 0")
@@ -172,7 +170,9 @@ def _window_segments(model, processor, audios, window: Window, decoded, language
         return []
     loops = decoding.compression_ratio_threshold is not None and ratio > decoding.compression_ratio_threshold
     if (loops or doubtful) and not silent and len(decoding.temperature) > 1:
-        return _fallback(model, processor, audios[window.file][window.start : window.end], window, language, task, decoding)
+        return _fallback(
+            model, processor, audios[window.file][window.start : window.end], window, language, task, decoding
+        )
     scores = {
         "temperature": 0.0,
         "avg_logprob": round(decoded.avg_logprob, 4),
@@ -183,7 +183,9 @@ def _window_segments(model, processor, audios, window: Window, decoded, language
     ts_begin = model.generation_config.no_timestamps_token_id + 1
     return [
         _segment(start + offset, min(stop + offset, end), text, scores)
-        for start, stop, text in split_segments(decoded.tokens, ts_begin, tokenizer, (window.end - window.start) / SAMPLE_RATE)
+        for start, stop, text in split_segments(
+            decoded.tokens, ts_begin, tokenizer, (window.end - window.start) / SAMPLE_RATE
+        )
     ]
 
 
@@ -191,17 +193,20 @@ def _fallback(model, processor, audio, window: Window, language, task, decoding)
     """The window alone through ``generate`` at the fallback temperatures after 0."""
     from .transcription import transcribe_audio
 
-    log.debug("window at %.1f s of file %d fails the thresholds: decoding it again", window.start / SAMPLE_RATE, window.file)
+    log.debug(
+        "window at %.1f s of file %d fails the thresholds: decoding it again", window.start / SAMPLE_RATE, window.file
+    )
     retry = decoding.with_fields(temperature=decoding.temperature[1:], condition_on_previous_text=False)
     segments, _ = transcribe_audio(model, processor, audio, language, task, decoding=retry)
     offset, end = window.start / SAMPLE_RATE, window.end / SAMPLE_RATE
     return [
-        replace(s, start=round(min(s.start + offset, end), 3), end=round(min(s.end + offset, end), 3))
-        for s in segments
+        replace(s, start=round(min(s.start + offset, end), 3), end=round(min(s.end + offset, end), 3)) for s in segments
     ]
 
 
-def split_segments(tokens: list[int], ts_begin: int, tokenizer, window_seconds: float) -> list[tuple[float, float, str]]:
+def split_segments(
+    tokens: list[int], ts_begin: int, tokenizer, window_seconds: float
+) -> list[tuple[float, float, str]]:
     """(start, end, text) in window time from time-stamped tokens: ``<|t0|> text <|t1|>`` pairs;
     text without a closing stamp ends at the window's end, without an opening one starts where
     the previous segment ended."""
