@@ -1,21 +1,29 @@
-"""CPU transcription: whisper-tune against faster-whisper on whisper-tune's own export.
+"""CPU transcription: whisper-tune's engines against faster-whisper on whisper-tune's own export.
 
     python benchmarks/cpu_transcribe.py --model demo-output/whisper-base --adapter demo-output/run/adapter \\
-        --clips demo-output/corpus/mr/clips --limit 25
+        --clips demo-output/corpus/mr/clips --limit 40 --rounds 3
 
-Same model (the adapter merged, then exported with ``export-ct2``), same clips, one
-process, language forced, greedy decoding with timestamps on both sides; each side first
-transcribes one clip to warm up. whisper-tune runs the merged fp32 model through
-transformers, and the int8 export through its faster-whisper engine (``transcribe --model
-EXPORT``, which also decodes the audio files); faster-whisper runs the CTranslate2 export at
-float32 and at int8 on audio already in memory.
-Writes JSON and a markdown table.
+Same model (the adapter merged, then exported with ``export-ct2``), same clips in memory,
+one process, language forced, greedy decoding with time stamps on every side. Engines:
+
+* ``batched``: what ``whisper-tune transcribe`` runs on a merged model now
+  (``longform.transcribe_batched``: the fast decoder with time stamps, clips decoded
+  ``--batch-size`` at a time, static caches, eager on the CPU);
+* ``sequential``: the path it ran before (``transcribe_audio``: transformers' ``generate``
+  per clip);
+* faster-whisper on the float32 and int8 exports (one clip at a time, as its
+  ``WhisperModel.transcribe``).
+
+The CPU is shared, so the engines are interleaved: each round runs every engine once on all
+clips (after one warm-up clip each), and the table reports each engine's median round and
+the median of its per-round ratio to faster-whisper float32. Writes JSON and a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -25,11 +33,53 @@ import torch
 
 from whisper_tune.audio import load_audio
 from whisper_tune.export import export_ct2, merge
+from whisper_tune.longform import transcribe_batched
 from whisper_tune.reporting import environment
 from whisper_tune.robust_decoding import DecodingOptions
-from whisper_tune.transcription import transcribe_audio, transcribe_files_ct2
+from whisper_tune.transcription import transcribe_audio
 
 GREEDY = DecodingOptions.greedy()  # what this benchmark has always timed
+BASELINE = "faster-whisper float32"
+
+
+def engines(merged: Path, tmp: Path, language: str, threads: int, batch_size: int) -> dict:
+    """name -> function(list of audios) -> list of texts."""
+    from faster_whisper import WhisperModel
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    model = WhisperForConditionalGeneration.from_pretrained(merged, dtype=torch.float32).eval()
+    processor = WhisperProcessor.from_pretrained(merged)
+
+    def batched(audios):
+        out = transcribe_batched(model, processor, audios, language, batch_size=batch_size, decoding=GREEDY)
+        return [" ".join(s.text for s in segments) for segments, _ in out]
+
+    def sequential(audios):
+        return [
+            " ".join(s.text for s in transcribe_audio(model, processor, a, language, decoding=GREEDY)[0])
+            for a in audios
+        ]
+
+    found = {
+        f"whisper-tune batched (fp32, batch {batch_size})": batched,
+        "whisper-tune sequential (generate, fp32)": sequential,
+    }
+    for compute in ("float32", "int8"):
+        fw = WhisperModel(
+            str(export_ct2(merged, tmp / f"ct2-{compute}", quantization=compute)),
+            device="cpu",
+            compute_type=compute,
+            cpu_threads=threads,
+        )
+
+        def run(audios, fw=fw):
+            return [
+                " ".join(s.text for s in fw.transcribe(a, language=language, beam_size=1, temperature=0.0)[0])
+                for a in audios
+            ]
+
+        found[f"faster-whisper {compute}"] = run
+    return found
 
 
 def main() -> None:
@@ -37,67 +87,57 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--adapter", default=None)
     parser.add_argument("--clips", required=True, help="folder of audio clips")
-    parser.add_argument("--limit", type=int, default=25)
+    parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--language", default="mr")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-sequential", action="store_true", help="leave out the slow old path")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    from faster_whisper import WhisperModel
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
     torch.set_num_threads(args.threads)
     clips = sorted(p for p in Path(args.clips).iterdir() if p.suffix in (".mp3", ".wav", ".flac"))[: args.limit]
     audios = [load_audio(p) for p in clips]
     seconds_audio = sum(len(a) for a in audios) / 16000
+    times: dict[str, list[float]] = {}
+    texts: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        merged = (
+            merge(args.model, args.adapter, Path(tmp) / "merged", dtype="float32") if args.adapter else Path(args.model)
+        )
+        runs = engines(merged, Path(tmp), args.language, args.threads, args.batch_size)
+        if args.skip_sequential:
+            runs = {k: v for k, v in runs.items() if "sequential" not in k}
+        for run in runs.values():
+            run(audios[:1])  # warm-up
+        for r in range(args.rounds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                texts[name] = run(audios)
+                times.setdefault(name, []).append(time.perf_counter() - start)
+                print(f"round {r + 1} {name}: {times[name][-1]:.1f} s", flush=True)
+    base = times[BASELINE]
+    ours = next(k for k in runs if "batched" in k)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        merged = merge(args.model, args.adapter, Path(tmp) / "merged", dtype="float32") if args.adapter else args.model
-        model = WhisperForConditionalGeneration.from_pretrained(merged, dtype=torch.float32).eval()
-        processor = WhisperProcessor.from_pretrained(merged)
-        transcribe_audio(model, processor, audios[0], args.language, decoding=GREEDY)  # warm-up
-        start = time.perf_counter()
-        ours = [
-            " ".join(s.text for s in transcribe_audio(model, processor, a, args.language, decoding=GREEDY)[0])
-            for a in audios
-        ]
-        rows.append({"engine": "whisper-tune transcribe (transformers, fp32)", "seconds": time.perf_counter() - start})
-        ct2 = export_ct2(merged, Path(tmp) / "ct2-int8", quantization="int8")
-        list(
-            transcribe_files_ct2(ct2, [clips[0]], args.language, compute_type="int8", progress=False, decoding=GREEDY)
-        )  # warm-up
-        start = time.perf_counter()
-        mine = [
-            t.text
-            for t in transcribe_files_ct2(
-                ct2, clips, args.language, compute_type="int8", progress=False, decoding=GREEDY
-            )
-        ]
-        row = {"engine": "whisper-tune transcribe --model <export-ct2 int8> (faster-whisper engine)"}
-        row |= {"seconds": time.perf_counter() - start}
-        row["same_text_as_whisper_tune"] = sum(a.split() == b.split() for a, b in zip(ours, mine))
+    for name, t in times.items():
+        row = {"engine": name, "seconds_per_round": t, "seconds": statistics.median(t)}
+        row["clips_per_s"] = len(audios) / row["seconds"]
+        row["realtime_factor"] = seconds_audio / row["seconds"]
+        row["speed_vs_faster_whisper_float32"] = statistics.median(b / x for b, x in zip(base, t))
+        row["same_text_as_batched"] = sum(a.split() == b.split() for a, b in zip(texts[ours], texts[name]))
         rows.append(row)
-        for compute in ("float32", "int8"):
-            ct2 = export_ct2(merged, Path(tmp) / f"ct2-{compute}", quantization=compute)
-            fw = WhisperModel(str(ct2), device="cpu", compute_type=compute, cpu_threads=args.threads)
-            list(fw.transcribe(audios[0], language=args.language, beam_size=1, temperature=0.0)[0])  # warm-up
-            start = time.perf_counter()
-            texts = [
-                " ".join(s.text for s in fw.transcribe(a, language=args.language, beam_size=1, temperature=0.0)[0])
-                for a in audios
-            ]
-            row = {"engine": f"faster-whisper on export-ct2 ({compute})", "seconds": time.perf_counter() - start}
-            row["same_text_as_whisper_tune"] = sum(a.split() == b.split() for a, b in zip(ours, texts))
-            rows.append(row)
-    for r in rows:
-        r["clips_per_s"] = len(audios) / r["seconds"]
-        r["realtime_factor"] = seconds_audio / r["seconds"]
-        print(f"{r['engine']}: {r['clips_per_s']:.2f} clips/s ({r['realtime_factor']:.1f}x real time)", flush=True)
+        print(
+            f"{name}: {row['clips_per_s']:.2f} clips/s ({row['realtime_factor']:.1f}x real time), "
+            f"{row['speed_vs_faster_whisper_float32']:.2f}x faster-whisper float32",
+            flush=True,
+        )
     env = environment(torch.device("cpu"))
     result = {
         "command": "python " + " ".join(sys.argv),
         "clips": len(audios),
         "audio_seconds": seconds_audio,
         "threads": args.threads,
+        "rounds": args.rounds,
         "rows": rows,
         "environment": env,
     }
@@ -105,19 +145,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu_transcribe.json").write_text(json.dumps(result, indent=2))
     lines = [
-        f"# CPU transcription, {len(audios)} clips ({seconds_audio:.0f} s of audio), {args.threads} threads",
+        f"# CPU transcription, {len(audios)} clips ({seconds_audio:.0f} s of audio), {args.threads} threads, "
+        f"{args.rounds} interleaved rounds",
         "",
         f"`{result['command']}`",
         "",
-        f"torch {env['versions']['torch']}, transformers "
-        f"{env['versions']['transformers']}; faster-whisper beam 1, whisper-tune greedy, both with timestamps",
+        f"torch {env['versions']['torch']}, transformers {env['versions']['transformers']}; greedy with time "
+        "stamps everywhere; median round; speed ratio = median of the per-round ratios (the CPU is shared)",
         "",
-        "| engine | clips/s | x real time | same text as whisper-tune |",
-        "|---|---|---|---|",
+        "| engine | clips/s | x real time | x faster-whisper float32 | same text as batched |",
+        "|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['engine']} | {r['clips_per_s']:.2f} | {r['realtime_factor']:.1f} | "
-        f"{r.get('same_text_as_whisper_tune', '-')} |"
+        f"{r['speed_vs_faster_whisper_float32']:.2f} | {r['same_text_as_batched']}/{len(audios)} |"
         for r in rows
     ]
     (out / "cpu_transcribe.md").write_text("\n".join(lines) + "\n")

@@ -150,6 +150,8 @@ def test_cli_writes_outputs_and_reports_bad_files(tiny_adapter, tmp_path):
             "--format",
             "srt",
             "json",
+            "--batch-size",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -157,6 +159,7 @@ def test_cli_writes_outputs_and_reports_bad_files(tiny_adapter, tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("whisper-tune: error:")]
     assert len(errors) == 1 and str(bad) in errors[0]
+    assert "max_new_tokens" not in proc.stderr  # transformers' per-clip length warning is gone
     assert (tmp_path / "out" / "good.srt").exists() and (tmp_path / "out" / "good.json").exists()
     check_srt((tmp_path / "out" / "good.srt").read_text())
 

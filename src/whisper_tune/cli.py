@@ -273,7 +273,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         "--condition-on-previous-text",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="prompt each window with the previous window's text (default: on)",
+        help="prompt each window with the previous window's text (default: on; transcribe: off, so that windows "
+        "of many files decode in batches)",
     )
 
 
@@ -300,11 +301,12 @@ DECODING_FLAGS = (
 )
 
 
-def _decoding_options(args):
-    """``DecodingOptions`` from the decoding flags, built once here (unset flags: defaults)."""
+def _decoding_options(args, **defaults):
+    """``DecodingOptions`` from the decoding flags, built once here (unset flags: ``defaults``,
+    else DecodingOptions')."""
     from .robust_decoding import DecodingOptions
 
-    given = {n: getattr(args, n) for n in DECODING_FLAGS[3:] if getattr(args, n) is not None}
+    given = defaults | {n: getattr(args, n) for n in DECODING_FLAGS[3:] if getattr(args, n) is not None}
     if args.beam_size is not None:
         given["beam_size"] = args.beam_size
     increment = args.temperature_increment_on_fallback
@@ -336,7 +338,15 @@ def _transcripts(args, files, decoding):
     loaded = load_for_inference(
         args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
     )
-    return transcribe_files(loaded.model, loaded.processor, files, loaded.language, loaded.task, decoding=decoding)
+    return transcribe_files(
+        loaded.model,
+        loaded.processor,
+        files,
+        loaded.language,
+        loaded.task,
+        decoding=decoding,
+        batch_size=args.batch_size,
+    )
 
 
 def cmd_transcribe(args) -> int:
@@ -345,7 +355,12 @@ def cmd_transcribe(args) -> int:
 
     from .transcription import expand_inputs, get_writer, output_names
 
-    decoding = _decoding_options(args)  # before any file is read: a bad flag fails at once
+    # before any file is read: a bad flag fails at once. Windows are not conditioned on the
+    # previous window's text unless asked: that is what lets them be decoded in batches
+    # (longform.py says why this default).
+    decoding = _decoding_options(args, condition_on_previous_text=False)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be 1 or more, not {args.batch_size}")
     files, problems = expand_inputs(args.inputs)
     for item, why in problems:
         print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
@@ -388,6 +403,14 @@ def args_transcribe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact", action="store_true", help="keep the base held as in training (see evaluate)")
     p.add_argument("--format", nargs="+", default=["txt", "srt"], choices=("txt", "srt", "vtt", "json"))
     p.add_argument("--out", default=None, help="folder for the output files (default: print the text)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="30 s windows (of all files together) decoded at once by the batched engine, which runs for a "
+        "plain or merged model with greedy decoding; --condition-on-previous-text decodes files longer "
+        "than 30 s window after window instead (default: 16)",
+    )
     _add_decoding_args(p)
 
 

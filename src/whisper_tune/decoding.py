@@ -17,6 +17,15 @@ It reproduces ``generate``'s greedy search for short-form transcription: the
 every step, ``begin_suppress_tokens`` at the first, ``min_new_tokens`` by suppressing
 end-of-text, and end-of-text as padding once a clip is finished. Tests check that the
 tokens equal ``generate``'s.
+
+With ``timestamps`` (the long-form engine, ``longform.py``) the prompt has no
+``<|notimestamps|>`` and each step applies the rules of transformers'
+``WhisperTimeStampLogitsProcessor`` (openai's ``ApplyTimestampRules``) as tensor operations
+on per-clip state, so they stay inside the graph: time stamps in pairs, never decreasing,
+the first token a time stamp no later than ``max_initial_timestamp_index``, and a time
+stamp whenever their summed probability beats every text token. The step then also sums
+each clip's token log-probabilities and keeps the no-speech probability of the first
+position: the window scores robust decoding compares with its thresholds.
 """
 
 from __future__ import annotations
@@ -37,6 +46,16 @@ class DecodeSpec:
 
     batch: int
     max_len: int
+    timestamps: bool = False  # time-stamp rules and window scores (long-form decoding)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One window's result: tokens (end-of-text excluded) and the scores of robust decoding."""
+
+    tokens: list[int]
+    avg_logprob: float  # openai's: summed log-probabilities (end-of-text included) / (tokens + 1)
+    no_speech_prob: float  # probability of <|nospeech|> after <|startoftranscript|>
 
 
 def supports_fast_path(model) -> bool:
@@ -50,13 +69,13 @@ def supports_fast_path(model) -> bool:
     return all(type(m) is torch.nn.Linear for m in modules)
 
 
-def prompt_ids(model, tokenizer, language: str | None, task: str) -> list[int]:
+def prompt_ids(model, tokenizer, language: str | None, task: str, timestamps: bool = False) -> list[int]:
     """The forced prefix, as ``generate`` builds it (language omitted when None: the model
     then picks it, which this decoder does not do: callers pass a language)."""
     tokens = ["<|startoftranscript|>"]
     if language:
         tokens.append(f"<|{language}|>")
-    tokens += [f"<|{task}|>", "<|notimestamps|>"]
+    tokens += [f"<|{task}|>"] + ([] if timestamps else ["<|notimestamps|>"])
     return tokenizer.convert_tokens_to_ids(tokens)
 
 
@@ -69,6 +88,7 @@ class GreedyDecoder:
         spec: DecodeSpec,
         dtype: torch.dtype,
         use_graph: bool | None = None,
+        max_initial_timestamp_index: int | None = None,
         compile_encoder: bool = False,
     ):
         self.model, self.spec = model, spec
@@ -103,11 +123,54 @@ class GreedyDecoder:
         no_eos[self.eos] = float("-inf")
         self.masks = {"prompt": torch.zeros(vocab, device=self.device), "first": first, "later": suppress}
         self.no_eos = no_eos
+        if spec.timestamps:
+            self._timestamp_state(gc, vocab, max_initial_timestamp_index)
         self.graph = None
         if use_graph is None:
             use_graph = self.device.type == "cuda"
         if use_graph:
             self.graph = self._capture()
+
+    def _timestamp_state(self, gc, vocab: int, max_initial: int | None) -> None:
+        """Masks and per-clip buffers of the time-stamp rules (see the module docstring)."""
+        self.ts_begin = gc.no_timestamps_token_id + 1
+        self.no_speech_id = gc.no_timestamps_token_id - 1  # <|nospeech|> (<|nocaptions|>), as transformers
+        self.vocab = vocab
+        self.time_ids = torch.arange(self.ts_begin, vocab, device=self.device)
+        for name in ("first", "later"):
+            self.masks[name][gc.no_timestamps_token_id] = float("-inf")
+        self.masks["first"][: self.ts_begin] = float("-inf")  # the first token is a time stamp...
+        if max_initial is not None:  # ...no later than this
+            self.masks["first"][self.ts_begin + max_initial + 1 :] = float("-inf")
+        b = self.spec.batch
+        self.last_time = torch.zeros(b, dtype=torch.bool, device=self.device)
+        self.before_last_time = torch.ones(b, dtype=torch.bool, device=self.device)
+        self.fresh = torch.ones(1, dtype=torch.bool, device=self.device)  # no token generated yet
+        self.time_last = torch.full((b,), self.ts_begin - 1, dtype=torch.long, device=self.device)
+        self.sum_logprob = torch.zeros(b, device=self.device)
+        self.logits = torch.zeros(b, vocab, device=self.device)
+
+    def _reset_timestamp_state(self) -> None:
+        self.last_time.zero_()
+        self.before_last_time.fill_(True)
+        self.fresh.fill_(True)
+        self.time_last.fill_(self.ts_begin - 1)
+        self.sum_logprob.zero_()
+
+    def _timestamp_rules(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """transformers' ``WhisperTimeStampLogitsProcessor`` on every clip at once, in place
+        (as row-wise bounds, not vocabulary-wide masks: on a CPU those cost as much as the
+        decoder step of a small model); also returns the logits' log-normaliser."""
+        pair_open = self.last_time & ~self.before_last_time  # a time stamp after text: close or end
+        logits[:, : self.eos].masked_fill_(pair_open[:, None], float("-inf"))  # closing: no text
+        floor = torch.where(pair_open, self.time_last, self.time_last + 1)  # never backwards...
+        floor = torch.where(self.last_time & self.before_last_time, self.vocab, floor)  # ...none after two
+        times = logits[:, self.ts_begin :]
+        times.masked_fill_(self.time_ids[None] < floor[:, None], float("-inf"))
+        total, time_total = logits.logsumexp(-1), times.logsumexp(-1)
+        time_wins = time_total > logits[:, : self.ts_begin].max(-1).values  # summed time-stamp probability wins
+        logits[:, : self.ts_begin].masked_fill_(time_wins[:, None], float("-inf"))
+        return logits, torch.where(time_wins, time_total, total)
 
     def _capture(self):
         """One decoding step as a CUDA graph (None, with a warning, where capture fails)."""
@@ -151,7 +214,21 @@ class GreedyDecoder:
             x = layer.final_layer_norm(h)
             h = h + layer.fc2(layer.activation_fn(layer.fc1(x)))
         logits = self.model.proj_out(decoder.layer_norm(h))[:, 0].float() + self.bias
+        if not self.spec.timestamps:
+            choice = torch.where(self.done, self.eos, logits.argmax(-1))
+            self.done |= choice == self.eos
+            self.next.copy_(choice)
+            return
+        self.logits.copy_(logits)  # the prompt's first position: no-speech probability
+        logits, normaliser = self._timestamp_rules(logits)
         choice = torch.where(self.done, self.eos, logits.argmax(-1))
+        picked = logits.gather(1, choice[:, None])[:, 0] - normaliser
+        self.sum_logprob += torch.where(self.done, 0.0, picked)
+        is_time = choice >= self.ts_begin
+        self.before_last_time.copy_(self.last_time | self.fresh)  # transformers: "len(seq) < 2" counts as one
+        self.last_time.copy_(is_time)
+        self.fresh.fill_(False)
+        self.time_last.copy_(torch.where(is_time, choice, self.time_last))
         self.done |= choice == self.eos
         self.next.copy_(choice)
 
@@ -175,6 +252,12 @@ class GreedyDecoder:
     ) -> list[list[int]]:
         """Token ids generated for each clip of ``features`` (at most ``spec.batch``), end-of-text
         excluded."""
+        return [d.tokens for d in self.decode(features, prompt, max_new_tokens, min_new_tokens)]
+
+    def decode(
+        self, features: torch.Tensor, prompt: list[int], max_new_tokens: int, min_new_tokens: int = 0
+    ) -> list[Decoded]:
+        """As ``__call__``, with each clip's scores (NaN where ``spec.timestamps`` is off)."""
         n, b = features.shape[0], self.spec.batch
         if n > b or len(prompt) + max_new_tokens > self.spec.max_len:
             raise ValueError(f"batch {n} / length {len(prompt) + max_new_tokens} exceed the decoder's {self.spec}")
@@ -182,11 +265,16 @@ class GreedyDecoder:
             features = torch.cat([features, features.new_zeros((b - n, *features.shape[1:]))])
         self._encode(features)
         self.done.zero_()
+        no_speech = torch.full((b,), float("nan"))
         for j, token in enumerate(prompt[:-1]):  # the prompt fills the self-attention cache
             self.tokens.fill_(token)
             self.pos.fill_(j)
             self.bias.copy_(self.masks["prompt"])
             self._run_step()
+            if j == 0 and self.spec.timestamps:
+                no_speech = self.logits.softmax(-1)[:, self.no_speech_id]
+        if self.spec.timestamps:
+            self._reset_timestamp_state()
         self.tokens.fill_(prompt[-1])
         out = torch.full((b, max_new_tokens), self.eos, dtype=torch.long, device=self.device)
         self.done[n:] = True
@@ -201,15 +289,28 @@ class GreedyDecoder:
             # no clip can have ended before min_new_tokens: no synchronising check until then
             if (t + 1) % CHECK_DONE_EVERY == 0 and t + 1 >= min_new_tokens and bool(self.done.all()):
                 break
-        rows = out[:n].tolist()
-        return [row[: row.index(self.eos)] if self.eos in row else row for row in rows]
+        rows = [row[: row.index(self.eos)] if self.eos in row else row for row in out[:n].tolist()]
+        if not self.spec.timestamps:
+            return [Decoded(row, float("nan"), float("nan")) for row in rows]
+        sums, no_speech = self.sum_logprob[:n].tolist(), no_speech[:n].tolist()
+        return [Decoded(row, s / (len(row) + 1), p) for row, s, p in zip(rows, sums, no_speech)]
 
 
-def decoder_for(model, batch: int, max_len: int, dtype: torch.dtype, compile_encoder: bool = False) -> GreedyDecoder:
+def decoder_for(
+    model,
+    batch: int,
+    max_len: int,
+    dtype: torch.dtype,
+    timestamps: bool = False,
+    max_initial: int | None = None,
+    compile_encoder: bool = False,
+) -> GreedyDecoder:
     """A cached decoder for this model and shape (graphs and caches are built once)."""
     cache = model.__dict__.setdefault("_whisper_tune_decoders", {})
-    key = (DecodeSpec(batch, max_len), dtype, compile_encoder)
+    key = (DecodeSpec(batch, max_len, timestamps), dtype, max_initial, compile_encoder)
     if key not in cache:
         cache.clear()  # one shape at a time: the caches of large-v2 at batch 64 take 20 GB
-        cache[key] = GreedyDecoder(model, key[0], dtype, compile_encoder=compile_encoder)
+        cache[key] = GreedyDecoder(
+            model, key[0], dtype, max_initial_timestamp_index=max_initial, compile_encoder=compile_encoder
+        )
     return cache[key]

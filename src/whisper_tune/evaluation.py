@@ -23,7 +23,7 @@ from .config import EVALUATE_MAX_NEW_TOKENS
 from .errors import UserError
 from .features import log_mel
 from .metrics import error_rates
-from .modeling import input_dtype
+from .modeling import input_dtype, quiet_generate
 from .normalizers import normalize, orthographic
 from .processor import MAX_LABEL_TOKENS
 from .run import write_eval_report
@@ -98,12 +98,13 @@ def generate_on(
         and supports_fast_path(model)
     )
     autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    with torch.inference_mode(), autocast, _decoding_context(model, processor, decoding, device):
+    quiet = quiet_generate()
+    with torch.inference_mode(), autocast, quiet, _decoding_context(model, processor, decoding, device):
         if fast and n:
             prompt = prompt_ids(model, processor.tokenizer, language, task)
             max_len = len(prompt) + kwargs["max_new_tokens"]
             compiled = engine == "fast-compiled"
-            decoder = decoder_for(model, min(batch_size, n), max_len, amp or input_dtype(model), compiled)
+            decoder = decoder_for(model, min(batch_size, n), max_len, amp or input_dtype(model), compile_encoder=compiled)
         for i in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
             idx = order[i : i + batch_size].tolist()
             features = log_mel(processor.feature_extractor, [data[j]["audio"] for j in idx], device=device)

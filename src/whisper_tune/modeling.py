@@ -15,6 +15,7 @@ transformers 5 deprecates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,40 @@ def set_generation_language(model, tokenizer, language: str, task: str, max_leng
         gc.begin_suppress_tokens = [tokenizer.encode(" ", add_special_tokens=False)[0], gc.eos_token_id]
     model.config.forced_decoder_ids = None
     model.config.suppress_tokens = []
+
+
+# transformers' warnings about its own Whisper generate, which a user of ours cannot act on:
+# Whisper's generate passes a resolved generation config down with ``max_length`` set, so
+# every call with ``max_new_tokens`` (all of ours) warned "Both `max_new_tokens` and
+# `max_length` seem to have been set" (once per clip); the others come from the same inner
+# call or from flags robust decoding needs (scores for the log-probability check).
+UNACTIONABLE_WARNINGS = {
+    "transformers.generation.utils": ("Both `max_new_tokens`", "Passing `generation_config` together with"),
+    "transformers.generation.configuration_utils": ("The following generation flags are not valid",),
+    "transformers.models.whisper.generation_whisper": ("You have passed `return_dict_in_generate=True`",),
+}
+
+
+class _Unactionable(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def quiet_generate():
+    """Within the block, transformers' :data:`UNACTIONABLE_WARNINGS` are dropped (others pass)."""
+    installed = [(logging.getLogger(name), _Unactionable(p)) for name, p in UNACTIONABLE_WARNINGS.items()]
+    for logger, f in installed:
+        logger.addFilter(f)
+    try:
+        yield
+    finally:
+        for logger, f in installed:
+            logger.removeFilter(f)
 
 
 def add_lora(model, lora: LoraSettings, cfg: ModelConfig):

@@ -1,8 +1,11 @@
 """Transcribe audio files of any length with base (+ adapter).
 
-Long files use Whisper's own sequential long-form decoding (transformers'
-``generate`` with timestamps): each 30 s window starts where the last complete segment
-ended, so no word is cut at a window edge and every segment carries its time stamps.
+Two engines behind :func:`transcribe_files`: the batched one (``longform.py``: windows of
+many files decoded together through the fast decoder, the default where it applies) and
+the sequential one here, :func:`transcribe_audio`: Whisper's own long-form decoding
+(transformers' ``generate`` with timestamps), where each 30 s window starts where the last
+complete segment ended and may be prompted with its text; every segment carries its time
+stamps either way.
 Features come from ``features.log_mel_whole``: the same extractor and settings as training.
 Output formats are one small writer class each behind :func:`get_writer`, as in
 openai/whisper.
@@ -22,7 +25,7 @@ import torch
 
 from .audio import CHUNK_SECONDS, AudioError, check_finite, duration, load_audio
 from .features import log_mel_whole
-from .modeling import input_dtype
+from .modeling import input_dtype, quiet_generate
 from .robust_decoding import DecodingOptions, decoding_session
 
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".wma")
@@ -148,7 +151,8 @@ def transcribe_audio(
         options["prompt_ids"] = _prompt_ids(model, processor, prompt, max_new_tokens).to(device)
     features, mask = log_mel_whole(processor.feature_extractor, audio, device)
     features = features.to(dtype=input_dtype(model))
-    with torch.inference_mode(), decoding_session(model, processor.tokenizer, device) as scores:
+    session = decoding_session(model, processor.tokenizer, device)
+    with torch.inference_mode(), quiet_generate(), session as scores:
         if language is None:
             language = detect_language(model, processor, features)
         out = model.generate(
@@ -201,6 +205,9 @@ def _prompt_ids(model, processor, prompt: str, max_new_tokens: int) -> torch.Ten
     return torch.cat([ids[:1], ids[1:][-keep:] if keep else ids[1:][:0]])
 
 
+ENGINES = ("auto", "batched", "sequential")
+
+
 def transcribe_files(
     model,
     processor,
@@ -209,8 +216,23 @@ def transcribe_files(
     task: str = "transcribe",
     progress: bool = True,
     decoding: DecodingOptions | None = None,
+    batch_size: int = 16,
+    engine: str = "auto",
 ):
-    """Yield a Transcript, or (path, error) for a file that cannot be read, per file."""
+    """Yield a Transcript, or (path, error) for a file that cannot be read, per file.
+
+    ``engine``: ``batched`` is ``longform.transcribe_files_batched`` (windows of many files
+    decoded ``batch_size`` at a time through the fast decoder), ``sequential`` is
+    :func:`transcribe_audio` per file (transformers' ``generate``, window after window);
+    ``auto`` takes the batched one where it applies (a plain or merged model, greedy from
+    temperature 0; see ``longform.supports``)."""
+    from .longform import supports, transcribe_files_batched
+
+    decoding = decoding or DecodingOptions()
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if engine == "batched" or (engine == "auto" and supports(model, decoding)):
+        return transcribe_files_batched(model, processor, files, language, task, batch_size, decoding, progress)
     return _each_file(
         files, lambda audio: transcribe_audio(model, processor, audio, language, task, decoding=decoding), progress
     )

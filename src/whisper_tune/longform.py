@@ -1,0 +1,297 @@
+"""Batched long-form transcription: the 30 s windows of many files (and of one long file)
+decoded together through the fast decoder, with time stamps, then stitched back per file.
+
+openai/whisper's long-form loop (and transformers' ``generate``, which ``transcription``
+runs) is sequential: each window starts where the last complete segment of the previous one
+ended, and is prompted with its text. That costs a GPU its batch: a folder of long
+recordings runs at batch size one. Here, as in transformers' chunked ``pipeline`` and
+faster-whisper's ``BatchedInferencePipeline``, windows are cut up front, so they are
+independent and any number of them, from any files, fill one batch of
+``decoding.GreedyDecoder`` (static caches, a CUDA graph per step on a GPU, eager on the CPU,
+no per-clip ``generate`` set-up):
+
+* Cutting: a file of at most 30 s is one window. A longer one is cut near 30 s at the
+  quietest 100 ms of the window's last :data:`CUT_SEARCH_SECONDS`, so a cut falls in a pause,
+  not in a word; windows cover the file exactly, without overlap.
+* Decoding: ``<|startoftranscript|><|lang|><|task|>`` and the time-stamp rules of
+  ``generate`` (tests check the tokens equal ``generate``'s for a single window); the
+  language is the one given, else detected once per file on its first window.
+* Stitching: each window's segments are shifted by the window's start; text after the last
+  time stamp (a segment the window cut) ends at the window's end.
+* Robustness: each window's scores are openai's (text compression ratio, mean token
+  log-probability, no-speech probability). A window that fails ``DecodingOptions``' thresholds
+  is decoded again, alone, through ``transcription.transcribe_audio`` (transformers'
+  ``generate`` with the fallback temperatures after 0); a window the model calls silent
+  with doubtful tokens is dropped, as openai does.
+
+Not conditioned on previous text: windows decoded together cannot see each other's text.
+``transcribe`` therefore defaults to ``condition_on_previous_text`` off (as the pipeline and
+faster-whisper's batched pipeline do; conditioning is also what lets one bad window's loop
+run on into the next); with it on, files longer than one window go through the sequential
+path, while single-window files, where it changes nothing, stay batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import N_SAMPLES, SAMPLE_RATE, check_finite, duration
+from .decoding import decoder_for, prompt_ids, supports_fast_path
+from .features import log_mel
+from .modeling import input_dtype
+from .robust_decoding import DecodingOptions, compression_ratio
+
+log = logging.getLogger(__name__)
+
+CUT_SEARCH_SECONDS = 5.0  # a long file is cut at the quietest point of each window's last 5 s
+QUIET_FRAME = SAMPLE_RATE // 10  # 1600 samples: the quietest 100 ms
+QUIET_HOP = SAMPLE_RATE // 100  # 160 samples: searched every 10 ms
+TIME_PRECISION = 0.02  # seconds per time-stamp token
+MAX_NEW_TOKENS = 224  # openai's sample_len: half the decoder's 448 positions
+MAX_INITIAL_TIMESTAMP = 50  # openai's max_initial_timestamp, 1.0 s, where the model's config sets none
+FILES_PER_GROUP_WINDOWS = 8  # decode a group of files once it holds 8 batches of windows
+
+
+@dataclass(frozen=True)
+class Window:
+    """Samples ``start:end`` of file ``file`` (an index into the call's audios)."""
+
+    file: int
+    start: int
+    end: int
+
+
+def cut_windows(audio: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) sample spans of at most 30 s covering ``audio`` end to end, cut at quiet points."""
+    n, spans, start = len(audio), [], 0
+    search = int(CUT_SEARCH_SECONDS * SAMPLE_RATE)
+    while n - start > N_SAMPLES:
+        lo, hi = start + N_SAMPLES - search, start + N_SAMPLES
+        cut = lo + _quietest(audio[lo:hi])
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, n))
+    return spans
+
+
+def _quietest(samples: np.ndarray) -> int:
+    """The middle of the 100 ms stretch with the least energy (an offset into ``samples``)."""
+    energy = np.concatenate([[0.0], np.cumsum(np.square(samples, dtype=np.float64))])
+    starts = np.arange(0, len(samples) - QUIET_FRAME + 1, QUIET_HOP)
+    if not len(starts):
+        return len(samples)
+    best = int(starts[np.argmin(energy[starts + QUIET_FRAME] - energy[starts])])
+    return best + QUIET_FRAME // 2
+
+
+def supports(model, decoding: DecodingOptions) -> bool:
+    """Whether this engine applies: a plain (merged) model and greedy decoding."""
+    return supports_fast_path(model) and decoding.beam_size == 1 and decoding.temperature[0] == 0.0
+
+
+def transcribe_batched(
+    model,
+    processor,
+    audios: list[np.ndarray],
+    language: str | None = None,
+    task: str = "transcribe",
+    batch_size: int = 16,
+    decoding: DecodingOptions | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> list[tuple[list, str]]:
+    """(segments, language) per 16 kHz clip of any length, as ``transcribe_audio`` returns
+    them, with the windows of all clips decoded ``batch_size`` at a time (at most
+    ``max_new_tokens`` tokens per window)."""
+    decoding = decoding or DecodingOptions()
+    if not supports(model, decoding):
+        raise ValueError("batched transcription needs a plain model and greedy decoding from temperature 0")
+    for audio in audios:
+        check_finite(audio)
+    windows = [Window(i, s, e) for i, a in enumerate(audios) for s, e in cut_windows(a)]
+    languages = _languages(model, processor, audios, windows, language, batch_size)
+    rows = min(batch_size, len(windows))  # a decoder no wider than the work
+    results: dict[Window, list] = {}
+    with torch.inference_mode():
+        for lang in dict.fromkeys(languages):  # one prompt per batch: batches of one language
+            todo = [w for w in windows if languages[w.file] == lang]
+            for i in range(0, len(todo), rows):
+                batch = todo[i : i + rows]
+                decoded = _decode(model, processor, audios, batch, lang, task, rows, max_new_tokens)
+                for window, d in zip(batch, decoded):
+                    results[window] = _window_segments(model, processor, audios, window, d, lang, task, decoding)
+    per_file = [[] for _ in audios]
+    for window in windows:
+        per_file[window.file] += results[window]
+    return [(segments, languages[i]) for i, segments in enumerate(per_file)]
+
+
+def _languages(model, processor, audios, windows, language, batch_size) -> list[str]:
+    """The language of each file: the one given, else Whisper's guess from its first window."""
+    if language:
+        return [language] * len(audios)
+    from .transcription import detect_language
+
+    device = next(model.parameters()).device
+    first = [next(w for w in windows if w.file == i) for i in range(len(audios))]
+    found = []
+    for i in range(0, len(first), batch_size):
+        chunk = first[i : i + batch_size]
+        features = log_mel(processor.feature_extractor, [audios[w.file][w.start : w.end] for w in chunk], device)
+        with torch.inference_mode():
+            found += [detect_language(model, processor, f[None].to(device, input_dtype(model))) for f in features]
+    return found
+
+
+def _decode(model, processor, audios, batch: list[Window], language, task, batch_size, max_new_tokens):
+    device = next(model.parameters()).device
+    prompt = prompt_ids(model, processor.tokenizer, language, task, timestamps=True)
+    max_initial = getattr(model.generation_config, "max_initial_timestamp_index", None) or MAX_INITIAL_TIMESTAMP
+    decoder = decoder_for(
+        model, batch_size, len(prompt) + max_new_tokens, input_dtype(model), timestamps=True, max_initial=max_initial
+    )
+    features = log_mel(processor.feature_extractor, [audios[w.file][w.start : w.end] for w in batch], device)
+    return decoder.decode(features.to(device, input_dtype(model)), prompt, max_new_tokens)
+
+
+def _window_segments(model, processor, audios, window: Window, decoded, language, task, decoding) -> list:
+    """The window's segments in the file's time, after openai's checks on its scores."""
+    tokenizer = processor.tokenizer
+    text = tokenizer.decode(decoded.tokens, skip_special_tokens=True).strip()
+    ratio = compression_ratio(text)
+    doubtful = decoding.logprob_threshold is not None and decoded.avg_logprob < decoding.logprob_threshold
+    silent = decoding.no_speech_threshold is not None and decoded.no_speech_prob > decoding.no_speech_threshold
+    if silent and doubtful:
+        return []
+    loops = decoding.compression_ratio_threshold is not None and ratio > decoding.compression_ratio_threshold
+    if (loops or doubtful) and not silent and len(decoding.temperature) > 1:
+        return _fallback(
+            model, processor, audios[window.file][window.start : window.end], window, language, task, decoding
+        )
+    scores = {
+        "temperature": 0.0,
+        "avg_logprob": round(decoded.avg_logprob, 4),
+        "compression_ratio": round(ratio, 4),
+        "no_speech_prob": round(decoded.no_speech_prob, 4),
+    }
+    offset, end = window.start / SAMPLE_RATE, window.end / SAMPLE_RATE
+    ts_begin = model.generation_config.no_timestamps_token_id + 1
+    return [
+        _segment(start + offset, min(stop + offset, end), text, scores)
+        for start, stop, text in split_segments(
+            decoded.tokens, ts_begin, tokenizer, (window.end - window.start) / SAMPLE_RATE
+        )
+    ]
+
+
+def _fallback(model, processor, audio, window: Window, language, task, decoding) -> list:
+    """The window alone through ``generate`` at the fallback temperatures after 0."""
+    from .transcription import transcribe_audio
+
+    log.debug(
+        "window at %.1f s of file %d fails the thresholds: decoding it again", window.start / SAMPLE_RATE, window.file
+    )
+    retry = decoding.with_fields(temperature=decoding.temperature[1:], condition_on_previous_text=False)
+    segments, _ = transcribe_audio(model, processor, audio, language, task, decoding=retry)
+    offset, end = window.start / SAMPLE_RATE, window.end / SAMPLE_RATE
+    return [
+        replace(s, start=round(min(s.start + offset, end), 3), end=round(min(s.end + offset, end), 3)) for s in segments
+    ]
+
+
+def split_segments(
+    tokens: list[int], ts_begin: int, tokenizer, window_seconds: float
+) -> list[tuple[float, float, str]]:
+    """(start, end, text) in window time from time-stamped tokens: ``<|t0|> text <|t1|>`` pairs;
+    text without a closing stamp ends at the window's end, without an opening one starts where
+    the previous segment ended."""
+    segments, text, start, last = [], [], None, 0.0
+    for token in tokens:
+        if token < ts_begin:
+            text.append(token)
+            continue
+        t = (token - ts_begin) * TIME_PRECISION
+        if text:
+            segments.append((last if start is None else start, t, tokenizer.decode(text).strip()))
+            text, start, last = [], None, t
+        else:
+            start = t
+    if text:
+        segments.append((last if start is None else start, window_seconds, tokenizer.decode(text).strip()))
+    return [(s, max(s, e), t) for s, e, t in segments if t]
+
+
+def _segment(start: float, end: float, text: str, scores: dict):
+    from .transcription import Segment
+
+    return Segment(round(start, 3), round(max(start, end), 3), text, **scores)
+
+
+def transcribe_files_batched(
+    model,
+    processor,
+    files: list[Path],
+    language: str | None = None,
+    task: str = "transcribe",
+    batch_size: int = 16,
+    decoding: DecodingOptions | None = None,
+    progress: bool = True,
+):
+    """``transcription.transcribe_files`` through this engine: a Transcript, or (path, error)
+    for a file that cannot be read, per file, in order. Files are read and decoded in groups
+    of about :data:`FILES_PER_GROUP_WINDOWS` batches of windows (memory stays bounded on a
+    large folder); a Transcript's ``seconds`` is its group's time shared by audio length.
+    With ``condition_on_previous_text`` a file longer than one window is decoded alone by the
+    sequential path (``transcribe_audio``)."""
+    from tqdm.auto import tqdm
+
+    from .audio import AudioError, load_audio
+    from .transcription import Transcript, transcribe_audio
+
+    decoding = decoding or DecodingOptions()
+    bar = tqdm(total=len(files), desc="transcribe", unit="file", disable=not progress or len(files) < 2)
+    group: list[tuple[Path, np.ndarray]] = []
+
+    def flush():
+        start = time.perf_counter()
+        out = transcribe_batched(model, processor, [a for _, a in group], language, task, batch_size, decoding)
+        seconds = time.perf_counter() - start
+        total = sum(duration(a) for _, a in group) or 1.0
+        for (path, audio), (segments, used) in zip(group, out):
+            yield Transcript(str(path), used, duration(audio), segments, seconds * duration(audio) / total)
+        bar.update(len(group))
+        group.clear()
+
+    windows = 0
+    for path in files:
+        try:
+            audio = load_audio(path)
+        except AudioError as e:
+            yield str(path), e.detail
+            bar.update()
+            continue
+        if audio.size == 0:
+            yield str(path), "no audio samples"
+            bar.update()
+            continue
+        if decoding.condition_on_previous_text and len(audio) > N_SAMPLES:
+            yield from flush() if group else ()
+            windows = 0
+            start = time.perf_counter()
+            segments, used = transcribe_audio(model, processor, audio, language, task, decoding=decoding)
+            yield Transcript(str(path), used, duration(audio), segments, time.perf_counter() - start)
+            bar.update()
+            continue
+        group.append((path, audio))
+        windows += len(cut_windows(audio))
+        if windows >= FILES_PER_GROUP_WINDOWS * batch_size:
+            yield from flush()
+            windows = 0
+    if group:
+        yield from flush()
+    bar.close()
