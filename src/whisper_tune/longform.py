@@ -252,7 +252,8 @@ def transcribe_files_batched(
     progress: bool = True,
 ):
     """``transcription.transcribe_files`` through this engine: a Transcript, or (path, error)
-    for a file that cannot be read, per file, in order. Files are read and decoded in groups
+    for a file that cannot be read, per file (Transcripts in input order; an error comes as
+    soon as its file fails to load, possibly before earlier files' Transcripts). Files are read and decoded in groups
     of about :data:`FILES_PER_GROUP_WINDOWS` batches of windows (memory stays bounded on a
     large folder); a Transcript's ``seconds`` is its group's time shared by audio length.
     With ``condition_on_previous_text`` a file longer than one window is decoded alone by the
