@@ -53,12 +53,13 @@ def test_timestamped_tokens_equal_generate(model_and_processor):
 
 def test_windows_cover_the_file_and_cut_in_a_pause():
     audio = _noise(70.0, 0)
-    audio[int(27.0 * SAMPLE_RATE) : int(27.6 * SAMPLE_RATE)] = 0.0  # a pause in the first window's last 5 s
+    audio[int(25.0 * SAMPLE_RATE) : int(25.6 * SAMPLE_RATE)] *= 0.001  # a pause in the first window's last 8 s...
+    audio[int(28.0 * SAMPLE_RATE) : int(28.2 * SAMPLE_RATE)] = 0.0  # ...and a shorter, quieter one
     spans = longform.cut_windows(audio)
     assert spans[0][0] == 0 and spans[-1][1] == len(audio)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # no gap, no overlap
     assert all(0 < end - start <= N_SAMPLES for start, end in spans)
-    assert 27.0 * SAMPLE_RATE <= spans[0][1] <= 27.6 * SAMPLE_RATE
+    assert 25.2 * SAMPLE_RATE <= spans[0][1] <= 25.4 * SAMPLE_RATE  # the middle of the longer pause
     assert longform.cut_windows(audio[:N_SAMPLES]) == [(0, N_SAMPLES)]
     assert len(longform.cut_windows(audio[: N_SAMPLES + 1])) == 2
 

@@ -10,9 +10,9 @@ independent and any number of them, from any files, fill one batch of
 ``decoding.GreedyDecoder`` (static caches, a CUDA graph per step on a GPU, eager on the CPU,
 no per-clip ``generate`` set-up):
 
-* Cutting: a file of at most 30 s is one window. A longer one is cut near 30 s at the
-  quietest 100 ms of the window's last :data:`CUT_SEARCH_SECONDS`, so a cut falls in a pause,
-  not in a word; windows cover the file exactly, without overlap.
+* Cutting: a file of at most 30 s is one window. A longer one is cut near 30 s in the
+  longest pause of the window's last :data:`CUT_SEARCH_SECONDS`, so a cut falls between
+  sentences, not in a word; windows cover the file exactly, without overlap.
 * Decoding: ``<|startoftranscript|><|lang|><|task|>`` and the time-stamp rules of
   ``generate`` (tests check the tokens equal ``generate``'s for a single window); the
   language is the one given, else detected once per file on its first window.
@@ -49,9 +49,10 @@ from .robust_decoding import DecodingOptions, compression_ratio
 
 log = logging.getLogger(__name__)
 
-CUT_SEARCH_SECONDS = 5.0  # a long file is cut at the quietest point of each window's last 5 s
-QUIET_FRAME = SAMPLE_RATE // 10  # 1600 samples: the quietest 100 ms
-QUIET_HOP = SAMPLE_RATE // 100  # 160 samples: searched every 10 ms
+CUT_SEARCH_SECONDS = 8.0  # a long file is cut in the longest pause of each window's last 8 s
+QUIET_FRAME = SAMPLE_RATE // 50  # 320 samples: energy of 20 ms frames...
+QUIET_HOP = SAMPLE_RATE // 100  # 160 samples: ...every 10 ms
+PAUSE_DB = 10.0  # a frame within 10 dB of the quietest 5 % of frames is part of a pause
 TIME_PRECISION = 0.02  # seconds per time-stamp token
 MAX_NEW_TOKENS = 224  # openai's sample_len: half the decoder's 448 positions
 MAX_INITIAL_TIMESTAMP = 50  # openai's max_initial_timestamp, 1.0 s, where the model's config sets none
@@ -73,21 +74,29 @@ def cut_windows(audio: np.ndarray) -> list[tuple[int, int]]:
     search = int(CUT_SEARCH_SECONDS * SAMPLE_RATE)
     while n - start > N_SAMPLES:
         lo, hi = start + N_SAMPLES - search, start + N_SAMPLES
-        cut = lo + _quietest(audio[lo:hi])
+        cut = lo + _pause_middle(audio[lo:hi])
         spans.append((start, cut))
         start = cut
     spans.append((start, n))
     return spans
 
 
-def _quietest(samples: np.ndarray) -> int:
-    """The middle of the 100 ms stretch with the least energy (an offset into ``samples``)."""
+def _pause_middle(samples: np.ndarray) -> int:
+    """The middle of the longest pause in ``samples`` (an offset into it): the longest run of
+    10 ms frames within :data:`PAUSE_DB` of the quietest frames. The longest, not the
+    quietest, pause: the gap after a sentence is longer than the gap after a comma or inside
+    a word, and a window cut inside a sentence loses its last words (Whisper ends such a
+    window with the unfinished segment's start time stamp and no text)."""
     energy = np.concatenate([[0.0], np.cumsum(np.square(samples, dtype=np.float64))])
     starts = np.arange(0, len(samples) - QUIET_FRAME + 1, QUIET_HOP)
     if not len(starts):
         return len(samples)
-    best = int(starts[np.argmin(energy[starts + QUIET_FRAME] - energy[starts])])
-    return best + QUIET_FRAME // 2
+    db = 10 * np.log10((energy[starts + QUIET_FRAME] - energy[starts]) / QUIET_FRAME + 1e-10)
+    quiet = np.concatenate([[False], db <= np.percentile(db, 5) + PAUSE_DB, [False]])
+    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
+    runs = edges.reshape(-1, 2)  # [first quiet frame, first loud frame after it)
+    first, end = runs[np.argmax(runs[:, 1] - runs[:, 0])]
+    return int(starts[(first + end - 1) // 2]) + QUIET_FRAME // 2
 
 
 def supports(model, decoding: DecodingOptions) -> bool:
@@ -243,7 +252,8 @@ def transcribe_files_batched(
     progress: bool = True,
 ):
     """``transcription.transcribe_files`` through this engine: a Transcript, or (path, error)
-    for a file that cannot be read, per file, in order. Files are read and decoded in groups
+    for a file that cannot be read, per file (Transcripts in input order; an error comes as
+    soon as its file fails to load, possibly before earlier files' Transcripts). Files are read and decoded in groups
     of about :data:`FILES_PER_GROUP_WINDOWS` batches of windows (memory stays bounded on a
     large folder); a Transcript's ``seconds`` is its group's time shared by audio length.
     With ``condition_on_previous_text`` a file longer than one window is decoded alone by the
