@@ -155,8 +155,8 @@ def test_without_fp8_matmuls_the_base_is_held_as_int8_wo_with_one_warning(tiny_m
     assert get_holding("fp8").on(torch.device("cuda")).name == "fp8"
 
 
-def test_train_on_an_fp8_base_then_evaluate_it_exactly(tiny_model_dir, small_corpus, tmp_path, fp8_on_cpu):
-    """The ``whisper-tune train`` plumbing, resume identity and exact inference with fp8."""
+def test_train_on_an_fp8_base_then_evaluate_it_exactly(tiny_model_dir, small_corpus, tmp_path, fp8_on_cpu, monkeypatch):
+    """The ``whisper-tune train`` plumbing and exact inference on an fp8 base."""
     from whisper_tune.config import load_train_config
     from whisper_tune.modeling import load_for_inference
     from whisper_tune.training import train
@@ -188,3 +188,7 @@ def test_train_on_an_fp8_base_then_evaluate_it_exactly(tiny_model_dir, small_cor
     assert loaded.describe() == "exact (fp8 base + adapter)"
     layer = loaded.model.base_model.model.model.encoder.layers[0]
     assert isinstance(layer.fc1, Fp8Linear) and isinstance(layer.self_attn.q_proj.base_layer, Fp8Linear)
+    # where fp8 cannot run, exact inference says what it held the base as
+    monkeypatch.delenv(FP8_ON_CPU_ENV)
+    loaded = load_for_inference(None, str(result.adapter_dir), torch.device("cpu"), exact=True)
+    assert loaded.holding.name == "int8-wo" and loaded.describe() == "exact (int8-wo base + adapter)"

@@ -385,7 +385,7 @@ def load_for_inference(
         int8_threshold=meta.int8_threshold,
         gradient_checkpointing=False,
     )
-    holding = get_holding(cfg.quantization)
+    holding = get_holding(cfg.quantization).on(device, quiet=True)  # what runs: load_base warns of a fallback
     model = load_base(cfg, device)
     merged = False
     if adapter:

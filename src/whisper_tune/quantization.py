@@ -280,12 +280,13 @@ class Holding:
         if device.type not in ("cuda", "cpu"):
             raise UserError(f"bitsandbytes {self.name} does not run on {device.type}: set model.quantization=none")
 
-    def on(self, device: torch.device) -> Holding:
-        """The holding that runs on ``device``: fp8 falls back to int8-wo, with one warning
-        saying why, where the device has no fp8 matmuls (both keep 8-bit weights, neither
-        merges, and every other field agrees)."""
+    def on(self, device: torch.device, quiet: bool = False) -> Holding:
+        """The holding that runs on ``device``: fp8 falls back to int8-wo, with a warning
+        saying why (``quiet``: the caller that loads the base gives it), where the device has
+        no fp8 matmuls (both keep 8-bit weights, neither merges, every other field agrees)."""
         if self.fp8 and (why := fp8_unavailable(device)):
-            log.warning("model.quantization=%s runs as %s: %s", self.name, INT8_WO, why)
+            if not quiet:
+                log.warning("model.quantization=%s runs as %s: %s", self.name, INT8_WO, why)
             return HOLDINGS[INT8_WO]
         return self
 
