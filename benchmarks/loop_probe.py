@@ -65,7 +65,9 @@ def main() -> None:
     run = TrainingRun(cfg, progress=False)
     run.setup()
     lines = []
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    acts = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+    )
     schedule = torch.profiler.schedule(wait=6, warmup=2, active=10, repeat=1)
     with torch.profiler.profile(activities=acts, schedule=schedule) as prof:
         run.step_fn = Stepping(run.step_fn, prof)
@@ -93,7 +95,9 @@ def main() -> None:
                 sync()
         sync()
         rate = 20 * args.batch / (time.perf_counter() - start)
-        lines.append(f"step alone on one real batch ({'sync each step' if sync_each else 'async'}): {rate:.1f} samples/s")
+        lines.append(
+            f"step alone on one real batch ({'sync each step' if sync_each else 'async'}): {rate:.1f} samples/s"
+        )
     # the log-mel alone
     audio = torch.zeros(args.batch, 60000).to(run.device)
     sync()

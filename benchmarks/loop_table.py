@@ -67,8 +67,8 @@ def markdown(table: list[dict], environment: dict, command: str) -> str:
         ratio = f"{r['loop_vs_bench']:.0%}" if r["loop_vs_bench"] is not None else "-"
         loop = f"{r['loop_samples_per_s']:.1f}" if r["loop_samples_per_s"] else "-"
         lines.append(
-            f"| {r['arch']} | {r['row']} | {r['code']} | {r['num_workers']} | {r['loop_steps']} | {r['bench_samples_per_s']:.1f} "
-            f"| {loop} | {ratio} | {r['loop_overall_samples_per_s']:.1f} |"
+            f"| {r['arch']} | {r['row']} | {r['code']} | {r['num_workers']} | {r['loop_steps']} "
+            f"| {r['bench_samples_per_s']:.1f} | {loop} | {ratio} | {r['loop_overall_samples_per_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -82,3 +82,35 @@ def test_realcv_table_counts_clips_and_speakers_of_the_slices(tmp_path, monkeypa
         "20.0",
         "-",
     ]
+
+
+LOOP = Path(__file__).parents[1] / "benchmarks" / "gpu_loop.sh"
+
+
+def test_gpu_loop_script_parses_and_needs_a_corpus(tmp_path):
+    assert subprocess.run(["bash", "-n", str(LOOP)]).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "CORPUS"} | {"OUT": str(tmp_path)}
+    proc = subprocess.run(["bash", str(LOOP)], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "set CORPUS" in proc.stderr and not (tmp_path / "loop").exists()
+
+
+def test_loop_table_pairs_each_run_with_its_bench_row(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(LOOP.parent))
+    from loop_table import rows
+
+    env = {"gpu": "X", "versions": {}}
+    bench_rows = [
+        {"mode": "none", "batch": 8, "checkpointing": 0.0, "samples_per_s": 200.0},
+        {"mode": "none", "batch": 32, "checkpointing": 0.0, "samples_per_s": 500.0},
+    ]
+    (tmp_path / "bench-base").mkdir()
+    bench = {"arch": "base", "rows": bench_rows, "environment": env}
+    (tmp_path / "bench-base" / "train-base-gpu.json").write_text(json.dumps(bench))
+    for name, batch, steady in (("after", 8, 180.0), ("before", 8, 60.0), ("after", 32, 450.0)):
+        run = {"steady_samples_per_s": steady, "samples_per_s": steady / 2, "steps": 60}
+        run["config"] = {"train": {"num_workers": 4}}
+        (tmp_path / f"run-base-none-{batch}-0-{name}.json").write_text(json.dumps(run))
+    table, environment = rows(tmp_path)
+    found = {(r["row"], r["code"]): r["loop_vs_bench"] for r in table}
+    assert found == {("none/8/0", "after"): 0.9, ("none/8/0", "before"): 0.3, ("none/32/0", "after"): 0.9}
+    assert environment == env

@@ -39,7 +39,9 @@ def test_equals_the_feature_extractor_with_its_attention_mask(bins):
 def test_a_long_file_keeps_all_its_frames():
     fe = WhisperFeatureExtractor(feature_size=80)
     (clip,) = _clips([45 * 16000 + 33], seed=1)
-    ref = fe(clip, sampling_rate=16000, return_tensors="pt", truncation=False, padding="longest", return_attention_mask=True)
+    ref = fe(
+        clip, sampling_rate=16000, return_tensors="pt", truncation=False, padding="longest", return_attention_mask=True
+    )
     features, mask = log_mel_whole(fe, clip)
     assert features.shape == (1, 80, (45 * 16000 + 33) // 160)
     torch.testing.assert_close(features, ref.input_features, atol=1e-5, rtol=0)

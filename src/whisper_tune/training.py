@@ -9,7 +9,9 @@ checkpoints that hold only the adapter. Under ``torchrun``/``accelerate launch``
 holds its own quantized copy on its own GPU and takes every world-size-th batch; the only
 per-step wait between ranks is DDP's gradient all-reduce (and one tiny all-reduce of the
 loss and its finiteness), and the host waits for the GPUs only when it logs, evaluates or
-saves (``optimization.PendingSteps``).
+saves (``optimization.PendingSteps``). On a GPU the DataLoader workers only pad audio and
+the log-mel is computed on the GPU (``features.batch_to``): Whisper base's step is shorter
+than the CPU's log-mel of its batch (benchmarks/results/loop-vs-bench-h200/).
 
 The run folder's layout is ``run.py``'s; the optimizer step is ``optimization.py``'s,
 shared with ``whisper-tune bench train``, so the benchmark times what users run.
