@@ -76,15 +76,26 @@ def test_segments_are_split_at_time_stamps_and_shifted_by_the_window(model_and_p
         (2.5, 20.0, "hello"),
     ]
     window = longform.Window(0, 40 * SAMPLE_RATE, 60 * SAMPLE_RATE)
-    segments = longform._window_segments(
-        model, processor, None, window, Decoded(tokens, -0.1, 0.01), "mr", "transcribe", DecodingOptions()
-    )
-    assert [(s.start, s.end, s.text) for s in segments] == [
-        (40.0, 41.0, "hello"),
-        (41.0, 42.5, "world"),
-        (42.5, 60.0, "hello"),
-    ]
+    args = (model, processor, None, window, Decoded(tokens, -0.1, 0.01), "mr", "transcribe", DecodingOptions())
+    segments, tail = longform._window_segments(*args)
+    # the cut segment is left for a tail window from its time stamp on, as openai's seek would
+    assert [(s.start, s.end, s.text) for s in segments] == [(40.0, 41.0, "hello"), (41.0, 42.5, "world")]
+    assert tail == longform.Window(0, int(42.5 * SAMPLE_RATE), 60 * SAMPLE_RATE)
     assert {s.avg_logprob for s in segments} == {-0.1} and {s.temperature for s in segments} == {0.0}
+    segments, tail = longform._window_segments(*args, last_round=True)  # no more rounds: kept, to the window's end
+    assert tail is None and [(s.start, s.end, s.text) for s in segments][-1] == (42.5, 60.0, "hello")
+
+
+def test_resume_point_follows_openai_seek(model_and_processor):
+    model, processor = model_and_processor
+    tok = processor.tokenizer
+    ts = model.generation_config.no_timestamps_token_id + 1
+    hello = tok.encode(" hello", add_special_tokens=False)
+    assert longform.resume_point([ts, *hello, ts + 50], ts) is None  # closed: the window's speech is done
+    assert longform.resume_point(hello, ts) is None  # no stamp at all
+    finished = [ts, *hello, ts + 50]
+    assert longform.resume_point([*finished, ts + 50], ts) == (len(finished) + 1, 1.0)  # next segment deferred
+    assert longform.resume_point([*finished, ts + 60, *hello], ts) == (len(finished) + 1, 1.2)  # cut mid-segment
 
 
 def test_batch_size_does_not_change_the_output(model_and_processor):
