@@ -484,7 +484,8 @@ class TrainingRun:
     def _show_progress(self) -> None:
         self.bar.update(1)
         self.bar.set_postfix(
-            loss=f"{self.last_loss:.3f}" if self.last_loss is not None else "nan",
+            # losses are read at log points only (no per-step sync): none yet reads "-", not "nan"
+            loss=f"{self.last_loss:.3f}" if self.last_loss is not None else "-",
             lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
             samples_s=f"{self.rate.steady() or self.rate.overall():.2f}",
         )
