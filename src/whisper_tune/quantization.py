@@ -15,10 +15,11 @@ before torch loads; a test holds the two equal).
   Linear quantizes its input (and, in backward, its output gradient) row by row and runs
   ``torch._scaled_mm`` on the fp8 tensor cores (compute capability 8.9+: Ada, Hopper). Where
   there are none it falls back to ``int8-wo`` with one warning; see :class:`Fp8Linear`.
-  Measured on large-v2 (H200, random weights, batch 32, every layer recomputed, compiled):
-  39.1 samples/s against int8-wo's 41.8 and bf16's 42.6; eager at batch 8: 9.6 against
-  14.2 and 21.0. The matmuls themselves take 45 % less time, but the row-wise quantization
-  kernels Inductor generates cost as much again (``benchmarks/fp8_profile.py``).
+  It is not faster than bf16 yet. Measured on large-v2 (H200, random weights, batch 32,
+  every layer recomputed, compiled), fp8 does 39.15 samples/s against bf16's 42.55 in the
+  same call. Eager at batch 8 it does 9.60 against 21.04
+  (``benchmarks/results/fp8-large-v2-h200/``). The quantization of activations and gradients
+  around each fp8 matmul costs more than the matmul saves (``benchmarks/fp8_matmul.py``).
 * ``int8``: bitsandbytes LLM.int8, the reference recipe's numerics.
 * ``nf4``: bitsandbytes 4-bit NormalFloat with double quantization.
 * ``none``: half precision on GPUs (bf16 where supported), fp32 on the CPU.
