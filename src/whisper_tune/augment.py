@@ -64,6 +64,12 @@ def set_spec_augment(model, settings) -> None:
             module._mask_input_features = types.MethodType(spec_augment, module)
 
 
+def _mask_on(mask: np.ndarray, device: torch.device) -> torch.Tensor:
+    from .features import to_device
+
+    return to_device(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)), device)
+
+
 def spec_augment(whisper, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``WhisperModel._mask_input_features`` without a host sync. Transformers' own draws the
     masks on the host and then reads the attention mask back from the GPU, copies the masks
@@ -85,7 +91,7 @@ def spec_augment(whisper, input_features: torch.Tensor, attention_mask: torch.Te
             attention_mask=None if attention_mask is None else attention_mask.cpu(),
             min_masks=config.mask_time_min_masks,
         )
-        input_features = input_features.masked_fill(_on(mask, input_features.device)[:, None, :], 0)
+        input_features = input_features.masked_fill(_mask_on(mask, input_features.device)[:, None, :], 0)
     if config.mask_feature_prob > 0:
         mask = _compute_mask_indices(
             (batch, bins),
@@ -93,15 +99,8 @@ def spec_augment(whisper, input_features: torch.Tensor, attention_mask: torch.Te
             mask_length=config.mask_feature_length,
             min_masks=config.mask_feature_min_masks,
         )
-        input_features = input_features.masked_fill(_on(mask, input_features.device)[:, :, None], 0)
+        input_features = input_features.masked_fill(_mask_on(mask, input_features.device)[:, :, None], 0)
     return input_features
-
-
-def _on(mask: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def log_mel(feature_extractor, audios: Sequence[np.ndarray], device: str | torch
     computed on ``device`` (``logmel.LogMel``: the extractor's recipe and filters). Always
     fp32, also inside a caller's autocast."""
     audio, _ = pad_audio(audios)
-    return LogMel.of(feature_extractor)(_to(audio, torch.device(device)))
+    return LogMel.of(feature_extractor)(to_device(audio, torch.device(device)))
 
 
 def log_mel_whole(
@@ -54,11 +54,11 @@ def log_mel_whole(
     padded to 30 s when shorter (as ``log_mel``), kept whole when longer (samples // 160
     frames, as the feature extractor with ``padding="longest"``)."""
     samples, lengths = pad_audio([audio], max_samples=None)
-    features = LogMel.of(feature_extractor)(_to(samples, torch.device(device)), whole=True)
+    features = LogMel.of(feature_extractor)(to_device(samples, torch.device(device)), whole=True)
     return features, frame_mask(lengths, features.shape[-1]).to(features.device)
 
 
-def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device``, through pinned memory when that is a GPU (no wait for it)."""
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
