@@ -302,8 +302,7 @@ def transcribe_files_batched(
     sequential path (``transcribe_audio``)."""
     from tqdm.auto import tqdm
 
-    from .audio import AudioError, load_audio
-    from .transcription import Transcript, transcribe_audio
+    from .transcription import Transcript, read_or_reason, transcribe_audio
 
     decoding = decoding or DecodingOptions()
     bar = tqdm(total=len(files), desc="transcribe", unit="file", disable=not progress or len(files) < 2)
@@ -321,14 +320,9 @@ def transcribe_files_batched(
 
     windows = 0
     for path in files:
-        try:
-            audio = load_audio(path)
-        except AudioError as e:
-            yield str(path), e.detail
-            bar.update()
-            continue
-        if audio.size == 0:
-            yield str(path), "no audio samples"
+        audio = read_or_reason(path)
+        if isinstance(audio, str):
+            yield str(path), audio
             bar.update()
             continue
         if decoding.condition_on_previous_text and len(audio) > N_SAMPLES:

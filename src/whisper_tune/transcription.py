@@ -309,17 +309,23 @@ def _ct2_segment(s) -> Segment:
     )
 
 
+def read_or_reason(path: Path) -> np.ndarray | str:
+    """A file's 16 kHz audio, or the one-line reason it cannot be transcribed (both engines
+    report such a file as ``(path, reason)`` and go on)."""
+    try:
+        audio = load_audio(path)
+    except AudioError as e:
+        return e.detail
+    return "no audio samples" if audio.size == 0 else audio
+
+
 def _each_file(files: list[Path], decode, progress: bool):
     from tqdm.auto import tqdm
 
     for path in tqdm(files, desc="transcribe", unit="file", disable=not progress or len(files) < 2):
-        try:
-            audio = load_audio(path)
-        except AudioError as e:
-            yield str(path), e.detail
-            continue
-        if audio.size == 0:
-            yield str(path), "no audio samples"
+        audio = read_or_reason(path)
+        if isinstance(audio, str):
+            yield str(path), audio
             continue
         start = time.perf_counter()
         segments, used = decode(audio)
