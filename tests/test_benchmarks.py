@@ -22,6 +22,34 @@ def test_bench_train_runs_every_kind_of_row(tmp_path):
     assert "| recipe (LLM.int8" in (tmp_path / "train-tiny-test-cpu.md").read_text()
 
 
+def test_bench_train_can_time_each_row_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """The GPU default: a row's result comes back from a fresh process, the same fields, and
+    that process keeps the CLI's silencing of library chatter (logger levels, warning filters)."""
+    import logging
+    import warnings
+
+    from whisper_tune.bench import bench_train, row_process
+
+    rows = bench_train("tiny-test", ["none/2/0"], 1, tmp_path, tmp_path / "work", progress=lambda _: None, isolate=True)
+    (row,) = rows["rows"]
+    assert row["mode"] == "none" and row["batch"] == 2 and row["samples_per_s"] > 0 and row["loss"] == row["loss"]
+
+    bnb = logging.getLogger("bitsandbytes")
+    monkeypatch.setattr(bnb, "level", logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="whisper-tune probe")
+        with row_process() as pool:
+            assert pool.submit(bnb.getEffectiveLevel).result() == logging.ERROR
+            assert ("ignore", "whisper-tune probe") in pool.submit(_warning_filters).result()
+
+
+def _warning_filters() -> list[tuple]:
+    """(action, message pattern) of each warning filter of the process this runs in."""
+    import warnings
+
+    return [(f[0], getattr(f[1], "pattern", f[1])) for f in warnings.filters]
+
+
 @pytest.mark.parametrize("arch", ["tiny-test", "tiny-test-v3"])  # 80 and 128 mel bins, 51865 and 51866 tokens
 def test_bench_transcribe_runs(tmp_path, arch):
     args = ["bench", "transcribe", "--arch", arch, "--clips", "3", "--new-tokens", "2", "--out", str(tmp_path)]
@@ -114,3 +142,15 @@ def test_loop_table_pairs_each_run_with_its_bench_row(tmp_path, monkeypatch):
     found = {(r["row"], r["code"]): r["loop_vs_bench"] for r in table}
     assert found == {("none/8/0", "after"): 0.9, ("none/8/0", "before"): 0.3, ("none/32/0", "after"): 0.9}
     assert environment == env
+
+
+def test_train_table_shows_no_ratio_where_there_is_no_recipe_row():
+    """A GPU table without the recipe row has dashes, not a made-up 1.00, in its ratio columns."""
+    from whisper_tune.bench import _train_table
+
+    row = {"row": "none", "batch": 2, "checkpointing": 1.0, "samples_per_s": 3.0}
+    row |= {"first_step_peak_gpu_gib": 1.0, "peak_gpu_gib": 1.0}
+    with_recipe = dict(row, speed_vs_recipe=2.5, memory_vs_recipe=0.5)
+    lines = _train_table({"steps": 1, "environment": {"gpu": "X"}, "rows": [row, with_recipe]})
+    assert lines[-2] == "| none | 2 | 1 | 3.00 | – | 1.0 | 1.0 | – |"
+    assert lines[-1] == "| none | 2 | 1 | 3.00 | 2.50 | 1.0 | 1.0 | 0.50 |"

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import multiprocessing
 import sys
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,11 +215,48 @@ def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device)
     return result
 
 
+def time_training_isolated(row: TrainRow, folder: Path, steps: int, device: torch.device) -> dict:
+    """:func:`time_training` in a fresh process of its own. On a GPU the rows of a table must
+    not see each other: compiled kernels, cuBLAS and cuDNN plans and the allocator's pools
+    outlive ``torch._dynamo.reset()``, and in one process a compiled bf16 row measured right
+    after a compiled fp8 row ran 14 % slower than the same row measured first
+    (``benchmarks/results/train-order-h200/``)."""
+    with row_process() as pool:
+        return pool.submit(time_training, row, folder, steps, device).result()
+
+
+def row_process() -> ProcessPoolExecutor:
+    """One fresh spawned process that hears as this one does (see :func:`_hear_as`)."""
+    loggers = logging.root.manager.loggerDict.items()
+    levels = {name: log.level for name, log in loggers if isinstance(log, logging.Logger)}
+    chatter = (list(warnings.filters), levels | {"": logging.root.level})
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_hear_as, initargs=chatter)
+
+
+def _hear_as(filters: list, levels: dict[str, int]) -> None:
+    """A spawned row process keeps the warning filters and logger levels of the command that
+    started it (the CLI silences bitsandbytes' note on every int8 matmul, for one)."""
+    warnings.filters[:] = filters
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+
+
 def bench_train(
-    arch: str, rows: list[str] | None, steps: int, out: Path, work: Path, progress=print, command: str | None = None
+    arch: str,
+    rows: list[str] | None,
+    steps: int,
+    out: Path,
+    work: Path,
+    progress=print,
+    command: str | None = None,
+    isolate: bool | None = None,
 ) -> dict:
-    """Every training row on one random checkpoint, in one process; writes JSON and markdown."""
+    """Every training row on one random checkpoint, one table; writes JSON and markdown.
+    Each row runs in its own process where ``isolate`` (the default on a GPU), else all in
+    this one (the CPU's rows share no compiled state worth the seconds a process costs)."""
     device = pick_device()
+    timer = time_training_isolated if (device.type == "cuda" if isolate is None else isolate) else time_training
     specs = rows or (GPU_TRAIN_ROWS if device.type == "cuda" else CPU_TRAIN_ROWS)
     parsed = [TrainRow.parse(s) for s in specs]
     folder = work / f"random-{arch}"
@@ -224,7 +265,7 @@ def bench_train(
     results = []
     for row in parsed:
         try:
-            r = time_training(row, folder, steps, device)
+            r = timer(row, folder, steps, device)
         except torch.OutOfMemoryError:
             progress(f"{row.label}, batch {row.batch}: out of memory (row left out)")
             _release(device)
@@ -243,6 +284,11 @@ def bench_train(
     result["environment"] = environment(device)
     write_result(result, out, f"train-{arch}", _train_table(result))
     return result
+
+
+def _ratio(r: dict, key: str, fmt: str = ".2f") -> str:
+    """A row's ratio to the recipe row, or a dash where the table has no recipe row."""
+    return format(r[key], fmt) if key in r else "–"
 
 
 def _overall_peak(r: dict) -> float:
@@ -265,8 +311,8 @@ def _train_table(result: dict) -> list[str]:
         for r in result["rows"]:
             lines.append(
                 f"| {r['row']} | {r['batch']} | {r['checkpointing']:g} | {r['samples_per_s']:.2f} "
-                f"| {r.get('speed_vs_recipe', 1):.2f} | {r['first_step_peak_gpu_gib']:.1f} | {r['peak_gpu_gib']:.1f} "
-                f"| {r.get('memory_vs_recipe', 1):.2f} |"
+                f"| {_ratio(r, 'speed_vs_recipe')} | {r['first_step_peak_gpu_gib']:.1f} | {r['peak_gpu_gib']:.1f} "
+                f"| {_ratio(r, 'memory_vs_recipe')} |"
             )
     else:
         lines += [
@@ -437,7 +483,8 @@ def bench_transcribe(
         "|---|---|---|---|",
     ]
     table += [
-        f"| {r['row']} | {r['batch']} | {r['clips_per_s']:.2f} | {r.get('speed_vs_recipe', 1):.1f} |" for r in results
+        f"| {r['row']} | {r['batch']} | {r['clips_per_s']:.2f} | {_ratio(r, 'speed_vs_recipe', '.1f')} |"
+        for r in results
     ]
     write_result(result, out, f"transcribe-{arch}", table)
     return result
