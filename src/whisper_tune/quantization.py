@@ -16,10 +16,11 @@ before torch loads; a test holds the two equal).
   ``torch._scaled_mm`` on the fp8 tensor cores (compute capability 8.9+: Ada, Hopper). Where
   there are none it falls back to ``int8-wo`` with one warning; see :class:`Fp8Linear`.
   It is not faster than bf16 yet. Measured on large-v2 (H200, random weights, batch 32,
-  every layer recomputed, compiled), fp8 does 39.15 samples/s against bf16's 42.55 in the
-  same call. Eager at batch 8 it does 9.60 against 21.04
-  (``benchmarks/results/fp8-large-v2-h200/``). The quantization of activations and gradients
-  around each fp8 matmul costs more than the matmul saves (``benchmarks/fp8_matmul.py``).
+  every layer recomputed, compiled), fp8 does 39.52 samples/s against bf16's 41.30 in the
+  same call; eager at batch 8, 9.22 against 19.55 (``benchmarks/results/round2-large-v2-h200/``).
+  The fp8 matmuls alone are 1.7x bf16, but quantizing their inputs row by row runs near
+  1 TB/s and eats the gain (``benchmarks/fp8_gemm_modes.py``). Its WER is within 1 point
+  of bf16's on the mean of four seeds of the GPU demo (``benchmarks/results/holdings-base-h200/``).
 * ``int8``: bitsandbytes LLM.int8, the reference recipe's numerics.
 * ``nf4``: bitsandbytes 4-bit NormalFloat with double quantization.
 * ``none``: half precision on GPUs (bf16 where supported), fp32 on the CPU.
