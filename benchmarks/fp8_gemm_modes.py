@@ -49,24 +49,18 @@ def _pieces(m, k, n, quant_rows, quant_tensor) -> dict:
     row_a, row_b = torch.ones(m, 1, device="cuda"), torch.ones(1, n, device="cuda")
     col = torch.ones(k, device="cuda")
     flops = 2 * m * k * n
+
+    def scaled(scale_a, scale_b, fast):
+        return lambda: torch._scaled_mm(qa, qw.t(), scale_a, scale_b, out_dtype=torch.bfloat16, use_fast_accum=fast)
+
+    scales = {"tensorwise": (one, one), "rowwise": (row_a, row_b)}
     return {
         "bf16 mm": (lambda: a @ w.t(), flops),
-        "fp8 tensorwise fast": (
-            lambda: torch._scaled_mm(qa, qw.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=True),
-            flops,
-        ),
-        "fp8 tensorwise exact": (
-            lambda: torch._scaled_mm(qa, qw.t(), one, one, out_dtype=torch.bfloat16, use_fast_accum=False),
-            flops,
-        ),
-        "fp8 rowwise fast": (
-            lambda: torch._scaled_mm(qa, qw.t(), row_a, row_b, out_dtype=torch.bfloat16, use_fast_accum=True),
-            flops,
-        ),
-        "fp8 rowwise exact": (
-            lambda: torch._scaled_mm(qa, qw.t(), row_a, row_b, out_dtype=torch.bfloat16, use_fast_accum=False),
-            flops,
-        ),
+        **{
+            f"fp8 {mode} {'fast' if fast else 'exact'}": (scaled(*pair, fast), flops)
+            for mode, pair in scales.items()
+            for fast in (True, False)
+        },
         "quantize rows (dynamic)": (lambda: quant_rows(a), 0),
         "quantize rows x col scale": (lambda: quant_rows(a, col), 0),
         "quantize tensorwise (known scale)": (lambda: quant_tensor(a, one), 0),
