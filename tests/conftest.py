@@ -73,6 +73,19 @@ def small_corpus(tmp_path_factory) -> Path:
     return make_demo_data(out, "mr", DemoDataOptions(sentences=20, train_repeats=1), progress=False).folder
 
 
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """The demo's own corpus (its default options: about 700 clips), built once per session.
+    Demo tests copy it into their output folder, where the demo finds it and reuses it; the
+    10-15 s of espeak-ng it takes would otherwise be spent again in every demo test."""
+    need_espeak()
+    from whisper_tune.demo_data import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo") / "corpus"
+    make_demo_data(out, "mr", progress=False)
+    return out
+
+
 @pytest.fixture()
 def corpus_copy(small_corpus, tmp_path) -> Path:
     """A writable copy of the small corpus, for tests that plant bad clips in it."""

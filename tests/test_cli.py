@@ -78,10 +78,13 @@ def test_make_demo_data_and_processor(tmp_path, capsys):
     assert "train 8, dev 1, test 1, unseen 1 clips" in capsys.readouterr().out
 
 
-def test_demo_command_prints_the_table(tiny_model_dir, tmp_path, capsys):
+def test_demo_command_prints_the_table(tiny_model_dir, demo_corpus, tmp_path, capsys):
+    import shutil
+
     from conftest import need_espeak
 
     need_espeak()
+    shutil.copytree(demo_corpus, tmp_path / "demo" / "corpus")  # built once per session (conftest)
     args = [
         "demo",
         "--out",

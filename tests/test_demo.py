@@ -1,14 +1,16 @@
 """The demo's flow, on the tiny model (the real run uses Whisper base and takes minutes)."""
 
 import json
+import shutil
 
 from whisper_tune.demo import resolve_base, run_demo
 
 
-def test_demo_flow_and_rerun(tiny_model_dir, tmp_path, monkeypatch):
+def test_demo_flow_and_rerun(tiny_model_dir, demo_corpus, tmp_path, monkeypatch):
     from conftest import need_espeak
 
     need_espeak()
+    shutil.copytree(demo_corpus, tmp_path / "demo" / "corpus")  # built once per session (conftest)
     lines = []
     result = run_demo(
         tmp_path / "demo",

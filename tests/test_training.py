@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,31 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir, small_corpus, tmp_path_factory):
+    """The uninterrupted 6-step run (default settings) that resumed runs must equal: trained
+    once for the tests that compare with it."""
+    return train(_cfg(tiny_model_dir, small_corpus, tmp_path_factory.mktemp("full") / "full"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tiny_model_dir, small_corpus, tmp_path_factory):
+    """``stopped_run(n, out)``: a run with the default settings stopped after step ``n``, copied
+    to ``out`` (each ``n`` trained once per module; resuming works in the copy, never the
+    original); returns the stopped run's TrainResult."""
+    trained = {}
+
+    def stopped(n: int, out: Path):
+        if n not in trained:
+            folder = tmp_path_factory.mktemp(f"stopped-{n}") / "run"
+            trained[n] = folder, train(_cfg(tiny_model_dir, small_corpus, folder), stop_after=n, progress=False)
+        folder, result = trained[n]
+        shutil.copytree(folder, out)
+        return result
+
+    return stopped
+
+
 def test_int8_run_logs_wer_and_writes_a_complete_run_folder(tiny_model_dir, small_corpus, tmp_path):
     from peft import PeftModel
     from transformers import WhisperForConditionalGeneration
@@ -88,10 +114,10 @@ def test_int8_run_logs_wer_and_writes_a_complete_run_folder(tiny_model_dir, smal
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
-def test_stop_and_resume_equals_uninterrupted(tiny_model_dir, small_corpus, tmp_path):
-    full = train(_cfg(tiny_model_dir, small_corpus, tmp_path / "full"), progress=False)
+def test_stop_and_resume_equals_uninterrupted(tiny_model_dir, small_corpus, tmp_path, full_run, stopped_run):
+    full = full_run
     cfg = _cfg(tiny_model_dir, small_corpus, tmp_path / "split")
-    first = train(cfg, stop_after=3, progress=False)
+    first = stopped_run(3, tmp_path / "split")
     assert first.stopped_early and first.steps == 3 and not (tmp_path / "split" / "adapter").exists()
     with pytest.raises(UserError, match="--resume"):
         train(cfg, progress=False)
@@ -308,11 +334,13 @@ def _one_line(proc, *fragments):
         assert fragment in errors[0], errors[0]
 
 
-def test_resume_with_another_batch_size_continues_instead_of_hanging(tiny_model_dir, small_corpus, tmp_path):
+def test_resume_with_another_batch_size_continues_instead_of_hanging(
+    tiny_model_dir, small_corpus, tmp_path, stopped_run
+):
     """The saved position (3 of 4 batches of 4) is past the end of an epoch of batches of 8 or 16:
     the resumed run re-derives it in samples and finishes (a hang fails on the timeout)."""
     out = tmp_path / "run"
-    train(_cfg(tiny_model_dir, small_corpus, out), stop_after=3, progress=False)
+    stopped_run(3, out)
     for batch in (16, 8):
         args = _overrides(tiny_model_dir, small_corpus, out, **{"train.batch_size": batch})
         proc = _cli(*args, "--resume", "--stop-after", "5" if batch == 16 else "6", timeout=240)
@@ -321,9 +349,9 @@ def test_resume_with_another_batch_size_continues_instead_of_hanging(tiny_model_
     assert json.loads((out / "run.json").read_text())["steps"] == 6 and (out / "adapter").is_dir()
 
 
-def test_resume_refuses_another_adapter_shape_in_one_line(tiny_model_dir, small_corpus, tmp_path):
+def test_resume_refuses_another_adapter_shape_in_one_line(tiny_model_dir, small_corpus, tmp_path, stopped_run):
     out = tmp_path / "run"
-    train(_cfg(tiny_model_dir, small_corpus, out), stop_after=2, progress=False)
+    stopped_run(2, out)
     _one_line(
         _cli(*_overrides(tiny_model_dir, small_corpus, out, **{"lora.r": 8}), "--resume"), "lora.r: checkpoint 4, now 8"
     )
@@ -341,9 +369,9 @@ def test_an_adapter_saved_as_a_pickle_is_refused_unopened(tiny_adapter, tmp_path
         load_for_inference(None, str(folder), torch.device("cpu"))
 
 
-def test_a_pickle_in_the_run_folder_is_never_loaded(tiny_model_dir, small_corpus, tmp_path):
+def test_a_pickle_in_the_run_folder_is_never_loaded(tiny_model_dir, small_corpus, tmp_path, stopped_run):
     out, marker = tmp_path / "run", tmp_path / "pwned"
-    train(_cfg(tiny_model_dir, small_corpus, out), stop_after=2, progress=False)
+    stopped_run(2, out)
     crafted = out / "checkpoints" / "step-000009"
     crafted.mkdir()
 
@@ -356,8 +384,8 @@ def test_a_pickle_in_the_run_folder_is_never_loaded(tiny_model_dir, small_corpus
     assert not marker.exists()
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, small_corpus, tmp_path):
-    full = train(_cfg(tiny_model_dir, small_corpus, tmp_path / "full"), progress=False)
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_model_dir, small_corpus, tmp_path, full_run):
+    full = full_run
     out = tmp_path / "run"
     cfg = _cfg(tiny_model_dir, small_corpus, out, **{"train.save_every": 1, "train.keep_last": 3})
     train(cfg, stop_after=4, progress=False)
