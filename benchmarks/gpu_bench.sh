@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The speed tables of benchmarks/results/ on the GPU machine: `whisper-tune bench train` and
-# `whisper-tune bench transcribe` (random weights), each table in one process, for each
+# `whisper-tune bench transcribe` (random weights), each table in one call, for each
 # architecture in ARCHS. On your own GPU, the `whisper-tune bench` lines are all you need.
 #
 # Here:    bash ../shared/gpu/wheels.sh .whl     (bitsandbytes, datasets, jiwer, soundfile)

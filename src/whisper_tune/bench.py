@@ -1,5 +1,6 @@
 """Speed and memory on this machine: the reference recipe next to whisper-tune, side by side
-in one process, so the ratios hold even on a noisy machine.
+in one call, so the ratios hold even on a noisy machine (on a GPU each training row runs in
+a fresh process of its own: see :func:`time_training_isolated`).
 
 ``whisper-tune bench train`` times training steps; ``whisper-tune bench transcribe`` times
 generation. Both use random weights of a named Whisper architecture (speed and memory do
