@@ -23,6 +23,7 @@ import csv
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +122,9 @@ def main() -> None:
         data = clips(args.cv, language, args.clips)
         set_generation_language(model, processor.tokenizer, language, "transcribe")
         for engine, run, decoding in (
-            ("evaluate greedy (before)", lambda: run_evaluate(model, processor, data, language, None), None),
-            ("evaluate robust (after)", lambda: run_evaluate(model, processor, data, language, robust), robust),
-            ("faster-whisper greedy + fallback", lambda: run_faster_whisper(fw, data, language), robust),
+            ("evaluate greedy (before)", partial(run_evaluate, model, processor, data, language, None), None),
+            ("evaluate robust (after)", partial(run_evaluate, model, processor, data, language, robust), robust),
+            ("faster-whisper greedy + fallback", partial(run_faster_whisper, fw, data, language), robust),
         ):
             rows.append(row(engine, language, run(), decoding))
             print({k: v for k, v in rows[-1].items() if k != "hypotheses"}, flush=True)

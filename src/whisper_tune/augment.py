@@ -191,7 +191,8 @@ def noise_files(folder: str | Path) -> list[Path]:
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in NOISE_SUFFIXES and p.is_file())
     if not files:
         raise UserError(
-            f"augment.noise_dir: no audio files ({', '.join(NOISE_SUFFIXES)}) in {folder}; add noise clips or set it to null"
+            f"augment.noise_dir: no audio files ({', '.join(NOISE_SUFFIXES)}) in {folder}; "
+            "add noise clips or set it to null"
         )
     return files[:MAX_NOISE_CLIPS]
 

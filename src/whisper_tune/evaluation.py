@@ -104,7 +104,9 @@ def generate_on(
             prompt = prompt_ids(model, processor.tokenizer, language, task)
             max_len = len(prompt) + kwargs["max_new_tokens"]
             compiled = engine == "fast-compiled"
-            decoder = decoder_for(model, min(batch_size, n), max_len, amp or input_dtype(model), compile_encoder=compiled)
+            decoder = decoder_for(
+                model, min(batch_size, n), max_len, amp or input_dtype(model), compile_encoder=compiled
+            )
         for i in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
             idx = order[i : i + batch_size].tolist()
             features = log_mel(processor.feature_extractor, [data[j]["audio"] for j in idx], device=device)

@@ -71,7 +71,8 @@ class DecodingOptions:
             raise UserError(f"no-speech threshold must be a probability from 0 to 1, not {self.no_speech_threshold}")
         if self.no_speech_threshold is not None and self.logprob_threshold is None:
             raise UserError(
-                "the no-speech threshold drops a window only when its log-probability is also low: give a log-probability threshold"
+                "the no-speech threshold drops a window only when its log-probability is also low: "
+                "give a log-probability threshold"
             )
 
     @classmethod
