@@ -257,7 +257,9 @@ def bench_train(
     Each row runs in its own process where ``isolate`` (the default on a GPU), else all in
     this one (the CPU's rows share no compiled state worth the seconds a process costs)."""
     device = pick_device()
-    timer = time_training_isolated if (device.type == "cuda" if isolate is None else isolate) else time_training
+    if isolate is None:
+        isolate = device.type == "cuda"
+    timer = time_training_isolated if isolate else time_training
     specs = rows or (GPU_TRAIN_ROWS if device.type == "cuda" else CPU_TRAIN_ROWS)
     parsed = [TrainRow.parse(s) for s in specs]
     folder = work / f"random-{arch}"

@@ -302,7 +302,7 @@ def transcribe_files_batched(
     sequential path (``transcribe_audio``)."""
     from tqdm.auto import tqdm
 
-    from .transcription import Transcript, read_or_reason, transcribe_audio
+    from .transcription import Transcript, read_or_reason, timed_transcript, transcribe_audio
 
     decoding = decoding or DecodingOptions()
     bar = tqdm(total=len(files), desc="transcribe", unit="file", disable=not progress or len(files) < 2)
@@ -328,9 +328,9 @@ def transcribe_files_batched(
         if decoding.condition_on_previous_text and len(audio) > N_SAMPLES:
             yield from flush() if group else ()
             windows = 0
-            start = time.perf_counter()
-            segments, used = transcribe_audio(model, processor, audio, language, task, decoding=decoding)
-            yield Transcript(str(path), used, duration(audio), segments, time.perf_counter() - start)
+            yield timed_transcript(
+                path, audio, lambda a: transcribe_audio(model, processor, a, language, task, decoding=decoding)
+            )
             bar.update()
             continue
         group.append((path, audio))

@@ -317,7 +317,8 @@ def lora_model(cfg: ModelConfig, lora: LoraSettings, device: torch.device, compi
     model = add_lora(load_base(cfg, device), lora, cfg)
     apply_speedups(model, cfg, train=True, compile=compile)
     if cfg.quantization == FP8 and not compile and device.type == "cuda" and fp8_unavailable(device) is None:
-        # measured on large-v2 (H200, batch 8): 9.6 samples/s eager against int8-wo's 14.2
+        # measured on large-v2 (H200, batch 8): 9.22 samples/s eager against int8-wo's 14.49
+        # (benchmarks/results/round2-large-v2-h200/)
         log.warning(
             "model.quantization=fp8 without train.compile quantizes activations in separate passes, "
             "slower than int8-wo: set train.compile=true"

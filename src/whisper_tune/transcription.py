@@ -327,9 +327,14 @@ def _each_file(files: list[Path], decode, progress: bool):
         if isinstance(audio, str):
             yield str(path), audio
             continue
-        start = time.perf_counter()
-        segments, used = decode(audio)
-        yield Transcript(str(path), used, duration(audio), segments, time.perf_counter() - start)
+        yield timed_transcript(path, audio, decode)
+
+
+def timed_transcript(path: Path, audio: np.ndarray, decode) -> Transcript:
+    """``decode(audio)`` (segments, language) as the file's Transcript, with the seconds it took."""
+    start = time.perf_counter()
+    segments, used = decode(audio)
+    return Transcript(str(path), used, duration(audio), segments, time.perf_counter() - start)
 
 
 # ---- writers -------------------------------------------------------------------------
