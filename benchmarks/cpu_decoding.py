@@ -4,7 +4,7 @@ clips, three decoders on the same clips:
     python benchmarks/cpu_decoding.py --cv /work/shared/data/cv61-sample --languages mn vi ka \\
         --clips 10 --out benchmarks/results/decoding-cv61-cpu
 
-1. ``evaluate`` greedy (before): ``evaluation.generate_on`` with its default fast greedy decoder.
+1. ``evaluate`` greedy (before): ``evaluation.decode_dataset`` with its default fast greedy decoder.
 2. ``evaluate --decoding robust`` (after): the same function with ``DecodingOptions()``
    (openai/whisper's fallback 0.0..1.0, compression ratio 2.4, log-prob -1.0, no-speech 0.6).
 3. faster-whisper with the same ``DecodingOptions`` (greedy, its own fallback) on the
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from whisper_tune.audio import duration, load_audio
-from whisper_tune.evaluation import GenerationResult, generate_on, summarize
-from whisper_tune.robust_decoding import DecodingOptions
+from whisper_tune.evaluation import GenerationResult, decode_dataset, summarize
+from whisper_tune.inference import TransformersEngine
+from whisper_tune.inference.options import DecodingOptions
 
 
 def clips(cv: Path, language: str, n: int) -> list[tuple[str, str, np.ndarray]]:
@@ -69,11 +70,12 @@ def run_evaluate(model, processor, data, language: str, decoding) -> GenerationR
             "duration": [duration(c[2]) for c in data],
         }
     )
-    return generate_on(model, processor, dataset, language, batch_size=8, max_new_tokens=255, decoding=decoding)
+    engine = TransformersEngine(model, processor, language)
+    return decode_dataset(engine, dataset, batch_size=8, max_new_tokens=255, decoding=decoding)
 
 
 def run_faster_whisper(fw, data, language: str) -> GenerationResult:
-    from whisper_tune.transcription import transcribe_audio_ct2
+    from whisper_tune.inference.ct2 import transcribe_audio_ct2
 
     start = time.perf_counter()
     hyps = [" ".join(s.text for s in transcribe_audio_ct2(fw, c[2], language)[0]).strip() for c in data]

@@ -17,9 +17,9 @@ import torch
 from gpu_longform import load_model, run_ours
 
 from whisper_tune.audio import SAMPLE_RATE, load_audio
+from whisper_tune.inference.options import DecodingOptions
 from whisper_tune.metrics import error_rates
 from whisper_tune.normalizers import normalize
-from whisper_tune.robust_decoding import DecodingOptions
 
 
 def main() -> None:

@@ -33,10 +33,10 @@ import torch
 
 from whisper_tune.audio import load_audio
 from whisper_tune.export import export_ct2, merge
-from whisper_tune.longform import transcribe_batched
+from whisper_tune.inference.generate import transcribe_audio
+from whisper_tune.inference.longform import transcribe_batched
+from whisper_tune.inference.options import DecodingOptions
 from whisper_tune.reporting import environment
-from whisper_tune.robust_decoding import DecodingOptions
-from whisper_tune.transcription import transcribe_audio
 
 GREEDY = DecodingOptions.greedy()  # what this benchmark has always timed
 BASELINE = "faster-whisper float32"

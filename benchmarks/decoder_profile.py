@@ -4,7 +4,7 @@ cross-attention keys/values, and the decoding steps, per batch size. One process
     python benchmarks/decoder_profile.py --arch large-v2 --batches 64 128 --tokens 64 [--compile-encoder]
 
 Features are random (log-mel is timed separately, on 128 clips of 2-10 s through the
-feature extractor as ``evaluation.generate_on`` computes it); exactly ``--tokens`` steps.
+feature extractor as ``evaluation.decode_dataset`` computes it); exactly ``--tokens`` steps.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def timed(fn, device, repeat=3):
 def profile_batch(model, cfg, b: int, tokens: int, compile_encoder: bool, device) -> dict:
     """Seconds of the encoder, encoder + cross keys/values, the decoding steps and a whole
     batch, for one batch size."""
-    from whisper_tune.decoding import DecodeSpec, GreedyDecoder
+    from whisper_tune.inference.greedy import DecodeSpec, GreedyDecoder
 
     feats = torch.randn(b, cfg.num_mel_bins, 3000, device=device, dtype=torch.bfloat16)
     dec = GreedyDecoder(model, DecodeSpec(b, 4 + tokens), torch.bfloat16, compile_encoder=compile_encoder)
@@ -76,7 +76,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         torch.cuda.empty_cache()
-    # log-mel of 128 synthetic 2-10 s clips through the feature extractor (as generate_on does)
+    # log-mel of 128 synthetic 2-10 s clips through the feature extractor (as decode_dataset does)
     from transformers import WhisperFeatureExtractor
 
     from whisper_tune.features import log_mel

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from whisper_tune.audio import SAMPLE_RATE, load_audio
-from whisper_tune.longform import transcribe_batched
+from whisper_tune.inference.longform import transcribe_batched
+from whisper_tune.inference.options import DecodingOptions
 from whisper_tune.metrics import error_rates
 from whisper_tune.normalizers import normalize
 from whisper_tune.reporting import environment
-from whisper_tune.robust_decoding import DecodingOptions
 
 
 def load_model(spec: str, device: torch.device, dtype: torch.dtype):

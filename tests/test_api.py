@@ -2,8 +2,8 @@
 uvicorn on a free port, with the tiny random Whisper (+ LoRA adapter) from conftest.
 
 Random weights give arbitrary text, so every answer is compared with what the library
-gives for the same clip directly (``transcribe_audio``): the server must add nothing and
-lose nothing on the way."""
+gives for the same clip directly (the engine's ``transcribe``, which ``whisper-tune transcribe``
+runs too): the server must add nothing and lose nothing on the way."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from whisper_tune.api import build_app, load_engine  # noqa: E402
 from whisper_tune.audio import load_audio  # noqa: E402
-from whisper_tune.serve import Limits  # noqa: E402
-from whisper_tune.transcription import transcribe_audio  # noqa: E402
+from whisper_tune.uploads import Limits  # noqa: E402
 
 KEY = "sk-test-key"
 MODEL_ID = "tiny-run"
@@ -103,8 +102,8 @@ def clips(small_corpus) -> list[Path]:
 
 
 def direct(engine, clip: Path, task: str = "transcribe") -> tuple[list, str]:
-    """What the library says about a clip, without the server."""
-    return transcribe_audio(engine.model, engine.processor, load_audio(clip), engine.language, task)
+    """What the library says about a clip, without the server (the engine ``transcribe`` uses)."""
+    return engine.transcribe([load_audio(clip)], task=task)[0]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +180,7 @@ def test_translation_prompt_and_temperature(client, engine, clips):
     with open(clips[1], "rb") as f:
         text = client.audio.transcriptions.create(model=MODEL_ID, file=f, prompt=prompt, response_format="text")
     audio = load_audio(clips[1])
-    segments, _ = transcribe_audio(engine.model, engine.processor, audio, "mr", "transcribe", prompt=prompt)
+    ((segments, _),) = engine.transcribe([audio], "mr", "transcribe", prompt=prompt)
     assert text == _text(segments) + "\n"
     with open(clips[1], "rb") as f:  # a prompt longer than the decoder's context keeps its end
         assert client.audio.transcriptions.create(model=MODEL_ID, file=f, prompt="word " * 2000).text
@@ -298,7 +297,7 @@ def test_two_clients_at_once_queue_and_both_get_their_answer(server, transcribed
 def test_ctranslate2_export_is_served(tiny_model_dir, tiny_adapter, tmp_path, clips):
     pytest.importorskip("faster_whisper")
     from whisper_tune.export import export_ct2
-    from whisper_tune.transcription import load_ct2, transcribe_audio_ct2
+    from whisper_tune.inference.ct2 import load_ct2, transcribe_audio_ct2
 
     ct2 = export_ct2(str(tiny_model_dir), tmp_path / "ct2", quantization="int8", adapter=str(tiny_adapter))
     engine = load_engine(model=str(ct2), language="mr")
@@ -312,3 +311,37 @@ def test_ctranslate2_export_is_served(tiny_model_dir, tiny_adapter, tmp_path, cl
         live.stop()
     segments, _ = transcribe_audio_ct2(load_ct2(ct2), load_audio(clips[0]), "mr")
     assert text == _text(segments)
+
+
+def test_a_file_over_30_s_gives_what_transcribe_gives(engine, tiny_adapter, clips, tmp_path):
+    """The server and ``whisper-tune transcribe`` decode through one engine with one default
+    (issue 26): the same long file gives the same text and segments from both."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from whisper_tune.cli import main
+
+    speech = [load_audio(c) for c in clips]
+    pause = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([part for _ in range(20) for part in (speech[_ % 2], pause)])[: 16000 * 42]
+    assert audio.size > 16000 * 30
+    long = tmp_path / "long.wav"
+    sf.write(str(long), audio, 16000)
+    assert (
+        main(["transcribe", str(long), "--adapter", str(tiny_adapter), "--format", "json", "--out", str(tmp_path)]) == 0
+    )
+    cli = json.loads((tmp_path / "long.json").read_text(encoding="utf-8"))
+    live = LiveServer(build_app(engine, Limits(max_mb=5.0, max_seconds=120.0), model_id="tiny"))
+    try:
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=300)
+        with open(long, "rb") as f:
+            served = client.audio.transcriptions.create(model="tiny", file=f, response_format="verbose_json")
+    finally:
+        live.stop()
+    assert served.text == cli["text"]
+    assert [(s.start, s.end, s.text) for s in served.segments] == [
+        (s["start"], s["end"], s["text"]) for s in cli["segments"]
+    ]
+    assert cli["segments"][-1]["end"] > 30.0  # more than one window was decoded

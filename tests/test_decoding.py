@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from whisper_tune.decoding import DecodeSpec, GreedyDecoder, prompt_ids, supports_fast_path
+from whisper_tune.inference.greedy import DecodeSpec, GreedyDecoder, prompt_ids, supports_fast_path
 from whisper_tune.modeling import load_processor, set_generation_language
 
 
@@ -77,17 +77,18 @@ def test_fast_path_is_only_for_plain_models(model_and_tokenizer, tiny_model_dir)
 
 def test_evaluation_engines_agree(model_and_tokenizer, small_corpus, tmp_path, tiny_model_dir):
     from whisper_tune.config import DataConfig
-    from whisper_tune.evaluation import generate_on
+    from whisper_tune.evaluation import decode_dataset
+    from whisper_tune.inference import TransformersEngine
     from whisper_tune.prepare import prepare_split
 
     model, _ = model_and_tokenizer
     processor = load_processor(str(tiny_model_dir))
     data = prepare_split(DataConfig(source=str(small_corpus), language="mr"), "train", tmp_path, str(tiny_model_dir))
-    length = {"min_new_tokens": 8, "max_new_tokens": 8}  # the random model would stop at once
+    # exactly 8 new tokens (min = max): the random model would stop at once
     model.generation_config.suppress_tokens = list(range(50258, model.config.vocab_size))  # text tokens only
     runs = {
-        engine: generate_on(
-            model, processor, data, "mr", batch_size=3, max_samples=5, generate_kwargs=length, engine=engine
+        engine: decode_dataset(
+            TransformersEngine(model, processor, "mr", clips=engine), data, 3, 8, max_samples=5, min_new_tokens=8
         )
         for engine in ("fast", "generate")
     }

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from whisper_tune import longform
 from whisper_tune.audio import N_SAMPLES, SAMPLE_RATE
-from whisper_tune.decoding import Decoded, DecodeSpec, GreedyDecoder, prompt_ids
+from whisper_tune.inference import longform
+from whisper_tune.inference.greedy import Decoded, DecodeSpec, GreedyDecoder, prompt_ids
+from whisper_tune.inference.options import DecodingOptions
+from whisper_tune.inference.results import Segment
 from whisper_tune.modeling import load_processor, set_generation_language
-from whisper_tune.robust_decoding import DecodingOptions
-from whisper_tune.transcription import Segment
 
 SHORT = 24  # tokens per window: a random model rarely ends a window, and the CPU pays per step
 
@@ -116,8 +116,6 @@ def test_batch_size_does_not_change_the_output(model_and_processor):
 
 
 def test_windows_failing_the_thresholds_are_decoded_again(model_and_processor, monkeypatch):
-    import whisper_tune.transcription as transcription
-
     model, processor = model_and_processor
     calls = []
 
@@ -125,7 +123,7 @@ def test_windows_failing_the_thresholds_are_decoded_again(model_and_processor, m
         calls.append((len(audio), decoding))
         return [Segment(1.0, 2.0, "again", temperature=0.2)], language
 
-    monkeypatch.setattr(transcription, "transcribe_audio", fallback)
+    monkeypatch.setattr(longform, "transcribe_audio", fallback)
     audio = _noise(40.0, 4)
     doubt_all = DecodingOptions(logprob_threshold=0.0, no_speech_threshold=None)  # every mean log-prob is < 0
     ((segments, _),) = longform.transcribe_batched(
@@ -151,7 +149,7 @@ def test_windows_failing_the_thresholds_are_decoded_again(model_and_processor, m
 
 
 def test_robust_transcription_prints_no_length_warning(model_and_processor, capfd):
-    from whisper_tune.transcription import transcribe_audio
+    from whisper_tune.inference.generate import transcribe_audio
 
     model, processor = model_and_processor
     for _ in range(2):

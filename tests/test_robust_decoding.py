@@ -12,8 +12,8 @@ import torch
 
 from whisper_tune.errors import UserError
 from whisper_tune.evaluation import has_loop
-from whisper_tune.robust_decoding import FALLBACK_TEMPERATURES, DecodingOptions, compression_ratio
-from whisper_tune.transcription import transcribe_audio
+from whisper_tune.inference.generate import transcribe_audio
+from whisper_tune.inference.options import FALLBACK_TEMPERATURES, DecodingOptions, compression_ratio
 
 NEW_TOKENS = 24
 
@@ -151,12 +151,10 @@ def test_api_verbose_json_reports_the_decoders_scores(loaded, audio, tmp_path):
     import soundfile as sf
     from fastapi.testclient import TestClient
 
-    from whisper_tune.api import Engine, build_app
+    from whisper_tune.api import build_app
+    from whisper_tune.inference import TransformersEngine
 
-    def run(clip, lang, task, prompt, options):
-        return transcribe_audio(loaded.model, loaded.processor, clip, lang, task, NEW_TOKENS, prompt, options)
-
-    engine = Engine("tiny", "transformers", run, "mr", "transcribe", loaded.model, loaded.processor)
+    engine = TransformersEngine(loaded.model, loaded.processor, "mr", name="tiny", max_new_tokens=NEW_TOKENS)
     client = TestClient(build_app(engine, model_id="tiny"))
     sf.write(tmp_path / "a.wav", audio, 16000)
 
@@ -166,7 +164,7 @@ def test_api_verbose_json_reports_the_decoders_scores(loaded, audio, tmp_path):
             return client.post("/v1/audio/transcriptions", files={"file": f}, data=data)
 
     body = post().json()
-    direct = decode(loaded, audio, DecodingOptions())
+    ((direct, _),) = engine.transcribe([audio], decoding=DecodingOptions())  # what transcribe gives
     got = body["segments"]
     assert [(s["avg_logprob"], s["compression_ratio"], s["no_speech_prob"], s["temperature"]) for s in got] == [
         (d.avg_logprob, d.compression_ratio, d.no_speech_prob, d.temperature) for d in direct
@@ -183,12 +181,12 @@ def test_evaluate_robust_decodes_a_batch_whose_clips_fall_back_differently(loade
     stack outputs of different lengths; the greedy default stays the fast decoder."""
     from datasets import Dataset
 
-    from whisper_tune.evaluation import generate_on, summarize
+    from whisper_tune.evaluation import decode_dataset, summarize
+    from whisper_tune.inference import TransformersEngine
 
     clips = [audio, np.zeros(16000, dtype=np.float32)]
     data = Dataset.from_dict({"id": ["a", "b"], "text": ["x y", "z"], "audio": clips, "duration": [2.0, 1.0]})
-    result = generate_on(
-        loaded.model, loaded.processor, data, "mr", max_new_tokens=NEW_TOKENS, decoding=DecodingOptions()
-    )
+    engine = TransformersEngine(loaded.model, loaded.processor, "mr")
+    result = decode_dataset(engine, data, max_new_tokens=NEW_TOKENS, decoding=DecodingOptions())
     assert len(result.hypotheses) == 2 and all(isinstance(h, str) for h in result.hypotheses)
     assert summarize(result, {}, DecodingOptions())[0].decoding["name"] == "robust"

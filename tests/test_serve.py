@@ -15,24 +15,11 @@ import pytest
 import torch
 from conftest import free_port, write_tone
 
-from whisper_tune.serve import Comparer, Limits, UploadRejected, check_upload, run_report
+from whisper_tune.serve import Comparer, run_report
+from whisper_tune.uploads import Limits, check_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("WHISPER_TUNE_ARTIFACTS", ROOT / "test-artifacts"))
-
-
-def test_uploads_over_the_limits_are_refused_with_the_reason(tmp_path):
-    tone = write_tone(tmp_path / "tone.wav", seconds=3.0)
-    assert check_upload(tone, Limits()).shape == (48000,)
-    with pytest.raises(UploadRejected, match=r"3 s long; this app takes at most 2 s"):
-        check_upload(tone, Limits(max_seconds=2))
-    with pytest.raises(UploadRejected, match=r"0.1 MB; this app takes at most 0.01 MB"):
-        check_upload(tone, Limits(max_mb=0.01))
-    (tmp_path / "bad.mp3").write_bytes(b"not audio at all")
-    with pytest.raises(UploadRejected, match="cannot read this audio"):
-        check_upload(tmp_path / "bad.mp3", Limits())
-    with pytest.raises(UploadRejected, match="upload a file or record"):
-        check_upload(None, Limits())
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +159,3 @@ def test_browser_uploads_a_clip_and_sees_both_transcripts(run_folder, tmp_path):
         proc.wait(timeout=30)
         log.close()
     assert (ARTIFACTS / "serve-compare.png").stat().st_size > 10_000
-
-
-def test_a_long_upload_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
-    """A 7 MB, 2-hour MP3 once cost 630 MB of memory before the limit was checked: the length
-    now comes from the file header, and the audio is never decoded."""
-    import whisper_tune.serve as serve
-
-    def no_decoding(path):
-        raise AssertionError("decoded a file that its header already shows is too long")
-
-    long_mp3 = write_tone(tmp_path / "long.mp3", seconds=5.0, sr=16000)
-    monkeypatch.setattr(serve, "load_audio", no_decoding)
-    with pytest.raises(UploadRejected, match=r"5 s long; this app takes at most 2 s"):
-        check_upload(long_mp3, Limits(max_seconds=2))

@@ -8,15 +8,17 @@ import pytest
 import torch
 from conftest import write_tone
 
-from whisper_tune.modeling import load_for_inference
-from whisper_tune.transcription import (
+from whisper_tune.inference import (
+    Engine,
     Segment,
     Transcript,
+    TransformersEngine,
     expand_inputs,
     get_writer,
     output_names,
-    transcribe_files,
 )
+from whisper_tune.inference import transcribe_files as transcribe_engine_files
+from whisper_tune.modeling import load_for_inference
 
 SRT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)$")
 
@@ -52,7 +54,11 @@ def test_long_file_bad_file_and_srt(loaded, tmp_path):
     bad = tmp_path / "broken.mp3"
     bad.write_bytes(b"\x00not audio" * 100)
     short = write_tone(tmp_path / "short.flac", seconds=2.0, sr=44100)
-    results = list(transcribe_files(loaded.model, loaded.processor, [long, bad, short], language="mr", progress=False))
+    results = list(
+        transcribe_engine_files(
+            TransformersEngine(loaded.model, loaded.processor, None), [long, bad, short], language="mr", progress=False
+        )
+    )
     assert isinstance(results[1], tuple) and results[1][0] == str(bad) and "readable" in results[1][1]
     transcript = results[0]
     assert transcript.duration == pytest.approx(75.0) and transcript.language == "mr"
@@ -64,8 +70,11 @@ def test_long_file_bad_file_and_srt(loaded, tmp_path):
 
 
 def test_language_is_detected_when_not_given(loaded, tmp_path):
-    (result,) = transcribe_files(
-        loaded.model, loaded.processor, [write_tone(tmp_path / "a.wav", 1.0)], language=None, progress=False
+    (result,) = transcribe_engine_files(
+        TransformersEngine(loaded.model, loaded.processor, None),
+        [write_tone(tmp_path / "a.wav", 1.0)],
+        language=None,
+        progress=False,
     )
     assert isinstance(result.language, str) and len(result.language) in (2, 3, 5)
 
@@ -121,10 +130,15 @@ def test_non_finite_audio_is_refused_like_an_unreadable_file(tmp_path):
     import soundfile as sf
 
     from whisper_tune.audio import AudioError
-    from whisper_tune.transcription import transcribe_audio, transcribe_audio_ct2
+    from whisper_tune.inference.ct2 import transcribe_audio_ct2
+    from whisper_tune.inference.generate import transcribe_audio
 
     sf.write(str(tmp_path / "nan.wav"), np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
-    results = list(transcribe_files(None, None, [tmp_path / "nan.wav"], language="mr", progress=False))
+    results = list(
+        transcribe_engine_files(
+            Engine("none", None, "transcribe"), [tmp_path / "nan.wav"], language="mr", progress=False
+        )
+    )
     assert results == [(str(tmp_path / "nan.wav"), "audio has non-finite samples (NaN/Inf)")]
     for transcribe in (lambda a: transcribe_audio(None, None, a), lambda a: transcribe_audio_ct2(None, a)):
         with pytest.raises(AudioError, match=r"non-finite samples \(NaN/Inf\)"):

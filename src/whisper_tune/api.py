@@ -11,8 +11,8 @@ Why it is built this way:
   nothing here reads raw HTTP.
 * One model per process, loaded before the server accepts requests: an adapter folder (base
   + LoRA, merged on load), a merged transformers folder, or a CTranslate2 export run on
-  faster-whisper. Decoding reuses ``transcription.transcribe_audio`` (or its CTranslate2
-  twin), so a request gives exactly what ``whisper-tune transcribe`` gives.
+  faster-whisper. Decoding goes through the same ``inference.Engine`` as ``whisper-tune
+  transcribe``, with the same defaults, so a request gives exactly what it gives.
 * One inference at a time: requests wait on an asyncio lock (bounded, 503 beyond
   ``max_queue`` waiting) and the model runs in a worker thread, so concurrent clients queue
   instead of running the GPU out of memory, and the event loop keeps answering meanwhile.
@@ -30,15 +30,15 @@ import hmac
 import logging
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .serve import Limits, UploadRejected, check_upload
-from .transcription import Segment, Transcript, get_writer
+from .inference import Engine, Segment, Transcript, get_writer
+from .uploads import Limits, UploadRejected, check_upload
 
 log = logging.getLogger(__name__)
 
@@ -51,74 +51,18 @@ API_KEY_ENV = "WHISPER_TUNE_API_KEY"
 # ---- the model ----------------------------------------------------------------------
 
 
-class Engine:
-    """One loaded model and the function that runs it on a clip.
-
-    ``transcribe`` blocks and is not meant to run twice at once: the app serialises calls.
-    ``model``/``processor`` are the transformers objects (None for a CTranslate2 engine).
-    """
-
-    def __init__(
-        self, name: str, kind: str, decode, language: str | None, task: str, model=None, processor=None, decoding=None
-    ):
-        from .robust_decoding import DecodingOptions
-
-        self.name, self.kind, self.decode = name, kind, decode
-        self.language, self.task = language, task
-        self.decoding = decoding or DecodingOptions()  # the server's defaults; a request may change them
-        self.model, self.processor = model, processor
-        self.created = int(time.time())
-
-    def transcribe(
-        self,
-        audio: np.ndarray,
-        language: str | None = None,
-        task: str | None = None,
-        prompt: str | None = None,
-        decoding=None,
-    ) -> Transcript:
-        """A Transcript of one 16 kHz clip; ``language`` None uses the model's default
-        (the adapter's language, else Whisper's detection), ``decoding`` None the server's."""
-        from .audio import duration
-
-        start = time.perf_counter()
-        segments, used = self.decode(
-            audio, language or self.language, task or self.task, prompt, decoding or self.decoding
-        )
-        return Transcript("upload", used, duration(audio), segments, time.perf_counter() - start)
-
-
 def load_engine(
     model: str | None = None, adapter: str | None = None, language: str | None = None, device=None, decoding=None
 ):
-    """The Engine for ``--model``/``--adapter``: a CTranslate2 folder runs on faster-whisper,
-    anything else loads through ``modeling.load_for_inference`` with the adapter merged.
-    ``decoding`` (``DecodingOptions``) is the server's default decoding."""
-    from .processor import resolve_language
-    from .transcription import is_ct2_model
+    """The server's engine for ``--model``/``--adapter`` (``inference.open_engine``: a
+    CTranslate2 folder runs on faster-whisper, anything else loads with the adapter merged).
+    ``decoding`` (``DecodingOptions``) is the server's default decoding (None: that of
+    ``whisper-tune transcribe``, so a request gives what it gives)."""
+    from .inference import DecodingOptions, open_engine
+    from .inference.options import FILE_DECODING
 
-    if model and is_ct2_model(model):
-        if adapter:
-            raise UserError("a CTranslate2 model has its adapter merged already: drop --adapter")
-        from .transcription import load_ct2, transcribe_audio_ct2
-
-        ct2 = load_ct2(model)
-        forced = None if language in (None, "auto") else resolve_language(language)
-
-        def decode(audio, lang, task, prompt, options):
-            return transcribe_audio_ct2(ct2, audio, lang, task, prompt=prompt, decoding=options)
-
-        return Engine(str(model), "ctranslate2", decode, forced, "transcribe", decoding=decoding)
-    from .modeling import load_for_inference, pick_device
-    from .transcription import transcribe_audio
-
-    loaded = load_for_inference(model, adapter, device or pick_device(), language=language, merge=True)
-
-    def decode(audio, lang, task, prompt, options):
-        return transcribe_audio(loaded.model, loaded.processor, audio, lang, task, prompt=prompt, decoding=options)
-
-    name = str(adapter or loaded.base)
-    return Engine(name, "transformers", decode, loaded.language, loaded.task, loaded.model, loaded.processor, decoding)
+    decoding = decoding or DecodingOptions(**FILE_DECODING)
+    return open_engine(model, adapter, device=device, language=language, decoding=decoding)
 
 
 def default_model_id(model: str | None, adapter: str | None) -> str:
@@ -251,7 +195,7 @@ class Options:
     response_format: str
     language: str | None
     prompt: str | None
-    decoding: object  # robust_decoding.DecodingOptions
+    decoding: object  # inference.DecodingOptions
 
 
 # Fields beyond OpenAI's (openai/whisper's names), each a number or true/false
@@ -295,7 +239,7 @@ def parse_options(form, model_id: str, defaults=None) -> Options:
 
 def _decoding(form, defaults):
     """The request's DecodingOptions: the server's, with the fields it sends (400 if bad)."""
-    from .robust_decoding import DecodingOptions
+    from .inference import DecodingOptions
 
     options = defaults or DecodingOptions()
     temperature = _text_field(form, "temperature")
@@ -474,7 +418,16 @@ def build_app(
             audio = await asyncio.to_thread(decode_upload, upload, limits)
         finally:
             await form.close()
-        transcript = await queue.run(engine.transcribe, audio, options.language, task, options.prompt, options.decoding)
+        transcript = await queue.run(
+            partial(
+                engine.transcript,
+                audio,
+                language=options.language,
+                task=task,
+                prompt=options.prompt,
+                decoding=options.decoding,
+            )
+        )
         log.info("%s %.1f s of audio in %.2f s", task, transcript.duration, transcript.seconds)
         return render(transcript, options.response_format, task, options.decoding.temperature[0])
 

@@ -28,6 +28,7 @@ import torch
 
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, resample
 from .errors import UserError
+from .patches import WRITTEN_FOR, Patch, register, usable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,31 @@ def spec_augment_config(settings) -> dict:
     }
 
 
+def _fits_spec_augment(model=None) -> bool:
+    """``WhisperModel._mask_input_features`` is there to shadow, and ``_compute_mask_indices``
+    (the draws :func:`spec_augment` shares with it) takes the arguments passed here."""
+    import inspect
+
+    try:
+        from transformers.models.whisper.modeling_whisper import WhisperModel, _compute_mask_indices
+    except ImportError:
+        return False
+    wanted = {"shape", "mask_prob", "mask_length", "attention_mask", "min_masks"}
+    return callable(getattr(WhisperModel, "_mask_input_features", None)) and wanted <= set(
+        inspect.signature(_compute_mask_indices).parameters
+    )
+
+
+SPEC_AUGMENT_MASKS = register(
+    Patch(
+        "spec_augment_masks",
+        WRITTEN_FOR,
+        _fits_spec_augment,
+        fallback="SpecAugment through transformers' own masking (slower; exact resume not re-checked)",
+    )
+)
+
+
 def set_spec_augment(model, settings) -> None:
     """Write :func:`spec_augment_config` into the (possibly PEFT-wrapped) model's config,
     and have its ``WhisperModel`` mask through :func:`spec_augment` (the same masks, no
@@ -59,6 +85,8 @@ def set_spec_augment(model, settings) -> None:
     config = getattr(model, "config", None) or model.get_base_model().config
     for key, value in spec_augment_config(settings).items():
         setattr(config, key, value)
+    if not usable(SPEC_AUGMENT_MASKS):
+        return  # transformers' own masks: the same draws, with its waits for the GPU
     for module in model.modules():
         if isinstance(module, WhisperModel):
             module._mask_input_features = types.MethodType(spec_augment, module)

@@ -352,7 +352,7 @@ def write_result(result: dict, out: Path, stem: str, table: list[str]) -> None:
 # ---- transcription ---------------------------------------------------------------------
 
 GPU_TRANSCRIBE_ROWS = ["recipe", "generate/32", "fast/8", "fast/32", "fast/64", "fast/128", "fast-compiled/128"]
-ENGINES = ("fast", "fast-compiled", "generate")
+ENGINES = ("fast", "fast-compiled", "generate")  # inference.engine.CLIP_DECODERS but auto
 CPU_TRANSCRIBE_ROWS = ["recipe", "generate/8", "fast/8"]
 
 
@@ -391,23 +391,15 @@ def random_adapter(base: Path, out: Path) -> None:
 
 
 def time_transcription(loaded, dataset, engine: str, batch: int, amp, new_tokens: int) -> float:
-    """Clips per second over all clips, after a warm-up batch (which captures CUDA graphs)."""
-    from .evaluation import generate_on
+    """Clips per second over all clips, after a warm-up batch (which captures CUDA graphs);
+    ``engine`` is the clip decoder (``inference.engine.CLIP_DECODERS``)."""
+    from .evaluation import decode_dataset
+    from .inference import TransformersEngine
 
-    kwargs = {"min_new_tokens": new_tokens, "max_new_tokens": new_tokens}
+    decoder = TransformersEngine(loaded.model, loaded.processor, loaded.language, loaded.task, amp=amp, clips=engine)
 
     def run(limit=None):
-        return generate_on(
-            loaded.model,
-            loaded.processor,
-            dataset,
-            loaded.language,
-            batch_size=batch,
-            amp=amp,
-            max_samples=limit,
-            generate_kwargs=kwargs,
-            engine=engine,
-        )
+        return decode_dataset(decoder, dataset, batch, new_tokens, limit, min_new_tokens=new_tokens)
 
     run(batch)
     return run().clips_per_s

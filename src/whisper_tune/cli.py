@@ -251,10 +251,10 @@ def args_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     """Flags left None here so that ``_decoding_options`` knows which ones were given."""
-    from .robust_decoding import DecodingOptions
+    from .inference import DecodingOptions
 
     d = DecodingOptions()
-    g = p.add_argument_group("decoding (openai/whisper's names and defaults; see robust_decoding)")
+    g = p.add_argument_group("decoding (openai/whisper's names and defaults; see inference/options.py)")
     g.add_argument("--beam-size", type=int, default=None, help=f"1 is greedy (default: {d.beam_size}; openai's CLI: 5)")
     g.add_argument("--temperature", type=float, default=None, help="first temperature (default: 0)")
     g.add_argument(
@@ -273,8 +273,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         "--condition-on-previous-text",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="prompt each window with the previous window's text (default: on; transcribe: off, so that windows "
-        "of many files decode in batches)",
+        help="prompt each window with the previous window's text (default: off in transcribe, api and serve, so "
+        "that windows of many files decode in batches and every command gives the same text; on in evaluate)",
     )
 
 
@@ -304,7 +304,7 @@ DECODING_FLAGS = (
 def _decoding_options(args, **defaults):
     """``DecodingOptions`` from the decoding flags, built once here (unset flags: ``defaults``,
     else DecodingOptions')."""
-    from .robust_decoding import DecodingOptions
+    from .inference import DecodingOptions
 
     given = defaults | {n: getattr(args, n) for n in DECODING_FLAGS[3:] if getattr(args, n) is not None}
     if args.beam_size is not None:
@@ -320,32 +320,20 @@ def _decoding_options(args, **defaults):
 # ---- transcribe ----------------------------------------------------------------------
 
 
-def _transcripts(args, files, decoding):
-    """Transcripts (or (path, error) pairs) of ``files``, on faster-whisper for an export-ct2
-    folder, else on transformers."""
-    from .transcription import is_ct2_model, transcribe_files, transcribe_files_ct2
+def _file_decoding(args):
+    """The decoding flags of the commands that transcribe files of any length (transcribe,
+    api, serve): one default for all three (``inference.options.FILE_DECODING``)."""
+    from .inference.options import FILE_DECODING
 
-    if args.model and is_ct2_model(args.model):
-        if args.adapter or args.exact:
-            raise UserError("a CTranslate2 model has its adapter merged already: drop --adapter/--exact")
-        from .processor import resolve_language
+    return _decoding_options(args, **FILE_DECODING)
 
-        language = None if args.language in (None, "auto") else resolve_language(args.language)
-        print(f"engine: faster-whisper (CTranslate2 model {args.model})", file=sys.stderr)
-        return transcribe_files_ct2(args.model, files, language, args.task or "transcribe", decoding=decoding)
-    from .modeling import load_for_inference, pick_device
 
-    loaded = load_for_inference(
-        args.model, args.adapter, pick_device(), exact=args.exact, language=args.language, task=args.task
-    )
-    return transcribe_files(
-        loaded.model,
-        loaded.processor,
-        files,
-        loaded.language,
-        loaded.task,
-        decoding=decoding,
-        batch_size=args.batch_size,
+def _engine(args, decoding):
+    """``inference.open_engine`` for the model flags (an export-ct2 folder runs on faster-whisper)."""
+    from .inference import open_engine
+
+    return open_engine(
+        args.model, args.adapter, exact=args.exact, language=args.language, task=args.task, decoding=decoding
     )
 
 
@@ -353,12 +341,9 @@ def cmd_transcribe(args) -> int:
     """Transcribe audio files, folders or globs of any length to txt, srt, vtt or json."""
     from tqdm.auto import tqdm
 
-    from .transcription import expand_inputs, get_writer, output_names
+    from .inference import expand_inputs, transcribe_files, write_transcripts
 
-    # before any file is read: a bad flag fails at once. Windows are not conditioned on the
-    # previous window's text unless asked: that is what lets them be decoded in batches
-    # (longform.py says why this default).
-    decoding = _decoding_options(args, condition_on_previous_text=False)
+    decoding = _file_decoding(args)  # before any file is read: a bad flag fails at once
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be 1 or more, not {args.batch_size}")
     files, problems = expand_inputs(args.inputs)
@@ -366,27 +351,19 @@ def cmd_transcribe(args) -> int:
         print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
     if not files:
         return 2
-    items = _transcripts(args, files, decoding)
-    out_dir = Path(args.out) if args.out else None
-    names = output_names(files)  # a/x.wav and b/x.wav write a-x.* and b-x.*, not one over the other
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    failed = len(problems)
-    for item in items:
-        # tqdm.write keeps each line whole while the progress bar is drawn
-        if isinstance(item, tuple):
-            tqdm.write(f"whisper-tune: error: {item[0]}: {item[1]}", file=sys.stderr)
-            failed += 1
-            continue
-        if out_dir is None:
-            tqdm.write(f"{item.path} [{item.language}]: {item.text}")
-            continue
-        written = [get_writer(fmt).write(item, out_dir, names[Path(item.path)]) for fmt in args.format]
-        tqdm.write(
-            f"{item.path} [{item.language}, {item.duration:.1f} s in {item.seconds:.1f} s] -> "
-            + ", ".join(str(w) for w in written)
-        )
-    return 2 if failed else 0
+    engine = _engine(args, decoding)
+    print(f"engine: {engine.describe()}", file=sys.stderr)
+    items = transcribe_files(engine, files, decoding=decoding, batch_size=args.batch_size)
+    # tqdm.write keeps each line whole while the progress bar is drawn
+    failed = write_transcripts(
+        items,
+        files,
+        Path(args.out) if args.out else None,
+        args.format,
+        say=tqdm.write,
+        complain=lambda line: tqdm.write(f"whisper-tune: error: {line}", file=sys.stderr),
+    )
+    return 2 if failed + len(problems) else 0
 
 
 def args_transcribe(p: argparse.ArgumentParser) -> None:
@@ -544,7 +521,8 @@ def args_export_ggml(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args) -> int:
     """A local web app: base vs fine-tuned transcripts of a clip, and a training run's report."""
-    from .serve import Limits, serve
+    from .serve import serve
+    from .uploads import Limits
 
     serve(
         args.model,
@@ -554,13 +532,13 @@ def cmd_serve(args) -> int:
         port=args.port,
         limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
         language=args.language,
-        decoding=_decoding_options(args),
+        decoding=_file_decoding(args),
     )
     return 0
 
 
 def args_serve(p: argparse.ArgumentParser) -> None:
-    from .serve import Limits
+    from .uploads import Limits
 
     limits = Limits()
     p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
@@ -588,7 +566,7 @@ def args_serve(p: argparse.ArgumentParser) -> None:
 def cmd_api(args) -> int:
     """An OpenAI-compatible speech-to-text server (POST /v1/audio/transcriptions) for a local model."""
     from .api import serve_api
-    from .serve import Limits
+    from .uploads import Limits
 
     serve_api(
         args.model,
@@ -599,7 +577,7 @@ def cmd_api(args) -> int:
         api_key=args.api_key or None,
         language=args.language,
         model_id=args.model_id,
-        decoding=_decoding_options(args),
+        decoding=_file_decoding(args),
     )
     return 0
 

@@ -9,7 +9,6 @@ fine-tuned Whisper fails that a corpus-level WER hides.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -17,13 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import EVALUATE_MAX_NEW_TOKENS
 from .errors import UserError
-from .features import log_mel
 from .metrics import error_rates
-from .modeling import input_dtype, quiet_generate
 from .normalizers import normalize, orthographic
 from .processor import MAX_LABEL_TOKENS
 from .run import write_eval_report
@@ -50,89 +46,71 @@ class GenerationResult:
         return error_rates(self.references, self.hypotheses)
 
 
-def generate_on(
-    model,
-    processor,
+def decode_dataset(
+    engine,
     dataset,
-    language: str | None,
-    task: str = "transcribe",
     batch_size: int = 16,
     max_new_tokens: int = 128,
-    amp: torch.dtype | None = None,
     max_samples: int | None = None,
     progress: bool = False,
-    generate_kwargs: dict | None = None,
-    engine: str = "auto",
     decoding=None,
+    min_new_tokens: int = 0,
 ) -> GenerationResult:
-    """Transcribe every clip of a prepared dataset (results in the dataset's order).
+    """Transcribe every clip of a prepared dataset through ``engine`` (an
+    ``inference.Engine``; results in the dataset's order), timed without the model's loading.
 
-    ``engine``: ``fast`` is ``decoding.GreedyDecoder`` (static caches, CUDA graphs),
-    ``fast-compiled`` the same with the encoder compiled (long jobs on a GPU), ``generate``
-    is transformers' ``generate``; ``auto`` takes the fast one where it applies (a plain or
-    merged model, a known language, greedy search). ``generate_kwargs`` go to
-    ``model.generate``; ``min_new_tokens``/``max_new_tokens`` (benchmarks pin both) are
-    honoured by both engines. ``decoding`` (``robust_decoding.DecodingOptions``) decodes with
-    its fallback and thresholds through ``generate`` instead; None keeps greedy search."""
+    The engine decodes with the language and task it was opened with, greedy unless
+    ``decoding`` (``inference.DecodingOptions``) asks for its fallback and thresholds;
+    ``min_new_tokens`` pins the length (benchmarks). Which decoder runs is the engine's
+    rule (``TransformersEngine.fast_clips``)."""
     from tqdm.auto import tqdm
 
-    from .decoding import decoder_for, prompt_ids, supports_fast_path
-
-    device = next(p for p in model.parameters()).device
     n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     durations = np.asarray(dataset.select_columns(["duration"])[:n]["duration"], dtype=np.float32)
     order = np.argsort(-durations, kind="stable")
     hyps: list[str | None] = [None] * n
     data = dataset.select_columns(["audio"]).with_format("numpy")
-    was_training = model.training
-    model.eval()
-    start = time.perf_counter()
-    # robust: a padded tensor back, since transformers 5 fails to stack a batch's outputs once
-    # its clips ended at different fallback temperatures (different lengths)
-    robust = {**decoding.generate_kwargs(), "return_dict_in_generate": False} if decoding else {}
-    kwargs = {"max_new_tokens": max_new_tokens} | robust | (generate_kwargs or {})
-    fast = engine in ("fast", "fast-compiled") or (
-        engine == "auto"
-        and language is not None
-        and set(kwargs) <= {"max_new_tokens", "min_new_tokens"}
-        and supports_fast_path(model)
-    )
-    autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-    quiet = quiet_generate()
-    with torch.inference_mode(), autocast, quiet, _decoding_context(model, processor, decoding, device):
-        if fast and n:
-            prompt = prompt_ids(model, processor.tokenizer, language, task)
-            max_len = len(prompt) + kwargs["max_new_tokens"]
-            compiled = engine == "fast-compiled"
-            decoder = decoder_for(
-                model, min(batch_size, n), max_len, amp or input_dtype(model), compile_encoder=compiled
-            )
+    engine.reserve(min(batch_size, n))
+    with engine.evaluating():
+        start = time.perf_counter()
         for i in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
             idx = order[i : i + batch_size].tolist()
-            features = log_mel(processor.feature_extractor, [data[j]["audio"] for j in idx], device=device)
-            features = features.to(device=device, dtype=input_dtype(model))
-            if fast:
-                out = decoder(features, prompt, kwargs["max_new_tokens"], kwargs.get("min_new_tokens", 0))
-            else:
-                out = model.generate(input_features=features, language=language, task=task, **kwargs)
-                out = out if torch.is_tensor(out) else out["sequences"]
-            for j, text in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
-                hyps[j] = text.strip()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    model.train(was_training)
+            audios = [np.ascontiguousarray(data[j]["audio"], dtype=np.float32) for j in idx]
+            texts = engine.decode_clips(audios, engine.language, engine.task, max_new_tokens, min_new_tokens, decoding)
+            for j, text in zip(idx, texts):
+                hyps[j] = text
+        engine.synchronize()
+        seconds = time.perf_counter() - start
     meta = dataset.select_columns(["id", "text"])[:n]
     return GenerationResult(meta["id"], meta["text"], hyps, seconds)
 
 
-def _decoding_context(model, processor, decoding, device):
-    """Seeded sampling and openai's text compression ratio while robust decoding runs."""
-    if decoding is None:
-        return contextlib.nullcontext()
-    from .robust_decoding import decoding_session
+def prepared_split(processor, data, split: str, folder: Path, progress: bool = True):
+    """``split`` of ``data`` prepared with ``processor`` (saved into ``folder/processor``),
+    cached in ``folder/prepared``."""
+    from .prepare import prepare_split
 
-    return decoding_session(model, processor.tokenizer, device)
+    processor.save_pretrained(folder / "processor")
+    return prepare_split(data, split, folder / "prepared", str(folder / "processor"), progress=progress)
+
+
+def score_split(
+    engine,
+    data,
+    split: str,
+    folder: Path,
+    batch_size: int = 16,
+    max_new_tokens: int = EVALUATE_MAX_NEW_TOKENS,
+    max_samples: int | None = None,
+    progress: bool = True,
+    decoding=None,
+):
+    """Score a transformers engine on a split: (the prepared split, its GenerationResult).
+    The one "score a model on a split" of ``evaluate``, ``parity`` and the benchmarks."""
+    dataset = prepared_split(engine.processor, data, split, Path(folder), progress)
+    warn_if_cut_short(dataset if max_samples is None else dataset[:max_samples], max_new_tokens)
+    result = decode_dataset(engine, dataset, batch_size, max_new_tokens, max_samples, progress, decoding)
+    return dataset, result
 
 
 # ---- per-clip analysis ---------------------------------------------------------------
@@ -198,7 +176,7 @@ class EvalSummary:
     clips_per_s: float
     flagged: dict[str, int] = field(default_factory=dict)
     model: dict = field(default_factory=dict)
-    decoding: dict = field(default_factory=lambda: {"name": "greedy"})  # robust_decoding.DecodingOptions.describe()
+    decoding: dict = field(default_factory=lambda: {"name": "greedy"})  # inference.DecodingOptions.describe()
 
 
 def summarize(
@@ -274,29 +252,16 @@ def evaluate(
     ``out_dir/prepared``). Without ``adapter`` this is the zero-shot baseline. ``decoding``
     (``DecodingOptions``) replaces the default fast greedy search, whose numbers stay
     comparable with every earlier report; the summary records which one ran."""
-    from .modeling import load_for_inference, pick_device
-    from .prepare import prepare_split
+    from .inference import open_engine
+    from .modeling import pick_device
 
     device = pick_device()
-    loaded = load_for_inference(base, adapter, device, exact=exact, language=data.language, task=data.task)
-    out = Path(out_dir)
-    processor_dir = out / "processor"
-    loaded.processor.save_pretrained(processor_dir)
-    dataset = prepare_split(data, split, out / "prepared", str(processor_dir), progress=progress)
-    warn_if_cut_short(dataset if max_samples is None else dataset[:max_samples], max_new_tokens)
-    result = generate_on(
-        loaded.model,
-        loaded.processor,
-        dataset,
-        loaded.language,
-        loaded.task,
-        batch_size,
-        max_new_tokens,
-        loaded.autocast_dtype,
-        max_samples,
-        progress=progress,
-        decoding=decoding,
+    engine = open_engine(base, adapter, device=device, exact=exact, language=data.language, task=data.task)
+    loaded = engine.loaded
+    _, result = score_split(
+        engine, data, split, Path(out_dir), batch_size, max_new_tokens, max_samples, progress, decoding
     )
+    out = Path(out_dir)
     info = {
         "base": loaded.base,
         "adapter": loaded.adapter,

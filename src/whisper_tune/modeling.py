@@ -24,6 +24,7 @@ import torch
 
 from .config import LoraSettings, ModelConfig
 from .errors import UserError
+from .patches import WRITTEN_FOR, Patch, register, usable
 from .processor import (
     CONTROL_TOKENS,
     EOT,
@@ -227,6 +228,16 @@ def check_processor(config, processor, where: str) -> None:
         raise UserError(f"the tokenizer of {where} has {tokens} tokens, the model {config.vocab_size}: {fix}")
 
 
+OWN_GENERATION_CONFIG = register(
+    Patch(
+        "own_generation_config",
+        WRITTEN_FOR,
+        lambda gc: hasattr(gc, "_from_model_config"),
+        fallback="the saved generation config may lose Whisper's keys when loaded again",
+    )
+)
+
+
 def set_generation_language(model, tokenizer, language: str, task: str, max_length: int = MAX_LABEL_TOKENS) -> None:
     """Write language/task and the token tables Whisper's generate needs into generation_config."""
     if language:
@@ -242,7 +253,8 @@ def set_generation_language(model, tokenizer, language: str, task: str, max_leng
     gc.is_multilingual = True
     # A config "from the model config" drops every Whisper-specific key (lang_to_id...) when
     # it is loaded again: mark it as a generation config of its own.
-    gc._from_model_config = False
+    if usable(OWN_GENERATION_CONFIG, gc):
+        gc._from_model_config = False
     gc.language, gc.task = language, task
     gc.forced_decoder_ids = None
     gc.max_length = max_length

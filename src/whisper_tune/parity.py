@@ -23,13 +23,11 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .errors import UserError
+from .inference.engine import check_runtime
 
 PARITY_FAILED = 3  # the exit code of an export that lost accuracy (2 stays "the user's input is wrong")
 MAX_WER_INCREASE = 1.0  # points of WER an export may lose before the check fails
@@ -105,12 +103,12 @@ def check_export(
     max_new_tokens = max_new_tokens or cap
     if not 0 < max_new_tokens <= cap:
         raise UserError(f"--max-new-tokens must be 1 to {cap} (whisper.cpp's cap per 30 s window)")
-    runtime = _open_runtime(kind, export_path)  # a missing runtime is refused before any scoring
+    check_runtime(kind, export_path)  # a missing runtime is refused before any scoring
     with tempfile.TemporaryDirectory() as tmp:
         dataset, how, source_run = _score_source(
             source_model, data, split, Path(tmp), (max_new_tokens, cap), max_samples, progress
         )
-        export_run, label = runtime(export_path, dataset, source_run.ids, how)
+        export_run, label = _score_export(kind, export_path, dataset, len(source_run.ids), how)
     source_summary, _ = summarize(source_run)
     export_summary, _ = summarize(export_run)
     source, exported = _scores(source_summary), _scores(export_summary)
@@ -146,51 +144,32 @@ def _scores(summary) -> dict:
 
 
 def _score_source(source_model, data, split: str, tmp: Path, tokens: tuple[int, int], max_samples, progress: bool):
-    """The source as ``evaluate`` scores a merged model (same loading, generation and batch),
-    the prepared clips it was scored on, and the decoding the export must use (``tokens``: the
+    """The source as ``evaluate`` scores a merged model (same engine, decoder and batch), the
+    prepared clips it was scored on, and the decoding the export must use (``tokens``: the
     cap on new tokens and whisper.cpp's window). The model is released on return, so that a
     large source and its export are not in memory together."""
     from .config import EvalSettings
-    from .evaluation import generate_on
-    from .modeling import load_for_inference, pick_device
-    from .prepare import prepare_split
+    from .evaluation import score_split
+    from .inference import open_engine
 
-    loaded = load_for_inference(str(source_model), None, pick_device(), language=data.language, task=data.task)
-    loaded.processor.save_pretrained(tmp / "processor")
-    dataset = prepare_split(data, split, tmp / "prepared", str(tmp / "processor"), progress=progress)
-    result = generate_on(
-        loaded.model,
-        loaded.processor,
-        dataset,
-        loaded.language,
-        loaded.task,
-        EvalSettings().batch_size,
-        tokens[0],
-        loaded.autocast_dtype,
-        max_samples,
-        progress=progress,
+    engine = open_engine(str(source_model), language=data.language, task=data.task)
+    dataset, result = score_split(engine, data, split, tmp, EvalSettings().batch_size, tokens[0], max_samples, progress)
+    suppress = bool(getattr(engine.model.generation_config, "suppress_tokens", None))
+    return dataset, Decoding(engine.language, engine.task, *tokens, suppress), result
+
+
+def _score_export(kind: str, export_path: Path, dataset, n: int, how: Decoding):
+    """The export on its runtime over the first ``n`` clips the source was scored on, with
+    the same decoding rules; (GenerationResult, a label naming the runtime)."""
+    from .evaluation import decode_dataset
+    from .inference import open_engine
+
+    engine = open_engine(
+        export_path, kind=kind, language=how.language, task=how.task, suppress=how.suppress, window=how.window
     )
-    suppress = bool(getattr(loaded.model.generation_config, "suppress_tokens", None))
-    return dataset, Decoding(loaded.language, loaded.task, *tokens, suppress), result
-
-
-def _clips(dataset, n: int):
-    """The first ``n`` clips' audio, in the order ``generate_on`` reports them."""
-    data = dataset.select_columns(["audio"]).with_format("numpy")
-    for i in range(n):
-        yield np.ascontiguousarray(data[i]["audio"], dtype=np.float32)
-
-
-def _transcribe_all(dataset, ids: list[str], decode):
-    """A GenerationResult of ``decode(audio) -> text`` over the clips ``ids`` came from,
-    timed without the model's loading."""
-    from .evaluation import GenerationResult
-
-    meta = dataset.select_columns(["id", "text"])[: len(ids)]
-    hyps, start = [], time.perf_counter()
-    for audio in _clips(dataset, len(ids)):
-        hyps.append(decode(audio).strip())
-    return GenerationResult(meta["id"], meta["text"], hyps, time.perf_counter() - start)
+    # one call for all clips: the runtimes decode clip by clip, and whisper.cpp loads its model per call
+    result = decode_dataset(engine, dataset, batch_size=max(n, 1), max_new_tokens=how.max_new_tokens, max_samples=n)
+    return result, engine.describe()
 
 
 @dataclass(frozen=True)
@@ -202,85 +181,6 @@ class Decoding:
     max_new_tokens: int
     window: int  # whisper.cpp's own cap per window (see window_tokens)
     suppress: bool  # suppress non-speech tokens, as the source's generation_config does
-
-
-def _open_runtime(kind: str, export_path: Path):
-    """A function scoring the export on its runtime, after checking the runtime is installed
-    and the export is what the kind says."""
-    if kind == "ct2":
-        from .transcription import is_ct2_model
-
-        try:
-            import faster_whisper  # noqa: F401
-        except ImportError:
-            raise UserError(
-                "checking a CTranslate2 export needs faster-whisper: pip install 'whisper-tune[export]'"
-            ) from None
-        if not is_ct2_model(export_path):
-            raise UserError(f"{export_path} is not a CTranslate2 model folder (no model.bin)")
-        return _run_ct2
-    try:
-        import pywhispercpp.model  # noqa: F401
-    except ImportError:
-        raise UserError("checking a ggml export needs whisper.cpp: pip install pywhispercpp") from None
-    if not export_path.is_file():
-        raise UserError(f"{export_path} is not a ggml model file")
-    return _run_ggml
-
-
-def _run_ct2(path: Path, dataset, ids: list[str], how: Decoding):
-    """faster-whisper's own transcribe on each clip: greedy, one temperature, no timestamps."""
-    from .transcription import load_ct2
-
-    model = load_ct2(path)
-    options = {
-        "language": how.language,
-        "task": how.task,
-        "beam_size": 1,
-        "best_of": 1,
-        "temperature": 0.0,
-        "condition_on_previous_text": False,
-        "without_timestamps": True,
-        "max_new_tokens": how.max_new_tokens,
-        "no_speech_threshold": None,
-        "suppress_tokens": [-1] if how.suppress else [],
-        "vad_filter": False,
-    }
-
-    def decode(audio):
-        segments, _ = model.transcribe(audio, **options)
-        return "".join(s.text for s in segments)
-
-    label = f"faster-whisper ({model.model.compute_type} on {model.model.device})"
-    return _transcribe_all(dataset, ids, decode), label
-
-
-def _run_ggml(path: Path, dataset, ids: list[str], how: Decoding):
-    """whisper.cpp (pywhispercpp) on each clip: greedy with one candidate, no temperature
-    fallback, no timestamps, one segment. Its ``max_tokens`` ends a window after
-    max_tokens + 1 tokens; 0 leaves whisper.cpp's own cap."""
-    from pywhispercpp.model import Model
-
-    model = Model(
-        str(path),
-        redirect_whispercpp_logs_to=None,
-        language=how.language,
-        translate=how.task == "translate",
-        no_timestamps=True,
-        single_segment=True,
-        no_context=True,
-        temperature=0.0,
-        temperature_inc=0.0,
-        greedy={"best_of": 1},
-        no_speech_thold=2.0,  # a probability never exceeds it: no clip is skipped as silence
-        suppress_nst=how.suppress,
-        max_tokens=0 if how.max_new_tokens >= how.window else how.max_new_tokens - 1,
-        print_progress=False,
-        print_realtime=False,
-    )
-    # the model goes with this frame: pywhispercpp's __del__ fails if it lives until interpreter exit
-    result = _transcribe_all(dataset, ids, lambda audio: "".join(s.text for s in model.transcribe(audio)))
-    return result, f"whisper.cpp ({path.name})"
 
 
 # ---- reports ---------------------------------------------------------------------------

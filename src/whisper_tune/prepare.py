@@ -189,8 +189,10 @@ def _features():
     )
 
 
-def _fingerprint(source: DataSource, split: str | None, options: PrepareOptions, tokenizer) -> dict:
-    """What the cache depends on; the prefix ids pin the tokenizer's language-token layout."""
+def _fingerprint(source: DataSource, split: str | None, options: PrepareOptions, processor: str) -> dict:
+    """What the cache depends on; the prefix ids pin the tokenizer's language-token layout
+    (read from a tokenizer of its own: setting the prefix changes the tokenizer)."""
+    tokenizer = load_tokenizer(processor)
     set_prefix(tokenizer, options.language, options.task)
     sliced = split is not None and not all(part.whole for part in split_parts(split))
     return {
@@ -421,7 +423,7 @@ def prepare(
     start = time.perf_counter()
     out = Path(out_dir)
     processor = processor_path(options.processor)
-    fingerprint = _fingerprint(source, split, options, load_tokenizer(processor))
+    fingerprint = _fingerprint(source, split, options, processor)
     meta = _existing_meta(out, fingerprint)  # before the lock: a finished folder may be read-only
     if meta is None or not meta.get("complete"):
         with _locked(out):

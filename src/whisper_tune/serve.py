@@ -8,56 +8,21 @@ or a recording, the run folder is fixed on the command line), loads the model on
 process, and queues requests one at a time so that concurrent users wait instead of running
 the GPU out of memory.
 
-The functions below (``Comparer``, ``check_upload``, ``run_report``) work without Gradio;
-``build_app`` puts them on a page.
+The functions below (``Comparer``, ``run_report``) and ``uploads.check_upload`` work without
+Gradio; ``build_app`` puts them on a page.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .audio import AudioError, duration, load_audio, probe_duration
 from .errors import UserError
+from .uploads import Limits, UploadRejected, check_upload
 
 WORST_CLIPS = 5  # clips of the last evaluation shown with their audio
-
-
-@dataclass
-class Limits:
-    """What one upload may be."""
-
-    max_mb: float = 25.0
-    max_seconds: float = 600.0
-
-
-class UploadRejected(ValueError):
-    """An upload the app will not transcribe; the message is shown to the user as is."""
-
-
-def check_upload(path: str | Path | None, limits: Limits):
-    """The decoded 16 kHz audio of an upload, or UploadRejected saying what is wrong."""
-    if not path:
-        raise UploadRejected("no audio: upload a file or record from the microphone first")
-    size_mb = Path(path).stat().st_size / 2**20
-    if size_mb > limits.max_mb:
-        raise UploadRejected(f"the file is {size_mb:.1f} MB; this app takes at most {limits.max_mb:g} MB")
-    probed = probe_duration(path)  # refuse a long file before decoding all of it
-    if probed is not None and probed > limits.max_seconds + 1:
-        raise UploadRejected(f"the audio is {probed:.0f} s long; this app takes at most {limits.max_seconds:g} s")
-    try:
-        audio = load_audio(path)
-    except AudioError as e:
-        raise UploadRejected(f"cannot read this audio: {e.detail}") from None
-    seconds = duration(audio)
-    if seconds > limits.max_seconds:
-        raise UploadRejected(f"the audio is {seconds:.0f} s long; this app takes at most {limits.max_seconds:g} s")
-    if audio.size == 0:
-        raise UploadRejected("the file holds no audio samples")
-    return audio
 
 
 @dataclass
@@ -78,26 +43,20 @@ class Comparer:
     def __init__(
         self, base: str | None, adapter: str | None, device: torch.device, language: str | None = None, decoding=None
     ):
-        from .modeling import load_for_inference
+        from .inference import open_engine
 
-        self.decoding = decoding  # robust_decoding.DecodingOptions; None: its defaults
-        loaded = load_for_inference(base, adapter, device, language=language, merge=False)
-        self.model, self.processor = loaded.model, loaded.processor
-        self.base, self.adapter, self.language, self.task = loaded.base, adapter, loaded.language, loaded.task
+        self.engine = open_engine(base, adapter, device=device, language=language, merge=False, decoding=decoding)
+        self.model, self.processor = self.engine.model, self.engine.processor
+        self.base, self.adapter = self.engine.loaded.base, adapter
+        self.language, self.task = self.engine.language, self.engine.task
 
     def transcribe(self, audio, fine_tuned: bool) -> Transcription:
         from contextlib import nullcontext
 
-        from .transcription import transcribe_audio
-
-        switch = nullcontext() if fine_tuned or not self.adapter else self.model.disable_adapter()
-        start = time.perf_counter()
+        switch = nullcontext() if fine_tuned or not self.adapter else self.engine.base_only()
         with switch:
-            segments, language = transcribe_audio(
-                self.model, self.processor, audio, self.language, self.task, decoding=self.decoding
-            )
-        text = " ".join(s.text for s in segments if s.text).strip()
-        return Transcription(text, language, time.perf_counter() - start, duration(audio))
+            t = self.engine.transcript(audio)
+        return Transcription(t.text, t.language, t.seconds, t.duration)
 
     def compare(self, audio) -> tuple[Transcription, Transcription | None]:
         """(base, fine-tuned) transcripts of one clip; fine-tuned is None without an adapter."""
@@ -235,7 +194,7 @@ def serve(
     decoding=None,
 ) -> None:
     """Load once, build the page, and serve until interrupted; ``decoding`` is a
-    ``robust_decoding.DecodingOptions`` (None: openai/whisper's defaults)."""
+    ``inference.DecodingOptions`` (None: openai/whisper's defaults)."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local app

@@ -23,17 +23,24 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from .sources import Row
 
 RULE = "speaker-sha256-nearest-edge-v1"  # how rows are ordered and cut; in a sliced cache's fingerprint
 _SLICE = re.compile(r"^(?P<name>[^\[\]:]+?)\s*(?:\[(?P<start>[^\[\]:]*):(?P<stop>[^\[\]:]*)\])?$")
 _BOUND = re.compile(r"^(?P<value>-?\d+)(?P<percent>%?)$")
 _HOW = "write NAME[START:STOP] with whole percents or row counts, e.g. 'validated[:80%]' or 'validated[80%:]'"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One utterance before decoding: ``audio`` is a file path or encoded bytes."""
+
+    id: str
+    audio: str | bytes | None
+    text: str | None
+    root: str | None = None  # a folder the audio path must stay inside (Common Voice's clips/), else rejected
+    speaker: str | None = None  # Common Voice's client_id: a split's slice never cuts a speaker in two
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,11 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DataConfig
 from .errors import UserError
-from .slices import SplitPart, parse_part, take
+from .slices import Row, SplitPart, parse_part, take  # Row: also this module's API
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +49,6 @@ _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", boo
 TEXT_COLUMN_GUESSES = ("text", "sentence", "transcription", "transcript", "normalized_text")
 SPEAKER_COLUMNS = ("client_id", "speaker", "speaker_id")  # who speaks: slices keep a speaker whole
 _CSV_QUOTED = re.compile(r'^"((?:[^"]|"")*)"$', re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One utterance before decoding: ``audio`` is a file path or encoded bytes."""
-
-    id: str
-    audio: str | bytes | None
-    text: str | None
-    root: str | None = None  # a folder the audio path must stay inside (Common Voice's clips/), else rejected
-    speaker: str | None = None  # Common Voice's client_id: a split's slice never cuts a speaker in two
 
 
 def split_names(split: str) -> list[str]:

@@ -23,18 +23,14 @@ import functools
 import logging
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from .config import ModelConfig
-from .errors import UserError
+from .patches import WRITTEN_FOR, Patch, register, usable
 from .quantization import Holding, get_holding
 
 log = logging.getLogger(__name__)
-
-WRITTEN_FOR = "5.17"  # the transformers version the patches were measured on (also checked on 5.24)
-
 
 # ---- half-precision layer norms ------------------------------------------------------
 
@@ -187,39 +183,15 @@ def _has_layer_checkpointing(model) -> bool:
 # ---- the table -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Patch:
-    """One change to transformers' Whisper, with what it relies on."""
-
-    name: str
-    written_for: str  # transformers version it was written and measured against
-    fits: Callable[[object], bool]  # the internals it relies on are there
-    required: bool = False  # a missing internal is an error rather than a slower run
-
-
 PATCHES = {
-    "half_norms": Patch("half_norms", WRITTEN_FOR, lambda m: True),
-    "lean_attention": Patch("lean_attention", WRITTEN_FOR, _has_attention_internals),
-    "checkpointing": Patch("checkpointing", WRITTEN_FOR, _has_layer_checkpointing, required=True),
-    "compile": Patch("compile", WRITTEN_FOR, _has_compile_hook),
-}
-
-
-def _usable(patch: Patch, model) -> bool:
-    """Whether ``patch`` may touch ``model``: same transformers major version, internals there."""
-    import transformers
-
-    installed = transformers.__version__.split(".")[0]
-    if installed == patch.written_for.split(".")[0] and patch.fits(model):
-        return True
-    message = (
-        f"speed-up {patch.name} was written for transformers {patch.written_for} and does not fit "
-        f"transformers {transformers.__version__}"
+    p.name: register(p)
+    for p in (
+        Patch("half_norms", WRITTEN_FOR, lambda m: True),
+        Patch("lean_attention", WRITTEN_FOR, _has_attention_internals),
+        Patch("checkpointing", WRITTEN_FOR, _has_layer_checkpointing, required=True),
+        Patch("compile", WRITTEN_FOR, _has_compile_hook),
     )
-    if patch.required:
-        raise UserError(f"{message}: install transformers {patch.written_for.split('.')[0]}.x")
-    log.warning("%s: using transformers' own code (slower)", message)
-    return False
+}  # this module's rows of patches.PATCHES
 
 
 def apply_speedups(model, cfg: ModelConfig, *, train: bool, compile: bool = False) -> list[str]:
@@ -234,16 +206,16 @@ def apply_speedups(model, cfg: ModelConfig, *, train: bool, compile: bool = Fals
     holding: Holding = get_holding(cfg.quantization)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     applied = []
-    if cfg.attn_implementation == "sdpa" and _usable(PATCHES["lean_attention"], inner):
+    if cfg.attn_implementation == "sdpa" and usable(PATCHES["lean_attention"], inner):
         use_lean_attention(inner)
         applied.append("lean_attention")
-    if train and holding.half_norms and _usable(PATCHES["half_norms"], inner) and use_half_norms(inner):
+    if train and holding.half_norms and usable(PATCHES["half_norms"], inner) and use_half_norms(inner):
         applied.append("half_norms")
-    if train and float(cfg.gradient_checkpointing) > 0 and _usable(PATCHES["checkpointing"], inner):
+    if train and float(cfg.gradient_checkpointing) > 0 and usable(PATCHES["checkpointing"], inner):
         set_checkpointing(inner, cfg.gradient_checkpointing, reentrant=holding.reentrant_checkpointing)
         applied.append("checkpointing")
     on_gpu = next(inner.parameters()).device.type == "cuda"
-    if train and compile and on_gpu and _usable(PATCHES["compile"], inner):
+    if train and compile and on_gpu and usable(PATCHES["compile"], inner):
         compile_layers(inner)
         applied.append("compile")
     return applied

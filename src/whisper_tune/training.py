@@ -34,11 +34,12 @@ import torch
 
 from . import checkpoint
 from .augment import WaveAugment, set_spec_augment, spec_augment_config
-from .batching import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches: part of this module's API
+from .batch_order import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches: part of this module's API
 from .config import TrainConfig, to_dict
 from .errors import UserError
-from .evaluation import generate_on
+from .evaluation import decode_dataset
 from .features import IndexedRows, SpeechCollator, batch_to
+from .inference import TransformersEngine
 from .logmel import LogMel
 from .modeling import (
     check_processor,
@@ -512,16 +513,11 @@ class TrainingRun:
     def _evaluate(self) -> dict:
         """WER/CER on the eval split; a new best adapter is saved to ``best/``."""
         cfg = self.cfg
-        result = generate_on(
-            unwrap_ddp(self.model),
-            self.processor,
-            self.eval_ds,
-            self.language,
-            cfg.data.task,
-            cfg.eval.batch_size,
-            cfg.eval.max_new_tokens,
-            self.step_fn.amp,
-            cfg.eval.max_samples,
+        engine = TransformersEngine(
+            unwrap_ddp(self.model), self.processor, self.language, cfg.data.task, amp=self.step_fn.amp
+        )
+        result = decode_dataset(
+            engine, self.eval_ds, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.max_samples
         )
         scores = {f"eval_{k}": v for k, v in result.scores().items()} | {"eval_clips_per_s": result.clips_per_s}
         score = scores[f"eval_{cfg.eval.metric}"]

@@ -1,13 +1,13 @@
 """Batched long-form transcription: the 30 s windows of many files (and of one long file)
 decoded together through the fast decoder, with time stamps, then stitched back per file.
 
-openai/whisper's long-form loop (and transformers' ``generate``, which ``transcription``
+openai/whisper's long-form loop (and transformers' ``generate``, which ``generate.py``
 runs) is sequential: each window starts where the last complete segment of the previous one
 ended, and is prompted with its text. That costs a GPU its batch: a folder of long
 recordings runs at batch size one. Here, as in transformers' chunked ``pipeline`` and
 faster-whisper's ``BatchedInferencePipeline``, windows are cut up front, so they are
 independent and any number of them, from any files, fill one batch of
-``decoding.GreedyDecoder`` (static caches, a CUDA graph per step on a GPU, eager on the CPU,
+``greedy.GreedyDecoder`` (static caches, a CUDA graph per step on a GPU, eager on the CPU,
 no per-clip ``generate`` set-up):
 
 * Cutting: a file of at most 30 s is one window. A longer one is cut near 30 s in the
@@ -26,7 +26,7 @@ no per-clip ``generate`` set-up):
   time stamp (a segment cut by the last round) ends at the window's end.
 * Robustness: each window's scores are openai's (text compression ratio, mean token
   log-probability, no-speech probability). A window that fails ``DecodingOptions``' thresholds
-  is decoded again, alone, through ``transcription.transcribe_audio`` (transformers'
+  is decoded again, alone, through ``generate.transcribe_audio`` (transformers'
   ``generate`` with the fallback temperatures after 0); a window the model calls silent
   with doubtful tokens is dropped, as openai does.
 
@@ -40,18 +40,19 @@ path, while single-window files, where it changes nothing, stay batched.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .audio import N_SAMPLES, SAMPLE_RATE, check_finite, duration
-from .decoding import decoder_for, prompt_ids, supports_fast_path
-from .features import log_mel
-from .modeling import input_dtype
-from .robust_decoding import DecodingOptions, compression_ratio
+from ..audio import N_SAMPLES, SAMPLE_RATE, check_finite
+from ..features import log_mel
+from ..modeling import input_dtype
+from ..processor import TIME_PRECISION
+from .generate import detect_language, transcribe_audio
+from .greedy import decoder_for, prompt_ids, supports_fast_path
+from .options import MAX_NEW_TOKENS, DecodingOptions, compression_ratio
+from .results import Segment
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,7 @@ CUT_SEARCH_SECONDS = 8.0  # a long file is cut in the longest pause of each wind
 QUIET_FRAME = SAMPLE_RATE // 50  # 320 samples: energy of 20 ms frames...
 QUIET_HOP = SAMPLE_RATE // 100  # 160 samples: ...every 10 ms
 PAUSE_DB = 10.0  # a frame within 10 dB of the quietest 5 % of frames is part of a pause
-TIME_PRECISION = 0.02  # seconds per time-stamp token
-MAX_NEW_TOKENS = 224  # openai's sample_len: half the decoder's 448 positions
 MAX_INITIAL_TIMESTAMP = 50  # openai's max_initial_timestamp, 1.0 s, where the model's config sets none
-FILES_PER_GROUP_WINDOWS = 8  # decode a group of files once it holds 8 batches of windows
 MIN_TAIL_SECONDS = 1.0  # a window's unfinished tail shorter than this is not decoded again
 MAX_ROUNDS = 4  # rounds of tails after the first pass (each tail is shorter than its window)
 
@@ -163,8 +161,6 @@ def _languages(model, processor, audios, windows, language, batch_size) -> list[
     """The language of each file: the one given, else Whisper's guess from its first window."""
     if language:
         return [language] * len(audios)
-    from .transcription import detect_language
-
     device = next(model.parameters()).device
     first = [next(w for w in windows if w.file == i) for i in range(len(audios))]
     found = []
@@ -242,8 +238,6 @@ def resume_point(tokens: list[int], ts_begin: int) -> tuple[int, float] | None:
 
 def _fallback(model, processor, audio, window: Window, language, task, decoding) -> list:
     """The window alone through ``generate`` at the fallback temperatures after 0."""
-    from .transcription import transcribe_audio
-
     log.debug(
         "window at %.1f s of file %d fails the thresholds: decoding it again", window.start / SAMPLE_RATE, window.file
     )
@@ -277,67 +271,5 @@ def split_segments(
     return [(s, max(s, e), t) for s, e, t in segments if t]
 
 
-def _segment(start: float, end: float, text: str, scores: dict):
-    from .transcription import Segment
-
+def _segment(start: float, end: float, text: str, scores: dict) -> Segment:
     return Segment(round(start, 3), round(max(start, end), 3), text, **scores)
-
-
-def transcribe_files_batched(
-    model,
-    processor,
-    files: list[Path],
-    language: str | None = None,
-    task: str = "transcribe",
-    batch_size: int = 16,
-    decoding: DecodingOptions | None = None,
-    progress: bool = True,
-):
-    """``transcription.transcribe_files`` through this engine: a Transcript, or (path, error)
-    for a file that cannot be read, per file (Transcripts in input order; an error comes as
-    soon as its file fails to load, possibly before earlier files' Transcripts). Files are read and decoded in groups
-    of about :data:`FILES_PER_GROUP_WINDOWS` batches of windows (memory stays bounded on a
-    large folder); a Transcript's ``seconds`` is its group's time shared by audio length.
-    With ``condition_on_previous_text`` a file longer than one window is decoded alone by the
-    sequential path (``transcribe_audio``)."""
-    from tqdm.auto import tqdm
-
-    from .transcription import Transcript, read_or_reason, timed_transcript, transcribe_audio
-
-    decoding = decoding or DecodingOptions()
-    bar = tqdm(total=len(files), desc="transcribe", unit="file", disable=not progress or len(files) < 2)
-    group: list[tuple[Path, np.ndarray]] = []
-
-    def flush():
-        start = time.perf_counter()
-        out = transcribe_batched(model, processor, [a for _, a in group], language, task, batch_size, decoding)
-        seconds = time.perf_counter() - start
-        total = sum(duration(a) for _, a in group) or 1.0
-        for (path, audio), (segments, used) in zip(group, out):
-            yield Transcript(str(path), used, duration(audio), segments, seconds * duration(audio) / total)
-        bar.update(len(group))
-        group.clear()
-
-    windows = 0
-    for path in files:
-        audio = read_or_reason(path)
-        if isinstance(audio, str):
-            yield str(path), audio
-            bar.update()
-            continue
-        if decoding.condition_on_previous_text and len(audio) > N_SAMPLES:
-            yield from flush() if group else ()
-            windows = 0
-            yield timed_transcript(
-                path, audio, lambda a: transcribe_audio(model, processor, a, language, task, decoding=decoding)
-            )
-            bar.update()
-            continue
-        group.append((path, audio))
-        windows += len(cut_windows(audio))
-        if windows >= FILES_PER_GROUP_WINDOWS * batch_size:
-            yield from flush()
-            windows = 0
-    if group:
-        yield from flush()
-    bar.close()

@@ -1,5 +1,6 @@
-"""Decoding that resists runaways: openai/whisper's temperature fallback, thresholds and
-beam search, as one options object mapped onto both engines.
+"""How a window is decoded, for every back-end: openai/whisper's temperature fallback,
+thresholds and beam search as one options object (:class:`DecodingOptions`), with the
+constants every back-end shares.
 
 A window whose text compresses too well (a loop: ``compression_ratio_threshold``) or whose
 tokens the model itself doubts (mean log-probability under ``logprob_threshold``) is
@@ -14,8 +15,8 @@ Why it is built this way:
   :meth:`DecodingOptions.generate_kwargs` only maps names. One meaning differs: transformers
   measures the compression ratio on the token ids' bytes, where openai/whisper and
   faster-whisper gzip the window's *text* (which is why transformers' docs suggest 1.35, not
-  2.4). :func:`scored_windows` puts openai's text measure in for the call, so 2.4 means the
-  same on every engine, and records what each window ended with (temperature used, mean
+  2.4). ``inference.generate.scored_windows`` puts openai's text measure in for the call,
+  so 2.4 means the same on every engine, and records what each window ended with (temperature used, mean
   log-probability, compression ratio, no-speech probability) for ``verbose_json``.
 * Sampling is seeded per call (:data:`FALLBACK_SEED`, in a forked RNG): a clip that falls back
   gives the same text every time it is sent, and the caller's random state is untouched.
@@ -25,14 +26,14 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 from dataclasses import asdict, dataclass, replace
 
-from .errors import UserError
+from ..errors import UserError
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai: --temperature 0, increment 0.2
 FALLBACK_SEED = 0  # sampling at fallback temperatures is reproducible per call
+MAX_NEW_TOKENS = 224  # openai's sample_len: tokens per 30 s window, half the decoder's 448 positions
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class DecodingOptions:
 
     def generate_kwargs(self) -> dict:
         """Arguments of transformers' Whisper ``generate``. Scores are always returned: the
-        log-probability check needs them, and :func:`scored_windows` reports them."""
+        log-probability check needs them, and ``inference.generate.scored_windows`` reports them."""
         kwargs = {
             "temperature": self.temperature if len(self.temperature) > 1 else self.temperature[0],
             "compression_ratio_threshold": self.compression_ratio_threshold,
@@ -144,90 +145,7 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-@dataclass(frozen=True)
-class WindowScore:
-    """What a decoded 30 s window ended with (the last attempt's values)."""
-
-    temperature: float
-    avg_logprob: float | None
-    compression_ratio: float
-    no_speech_prob: float | None
-
-
-def _generating_model(model):
-    """The Whisper model whose ``generate`` runs (inside a PEFT wrapper, if any)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not hasattr(type(inner), "_need_fallback") or not hasattr(type(inner), "_retrieve_compression_ratio"):
-        raise RuntimeError("this transformers version's Whisper generate has no temperature fallback hooks")
-    return inner
-
-
-@contextlib.contextmanager
-def scored_windows(model, tokenizer):
-    """Within the block, ``model.generate`` measures compression on the window's text (as
-    openai/whisper) and records a :class:`WindowScore` per window; yields a dict from
-    ``id(segment["result"])`` to its score (segments of one window share their result).
-    The two instance attributes set here shadow the class's methods and are removed after."""
-    whisper = _generating_model(model)
-    need_fallback = whisper._need_fallback  # bound, before the shadowing below
-    scores, keep = {}, []
-
-    def text_ratio(tokens, vocab_size):
-        return compression_ratio(tokenizer.decode(tokens, skip_special_tokens=True).strip())
-
-    def recording(seek_sequence, seek_outputs, index, logits_processor, generation_config, vocab_size, temperature):
-        decision = need_fallback(
-            seek_sequence, seek_outputs, index, logits_processor, generation_config, vocab_size, temperature
-        )
-        result = seek_outputs[index]
-        keep.append(result)  # alive until the block ends, so no id is reused
-        scores[id(result)] = WindowScore(
-            float(temperature or 0.0),
-            _avg_logprob(whisper, result, seek_sequence, temperature),
-            text_ratio(seek_sequence, vocab_size),
-            _no_speech_prob(logits_processor, index),
-        )
-        return decision
-
-    whisper._retrieve_compression_ratio = text_ratio
-    whisper._need_fallback = recording
-    try:
-        yield scores
-    finally:
-        del whisper._retrieve_compression_ratio, whisper._need_fallback
-
-
-def _avg_logprob(whisper, result, sequence, temperature) -> float | None:
-    """transformers' own measure (the one its fallback compares), end-of-text included."""
-    if not isinstance(result, dict) or not result.get("scores"):
-        return None
-    return float(whisper._retrieve_avg_logprobs(result["scores"], sequence, temperature or 0.0))
-
-
-def _no_speech_prob(logits_processor, index: int) -> float | None:
-    from transformers.generation.logits_process import WhisperNoSpeechDetection
-
-    for proc in logits_processor or []:
-        if isinstance(proc, WhisperNoSpeechDetection):
-            probs = proc.no_speech_prob
-            return float(probs[index]) if len(probs) > index else None
-    return None
-
-
-@contextlib.contextmanager
-def seeded(device):
-    """A forked RNG seeded with :data:`FALLBACK_SEED` (CUDA's too, on a GPU)."""
-    import torch
-
-    devices = [device] if getattr(device, "type", None) == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(FALLBACK_SEED)
-        yield
-
-
-@contextlib.contextmanager
-def decoding_session(model, tokenizer, device):
-    """What every robust ``generate`` call runs inside (transcription and evaluation alike):
-    seeded fallback sampling and :func:`scored_windows`; yields the window scores."""
-    with seeded(device), scored_windows(model, tokenizer) as scores:
-        yield scores
+# Files of any length (transcribe, api, serve) are decoded without previous-text conditioning
+# unless asked: that is what lets their windows be decoded in batches (longform.py says why),
+# and one default for all three is what makes the same file give the same text in each.
+FILE_DECODING = {"condition_on_previous_text": False}

@@ -1,0 +1,373 @@
+"""One engine, opened once: :func:`open_engine` picks the back-end for a model and every
+caller decodes through the :class:`Engine` it returns (faster-whisper's shape: one options
+type, one result type; the long-form strategies above the window decoders, as in
+openai/whisper).
+
+Back-ends: the transformers model (the fast batched decoder of ``greedy.py`` where it
+applies, else ``generate`` with the fallback of ``generate.py``), a CTranslate2 export on
+faster-whisper (``ct2.py``) and, to check exports, a whisper.cpp file (``ggml.py``).
+Within the transformers engine the one rule that says which decoder runs is here:
+:meth:`TransformersEngine.batched` for transcription (files of any length) and
+:meth:`TransformersEngine.fast_clips` for evaluation (clips of at most 30 s). ``transcribe``,
+``evaluate``, ``api``, ``serve``, ``parity`` and ``bench`` all go through them, so the same
+file and settings give the same text in each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import N_SAMPLES, duration
+from ..errors import UserError
+from ..features import log_mel
+from ..modeling import input_dtype, quiet_generate
+from .ct2 import greedy_text_ct2, is_ct2_model, load_ct2, transcribe_audio_ct2
+from .generate import decoding_session, transcribe_audio
+from .greedy import decoder_for, prompt_ids, supports_fast_path
+from .longform import transcribe_batched
+from .options import MAX_NEW_TOKENS, DecodingOptions
+from .results import Segment, Transcript
+
+STRATEGIES = ("auto", "batched", "sequential")  # how the transformers engine decodes files of any length
+CLIP_DECODERS = ("auto", "fast", "fast-compiled", "generate")  # ... and clips of at most 30 s (evaluation)
+
+
+class Engine:
+    """A loaded model and the ways it decodes. ``language`` None: detected per file;
+    ``decoding``: the options a call that passes none uses."""
+
+    kind = ""
+
+    def __init__(self, name: str, language: str | None, task: str, decoding: DecodingOptions | None = None):
+        self.name, self.language, self.task = name, language, task
+        self.decoding = decoding or DecodingOptions()
+        self.created = int(time.time())
+
+    def transcribe(
+        self,
+        audios: list[np.ndarray],
+        language: str | None = None,
+        task: str | None = None,
+        prompt: str | None = None,
+        decoding: DecodingOptions | None = None,
+        batch_size: int = 16,
+    ) -> list[tuple[list[Segment], str]]:
+        """(segments with time stamps, language) per 16 kHz clip of any length."""
+        raise NotImplementedError
+
+    def batches(self, audio: np.ndarray, decoding: DecodingOptions | None = None, prompt: str | None = None) -> bool:
+        """Whether ``audio`` is decoded together with others (``files.transcribe_files`` then
+        groups files; otherwise it decodes and reports them one by one)."""
+        return False
+
+    def transcript(self, audio: np.ndarray, path: str = "upload", **options) -> Transcript:
+        """One clip's Transcript, timed (the API's unit of work)."""
+        start = time.perf_counter()
+        ((segments, used),) = self.transcribe([audio], **options)
+        return Transcript(path, used, duration(audio), segments, time.perf_counter() - start)
+
+    def decode_clips(
+        self,
+        audios: list[np.ndarray],
+        language: str | None,
+        task: str,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        decoding: DecodingOptions | None = None,
+    ) -> list[str]:
+        """The text of each clip of at most 30 s, as evaluation scores it: no time stamps,
+        greedy unless ``decoding`` asks for robust decoding."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (so a timer around decoding is honest)."""
+
+    def reserve(self, batch: int) -> None:
+        """Clips will come in batches of up to ``batch`` (a decoder may size itself once)."""
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """The model in inference mode inside the block, as it was after."""
+        yield
+
+    def describe(self) -> str:
+        """The back-end in words, for logs and reports."""
+        return self.kind
+
+    def _language(self, language: str | None) -> str | None:
+        return language or self.language
+
+    def _options(self, decoding: DecodingOptions | None) -> DecodingOptions:
+        return decoding or self.decoding
+
+
+class TransformersEngine(Engine):
+    """A transformers Whisper (base, merged, or base + unmerged adapter)."""
+
+    kind = "transformers"
+
+    def __init__(
+        self,
+        model,
+        processor,
+        language: str | None,
+        task: str = "transcribe",
+        name: str = "whisper",
+        decoding: DecodingOptions | None = None,
+        amp: torch.dtype | None = None,
+        strategy: str = "auto",
+        clips: str = "auto",
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        loaded=None,
+    ):
+        super().__init__(name, language, task, decoding)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+        if clips not in CLIP_DECODERS:
+            raise ValueError(f"clip decoder must be one of {CLIP_DECODERS}, not {clips!r}")
+        self.model, self.processor, self.amp = model, processor, amp
+        self.strategy, self.clips, self.max_new_tokens = strategy, clips, max_new_tokens
+        self.loaded = loaded  # modeling.InferenceModel, where open_engine loaded it
+        self._clip_batch = 0  # see reserve
+        self.device = next(model.parameters()).device
+
+    def describe(self) -> str:
+        return f"transformers ({self.loaded.describe()})" if self.loaded else "transformers"
+
+    # ---- the one rule ---------------------------------------------------------------
+
+    def batched(self, decoding: DecodingOptions, prompt: str | None = None, samples: int = 0) -> bool:
+        """Whether a file goes through the batched fast decoder (``longform.py``): a plain or
+        merged model, greedy from temperature 0, no prompt, and no previous-text conditioning
+        on a file longer than one window (windows decoded together cannot see each other's
+        text); else ``generate``, window after window."""
+        if self.strategy == "sequential" or (prompt and prompt.strip()):
+            return False
+        if decoding.condition_on_previous_text and samples > N_SAMPLES:
+            return False
+        plain = supports_fast_path(self.model) and decoding.beam_size == 1 and decoding.temperature[0] == 0.0
+        return self.strategy == "batched" or plain
+
+    def fast_clips(self, language: str | None, decoding: DecodingOptions | None) -> bool:
+        """Whether clips of at most 30 s go through the fast decoder (static caches, CUDA
+        graphs): asked for, or a plain or merged model with the language known and greedy search."""
+        if self.clips in ("fast", "fast-compiled"):
+            return True
+        return self.clips == "auto" and language is not None and decoding is None and supports_fast_path(self.model)
+
+    # ---- files of any length --------------------------------------------------------
+
+    def batches(self, audio, decoding=None, prompt=None) -> bool:
+        return self.batched(self._options(decoding), prompt, len(audio))
+
+    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+        decoding, language, task = self._options(decoding), self._language(language), task or self.task
+        together = [i for i, a in enumerate(audios) if self.batched(decoding, prompt, len(a))]
+        out: list = [None] * len(audios)
+        if together:
+            results = transcribe_batched(
+                self.model,
+                self.processor,
+                [audios[i] for i in together],
+                language,
+                task,
+                batch_size,
+                decoding,
+                self.max_new_tokens,
+            )
+            for i, result in zip(together, results):
+                out[i] = result
+        for i in (i for i, r in enumerate(out) if r is None):
+            out[i] = transcribe_audio(
+                self.model, self.processor, audios[i], language, task, self.max_new_tokens, prompt, decoding
+            )
+        return out
+
+    # ---- clips of at most 30 s ------------------------------------------------------
+
+    def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
+        features = log_mel(self.processor.feature_extractor, audios, device=self.device)
+        features = features.to(device=self.device, dtype=input_dtype(self.model))
+        autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
+        with torch.inference_mode(), autocast, quiet_generate():
+            if self.fast_clips(language, decoding):
+                ids = self._fast(features, language, task, len(audios), max_new_tokens, min_new_tokens)
+            else:
+                ids = self._generate(features, language, task, max_new_tokens, min_new_tokens, decoding)
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def _fast(self, features, language, task, batch, max_new_tokens, min_new_tokens):
+        prompt = prompt_ids(self.model, self.processor.tokenizer, language, task)
+        compiled = self.clips == "fast-compiled"
+        dtype = self.amp or input_dtype(self.model)
+        # one decoder shape per engine and batch size (cached on the model; the last batch
+        # of a dataset is padded into it, as generate_on did)
+        width = max(batch, self._clip_batch)
+        decoder = decoder_for(self.model, width, len(prompt) + max_new_tokens, dtype, compile_encoder=compiled)
+        return decoder(features, prompt, max_new_tokens, min_new_tokens)
+
+    def _generate(self, features, language, task, max_new_tokens, min_new_tokens, decoding):
+        kwargs = {"max_new_tokens": max_new_tokens} | ({"min_new_tokens": min_new_tokens} if min_new_tokens else {})
+        session = contextlib.nullcontext()
+        if decoding is not None:
+            # a padded tensor back: transformers 5 fails to stack a batch's outputs once its
+            # clips ended at different fallback temperatures (different lengths)
+            kwargs |= {**decoding.generate_kwargs(), "return_dict_in_generate": False}
+            session = decoding_session(self.model, self.processor.tokenizer, self.device)
+        with session:
+            out = self.model.generate(input_features=features, language=language, task=task, **kwargs)
+        return out if torch.is_tensor(out) else out["sequences"]
+
+    def reserve(self, batch: int) -> None:
+        """Decode clips in batches of up to ``batch``: one fast decoder of that width serves
+        every batch (the shorter last one too), as evaluation always did."""
+        self._clip_batch = batch
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """The base model inside the block: the adapter switched off (an unmerged adapter only)."""
+        switch = getattr(self.model, "disable_adapter", None)
+        with switch() if switch else contextlib.nullcontext():
+            yield
+
+
+class CT2Engine(Engine):
+    """A CTranslate2 export on faster-whisper."""
+
+    kind = "ctranslate2"
+
+    def __init__(self, path, language=None, task="transcribe", decoding=None, suppress=True, compute_type="default"):
+        super().__init__(str(path), language, task, decoding)
+        self.model = load_ct2(path, compute_type)
+        self.suppress = suppress  # non-speech tokens suppressed in decode_clips, as a source's generation config does
+
+    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+        language, task, decoding = self._language(language), task or self.task, self._options(decoding)
+        return [transcribe_audio_ct2(self.model, a, language, task, prompt, decoding) for a in audios]
+
+    def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
+        return [greedy_text_ct2(self.model, a, language, task, max_new_tokens, self.suppress).strip() for a in audios]
+
+    def describe(self) -> str:
+        return f"faster-whisper ({self.model.model.compute_type} on {self.model.model.device})"
+
+
+class GGMLEngine(Engine):
+    """A whisper.cpp file (``export-ggml``), for checking it against its source: clips only."""
+
+    kind = "whisper.cpp"
+
+    def __init__(self, path, language=None, task="transcribe", window: int = MAX_NEW_TOKENS, suppress: bool = True):
+        super().__init__(str(path), language, task)
+        self.path, self.window, self.suppress = Path(path), window, suppress
+
+    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+        raise UserError("whisper.cpp files are checked here, not served: run them with whisper.cpp itself")
+
+    def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
+        from .ggml import greedy_texts_ggml
+
+        texts = greedy_texts_ggml(self.path, audios, language, task, max_new_tokens, self.window, self.suppress)
+        return [t.strip() for t in texts]
+
+    def describe(self) -> str:
+        return f"whisper.cpp ({self.path.name})"
+
+
+def open_engine(
+    model: str | Path | None = None,
+    adapter: str | Path | None = None,
+    *,
+    device: torch.device | None = None,
+    exact: bool = False,
+    merge: bool = True,
+    language: str | None = None,
+    task: str | None = None,
+    decoding: DecodingOptions | None = None,
+    kind: str | None = None,
+    strategy: str = "auto",
+    clips: str = "auto",
+    suppress: bool = True,
+    window: int | None = None,
+) -> Engine:
+    """The engine for ``model`` (+ ``adapter``), the back-end chosen here once: an
+    ``export-ct2`` folder runs on faster-whisper, a ggml file (``kind="ggml"``) on
+    whisper.cpp, anything else loads through ``modeling.load_for_inference`` (``exact``:
+    the base held as trained, adapter unmerged; ``merge=False``: the adapter unmerged so that
+    :meth:`TransformersEngine.base_only` gives the base). ``language`` "auto" or None on an
+    export: detected; ``decoding``: the engine's default options. ``suppress`` and
+    ``window`` are the export check's rules for clips (``parity``)."""
+    if kind is not None:
+        check_runtime(kind, Path(model))
+    if kind == "ggml":
+        return GGMLEngine(model, language, task or "transcribe", window or MAX_NEW_TOKENS, suppress)
+    if model and is_ct2_model(model):
+        if adapter or exact:
+            raise UserError("a CTranslate2 model has its adapter merged already: drop --adapter/--exact")
+        from ..processor import resolve_language
+
+        forced = None if language in (None, "auto") else resolve_language(language)
+        return CT2Engine(model, forced, task or "transcribe", decoding, suppress)
+    from ..modeling import load_for_inference, pick_device
+
+    loaded = load_for_inference(
+        None if model is None else str(model),
+        None if adapter is None else str(adapter),
+        device or pick_device(),
+        exact=exact,
+        language=language,
+        task=task,
+        merge=merge,
+    )
+    return TransformersEngine(
+        loaded.model,
+        loaded.processor,
+        loaded.language,
+        loaded.task,
+        name=str(adapter or loaded.base),
+        decoding=decoding,
+        amp=loaded.autocast_dtype,
+        strategy=strategy,
+        clips=clips,
+        loaded=loaded,
+    )
+
+
+RUNTIMES = {  # export kind -> (what it is, module of its runtime, the runtime, how to install it)
+    "ct2": ("CTranslate2", "faster_whisper", "faster-whisper", "pip install 'whisper-tune[export]'"),
+    "ggml": ("ggml", "pywhispercpp.model", "whisper.cpp", "pip install pywhispercpp"),
+}
+
+
+def check_runtime(kind: str, path: Path) -> None:
+    """Refuse, in one line, an export whose runtime is not installed or whose path is not
+    what ``kind`` says (``ct2``: a CTranslate2 folder; ``ggml``: a whisper.cpp file)."""
+    import importlib
+
+    what, module, runtime, install = RUNTIMES[kind]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"checking a {what} export needs {runtime}: {install}") from None
+    if kind == "ct2" and not is_ct2_model(path):
+        raise UserError(f"{path} is not a CTranslate2 model folder (no model.bin)")
+    if kind == "ggml" and not path.is_file():
+        raise UserError(f"{path} is not a ggml model file")
