@@ -206,7 +206,7 @@ class TransformersEngine(Engine):
         compiled = self.clips == "fast-compiled"
         dtype = self.amp or input_dtype(self.model)
         # one decoder shape per engine and batch size (cached on the model; the last batch
-        # of a dataset is padded into it, as generate_on did)
+        # of a dataset is padded into it)
         width = max(batch, self._clip_batch)
         decoder = decoder_for(self.model, width, len(prompt) + max_new_tokens, dtype, compile_encoder=compiled)
         return decoder(features, prompt, max_new_tokens, min_new_tokens)
