@@ -93,7 +93,12 @@ def test_int8_run_logs_wer_and_writes_a_complete_run_folder(tiny_model_dir, smal
         tiny_model_dir,
         small_corpus,
         out,
-        **{"model.quantization": "int8", "eval.every": 3, "model.gradient_checkpointing": "true"},
+        **{
+            "model.quantization": "int8",
+            "eval.every": 3,
+            "eval.base_candidate": "false",
+            "model.gradient_checkpointing": "true",
+        },
     )
     result = train(cfg, progress=False)
     assert result.steps == 6 and not result.stopped_early
@@ -439,6 +444,7 @@ def test_patience_stops_a_run_that_no_longer_improves_and_keeps_the_best(tiny_mo
     after eval.patience of them the run stops, finished, with the best adapter as adapter/."""
     out = tmp_path / "run"
     overrides = {"eval.every": 1, "eval.patience": 2, "train.learning_rate": "1e-12", "eval.max_samples": 2}
+    overrides["eval.base_candidate"] = "false"  # the base's own candidate: the test below
     result = train(_cfg(tiny_model_dir, small_corpus, out, **overrides), progress=False)
     assert result.early_stopped_at == 3 and result.steps == 3 and not result.stopped_early
     assert result.best["step"] == 1
@@ -447,3 +453,27 @@ def test_patience_stops_a_run_that_no_longer_improves_and_keeps_the_best(tiny_mo
     assert record["finished"] and record["early_stopped_at"] == 3
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if "eval_wer" in r] == [1, 2, 3]
+
+
+def test_the_base_is_a_candidate_and_a_run_that_never_beats_it_says_so(tiny_model_dir, small_corpus, tmp_path, caplog):
+    """Step 0 (the untrained adapter: the base itself) is evaluated first. Where no later
+    evaluation beats it, best/ is the base, run.json and the log say so in one line, and a
+    merge of that adapter warns (issue 24: never worse than the base, without saying so)."""
+    from whisper_tune.export import merge
+    from whisper_tune.run import BASE_IS_BEST, RunDir
+
+    out = tmp_path / "run"
+    overrides = {"eval.every": 2, "train.max_steps": 4, "train.learning_rate": "1e-12", "eval.max_samples": 2}
+    with caplog.at_level("WARNING"):
+        result = train(_cfg(tiny_model_dir, small_corpus, out, **overrides), progress=False)
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if "eval_wer" in r] == [0, 2, 4]
+    assert result.best["step"] == 0 and RunDir(out).best_is_base()
+    assert json.loads((out / "run.json").read_text())["best_is_base"] is True
+    assert BASE_IS_BEST in caplog.text
+    untrained = [v for k, v in _adapter(out / "best").items() if "lora_B" in k]
+    assert untrained and all(not v.any() for v in untrained)  # B = 0: the adapter adds nothing
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        merge(None, str(out / "best"), tmp_path / "merged")
+    assert "untrained adapter of step 0" in caplog.text

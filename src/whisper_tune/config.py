@@ -187,6 +187,10 @@ class EvalSettings:
     # stop after this many evaluations in a row without a better score (null: never); the
     # best adapter becomes adapter/. Fine-tunes of large-v3/turbo can get worse while the loss falls
     patience: int | None = None
+    # evaluate the untrained adapter (the base itself) at step 0 too, as a candidate for best/:
+    # the best adapter is then never worse than the base on the eval split, and a run whose
+    # training did not beat the base says so
+    base_candidate: bool = True
 
     def __post_init__(self):
         if self.metric not in ("wer", "cer"):

@@ -186,6 +186,9 @@ def run_demo(
     train_info = _fine_tune(cfg, report, progress)
     after = {split: score(None, str(run_dir / "adapter"), split, out / f"eval-after-{split}") for split in SPLITS}
     report("fine-tuned: " + _say(after))
+    worse = [SPLITS[k] for k in SPLITS if after[k].wer > before[k].wer]
+    if worse:
+        report(f"warning: the fine-tune is worse than the base model on {' and '.join(worse)}: do not ship it as is")
 
     name = f"fine-tuned ({cfg.model.quantization} base + LoRA)"
     rows = [("zero-shot", k, v) for k, v in before.items()] + [(name, k, v) for k, v in after.items()]

@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import write_atomically
 from .errors import UserError
-from .run import RunDir
+from .run import BASE_IS_BEST, RunDir, adapter_is_base
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ def merge(base: str | None, adapter: str, out_dir: str | Path, dtype: str = "flo
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
+    if adapter_is_base(adapter):
+        log.warning("%s is the untrained adapter of step 0: %s", adapter, BASE_IS_BEST.split(": ", 1)[0])
     loaded = load_for_inference(base, adapter, torch.device("cpu"))  # fp32 on the CPU: an exact merge
     model = loaded.model.to(DTYPES[dtype])
     card = model_card("merged", loaded.base, loaded.language, loaded.task, adapter_dir=Path(adapter))

@@ -173,6 +173,7 @@ class RunRecord:
     resumed_from: str | None = None
     final_train_loss: float | None = None
     best: dict | None = None  # {"step", "wer", "cer"} of the best evaluation
+    best_is_base: bool | None = None  # the best evaluation was step 0: training never beat the base
     early_stopped_at: int | None = None  # the step eval.patience stopped the run at
     samples_per_s: float = 0.0  # overall: the whole loop, warm-up, loader starts and evaluations included
     steady_samples_per_s: float | None = None  # training steps only (reporting.Throughput)
@@ -192,6 +193,22 @@ class RunRecord:
             raise TypeError(f"expected a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         return cls(**{k: data[k] for k in known & data.keys()}, extra={k: v for k, v in data.items() if k not in known})
+
+
+def adapter_is_base(folder: str | Path) -> bool:
+    """Whether ``folder`` is a best/ adapter chosen at step 0, before any training (its
+    eval.json says so): merging or exporting it gives the base model back."""
+    try:
+        data = _read_json(Path(folder) / BEST_SCORES)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("step") == 0
+
+
+BASE_IS_BEST = (
+    "fine-tuning did not beat the base model on the eval split: best/ is the base itself (step 0); "
+    "look at the report card, then try more or other data, a lower learning rate or fewer steps"
+)
 
 
 class RunDir:
@@ -244,6 +261,10 @@ class RunDir:
             if (folder / "adapter_config.json").is_file():
                 return folder
         raise UserError(f"{self.path} holds no adapter (best/ or adapter/): give a whisper-tune train output folder")
+
+    def best_is_base(self) -> bool:
+        """Whether the best adapter is the untrained one (step 0): training never beat the base."""
+        return adapter_is_base(self.best)
 
     def write_best(self, folder: Path, scores: dict) -> None:
         """The scores that made an adapter the best, beside it."""

@@ -54,7 +54,7 @@ from .prepare import load_prepared, prepared_folder
 from .processor import resolve_language
 from .quantization import NF4
 from .reporting import MetricsLog, Throughput, environment, peak_memory_gib, plot_run
-from .run import RunDir, RunRecord, write_adapter_meta
+from .run import BASE_IS_BEST, RunDir, RunRecord, write_adapter_meta
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +385,7 @@ class TrainingRun:
         )
         self.model.train()
         try:
+            self._evaluate_base()
             while self.pos.step < self.target and self.early_stop_at is None:
                 self._run_epoch()
         except torch.OutOfMemoryError:
@@ -529,6 +530,16 @@ class TrainingRun:
             self.pos.since_best += 1
         return scores
 
+    def _evaluate_base(self) -> None:
+        """Step 0 of a new run: the untrained adapter (the base) is evaluated as the first
+        candidate for best/ (``eval.base_candidate``), so that best/ is never worse than the
+        base on the eval split. Rank 0 evaluates; the others meet it at the first step."""
+        if self.pos.step or not self.cfg.eval.base_candidate or self.cfg.eval.every < 0 or "eval" not in self.folders:
+            return
+        if self.main_rank:
+            with self.rate.left_out():
+                self.metrics.log({"step": 0} | self._evaluate())
+
     def _patience_spent(self) -> bool:
         """``eval.patience`` evaluations in a row without a better score (rank 0 decides)."""
         patience = self.cfg.eval.patience
@@ -603,6 +614,8 @@ class TrainingRun:
                 )
         elif not result.stopped_early:
             self._save_adapter(self.run.adapter)
+        if result.best is not None and result.best.get("step") == 0:
+            log.warning(BASE_IS_BEST)
         plot_run(self.run.path)
         self.run.write_record(self._record(result))
         if not result.stopped_early:
@@ -628,6 +641,7 @@ class TrainingRun:
             resumed_from=str(self.resumed_from) if self.resumed_from else None,
             final_train_loss=result.final_loss,
             best=result.best,
+            best_is_base=None if result.best is None else result.best.get("step") == 0,
             early_stopped_at=result.early_stopped_at,
             samples_per_s=result.samples_per_s,
             steady_samples_per_s=result.steady_samples_per_s,
