@@ -1,4 +1,6 @@
-"""The report card's English and language-ID sets: our own sentences, spoken by espeak-ng.
+"""The report card's sets: English and language-ID clips (our own sentences spoken by
+espeak-ng), and :func:`standard_sets`, which puts them together with generated non-speech
+clips and long files joined from the held-out clips.
 
 A fine-tune on one language forgets others: English gets transcribed in the target's
 script, and speech in any language gets detected as the target. The card measures both on
@@ -19,9 +21,12 @@ import numpy as np
 from .audio import SAMPLE_RATE, resample
 from .demo_data import PITCH_RANGE, SPEED_RANGE, VOICES, speak
 from .errors import UserError
-from .report_card import LabelledSet
+from .nonspeech import nonspeech_clips
+from .report_card import CardSets, LabelledSet, join_clips
 
 ESPEAK_LANGUAGE = {"en": "en-us"}  # Whisper's code -> espeak-ng's voice where they differ
+NONSPEECH_CLIPS = 44  # four of each non-speech kind
+LONGFORM_SECONDS = 120.0  # a long file: four Whisper windows at least
 
 
 def card_sentences(name: str) -> list[str]:
@@ -62,3 +67,27 @@ def language_id_set(seed: int = 0) -> LabelledSet:
     pairs = language_id_sentences()
     audios = [spoken_set(lang, [sentence], seed + i)[0] for i, (lang, sentence) in enumerate(pairs)]
     return LabelledSet(audios, [lang for lang, _ in pairs])
+
+
+def standard_sets(
+    language: str,
+    target: LabelledSet,
+    nonspeech: int = NONSPEECH_CLIPS,
+    longform_seconds: float = LONGFORM_SECONDS,
+    seed: int = 0,
+) -> CardSets:
+    """Every set of the card from the held-out clips of ``language``: non-speech clips,
+    long files joined from the held-out clips, the English and the language-ID sets. Held-out
+    clips too short in total for one long file leave the long-form lines "n/a" (0 files)."""
+    total = sum(a.size for a in target.audios) / SAMPLE_RATE
+    longform = (
+        join_clips(target.audios, target.labels, longform_seconds, seed=seed) if total >= longform_seconds else []
+    )
+    return CardSets(
+        language=language,
+        target=target,
+        nonspeech=[clip.audio for clip in nonspeech_clips(nonspeech, seed)],
+        longform=longform,
+        english=english_set(seed),
+        language_id=language_id_set(seed),
+    )

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from whisper_tune.audio import SAMPLE_RATE, SILENCE_DB, rms_db
+from whisper_tune.card_sets import card_sentences, language_id_sentences, spoken_set, standard_sets
 from whisper_tune.processor import languages
-from whisper_tune.spoken_sets import card_sentences, language_id_sentences, spoken_set
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (scripts/setup.sh)"
@@ -48,3 +48,26 @@ def test_every_language_id_language_is_spoken():
     for lang, sentence in first.items():
         (clip,) = spoken_set(lang, [sentence])
         assert clip.size > 0.5 * SAMPLE_RATE and rms_db(clip) > SILENCE_DB, lang
+
+
+def test_standard_sets_fill_every_set(monkeypatch):
+    from whisper_tune import card_sets
+    from whisper_tune.nonspeech import KINDS
+    from whisper_tune.report_card import LabelledSet
+
+    # espeak-ng is tested above: here only how the sets are put together
+    monkeypatch.setattr(
+        card_sets, "spoken_set", lambda lang, sentences, seed=0: [np.zeros(SAMPLE_RATE)] * len(sentences)
+    )
+    rng = np.random.default_rng(0)
+    target = LabelledSet([rng.normal(size=25 * SAMPLE_RATE).astype(np.float32) for _ in range(6)], ["x"] * 6)
+    sets = standard_sets("mr", target, nonspeech=len(KINDS), longform_seconds=60)
+    assert sets.sizes() == {
+        "target": 6,
+        "nonspeech": len(KINDS),
+        "longform": 2,  # 150 s of clips and pauses: two files of at least 60 s
+        "english": len(card_sentences("en")),
+        "language_id": len(language_id_sentences()),
+    }
+    too_short = standard_sets("mr", target, nonspeech=1, longform_seconds=1000)
+    assert too_short.longform == []
