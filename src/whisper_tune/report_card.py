@@ -172,7 +172,9 @@ def timestamp_sanity(
     """Segments (``.start``/``.end`` seconds) ordered, inside ``[0, duration]``, and one
     starting in every 30 s window that holds speech: fine-tunes trained without timestamps
     lose them, and a long file then comes back with times that run backwards, past the end,
-    or a whole window of speech silently skipped."""
+    or a whole window of speech silently skipped. ``speech``: the (start, end) seconds that
+    hold speech (a LongFile's spans); without it every window counts as holding speech."""
+    segments = list(segments)
     pairs = list(zip(segments, segments[1:]))
     unordered = sum(b.start < a.start for a, b in pairs) + sum(s.end < s.start for s in segments)
     outside = sum(s.start < 0 or s.end > duration + TIMESTAMP_SLACK for s in segments)
@@ -211,6 +213,8 @@ class CardLine:
 
 @dataclass(frozen=True)
 class Card:
+    """Both models' lines; verdicts and headline are derived, never stored apart from them."""
+
     lines: tuple[CardLine, ...]
     base_name: str = "base"
     tuned_name: str = "fine-tune"
@@ -230,11 +234,10 @@ class Card:
         return head + (f"; better on: {', '.join(better)}" if better else "")
 
     def to_dict(self) -> dict:
+        """card.json's content: the fields, plus the headline and verdicts for readers without Python."""
         lines = [asdict(line) | {"verdict": line.verdict()} for line in self.lines]
-        return {"headline": self.headline(), "base_name": self.base_name, "tuned_name": self.tuned_name} | {
-            "sizes": self.sizes,
-            "lines": lines,
-        }
+        names = {"base_name": self.base_name, "tuned_name": self.tuned_name}
+        return {"headline": self.headline()} | names | {"sizes": self.sizes, "lines": lines}
 
     @classmethod
     def from_dict(cls, data: dict) -> Card:
