@@ -46,7 +46,8 @@ Decode = Callable[[list[np.ndarray], str | None], Sequence[Decoded]]
 
 def has_text(text: str) -> bool:
     """Any letter or digit once punctuation, symbols and spaces are gone: "..." or "♪" on
-    music is an honest answer, "Thank you." on silence is not."""
+    music is an honest answer, "Thank you." on silence is not. A tag such as "[Music]" counts
+    as text: it lands in the transcript and the subtitles like any other words."""
     return bool(normalize(text))
 
 
