@@ -59,16 +59,23 @@ class CountingEngine:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def transcribe(self, *args, **kwargs):
+    def _counted(self, run, *args, **kwargs):
         with self.lock:
             self.active += 1
             self.most = max(self.most, self.active)
         try:
             time.sleep(0.2)  # widen the window in which a second inference could sneak in
-            return self.engine.transcribe(*args, **kwargs)
+            return run(*args, **kwargs)
         finally:
             with self.lock:
                 self.active -= 1
+
+    def transcribe(self, *args, **kwargs):
+        return self._counted(self.engine.transcribe, *args, **kwargs)
+
+    def transcript(self, *args, **kwargs):
+        """The API's unit of work (one upload); counted like ``transcribe``."""
+        return self._counted(self.engine.transcript, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -214,11 +215,34 @@ def cmd_evaluate(args) -> int:
     if summary.flagged:
         print("  flagged clips: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.flagged.items())))
     print(f"report: {folder / 'summary.json'}, per clip: {folder / 'clips.jsonl'}")
+    if args.card:
+        _print_card(args, folder)
     return 0
+
+
+def _print_card(args, folder: Path) -> None:
+    """``evaluate --card``: the fine-tune against its base on the report card's sets."""
+    from .grading import CardSize, grade, held_out
+    from .prepare import prepare_split
+
+    if not args.adapter:
+        raise UserError("--card compares a fine-tune with its base: give --adapter")
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    size = CardSize(target=args.max_samples)
+    prepared = prepare_split(_data_config(args), args.split, folder / "prepared", str(folder / "processor"))
+    target = held_out(prepared, args.max_samples)  # the clips evaluate scored (prepared once, reused)
+    card = grade(args.model, args.adapter, summary["model"]["language"], target, folder, size)
+    print(f"report card: {card.headline()} ({folder / 'card.md'})")
 
 
 def args_evaluate(p: argparse.ArgumentParser) -> None:
     _add_data_args(p, split_default="test")
+    p.add_argument(
+        "--card",
+        action="store_true",
+        help="also write the report card (card.md, card.json): base and fine-tune on non-speech, loops, "
+        "long-form, English and language ID",
+    )
     _add_model_args(p, "base model: hub id or transformers folder (default: the adapter's base)")
     p.add_argument(
         "--exact",
@@ -652,11 +676,21 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     result = run_demo(
-        args.out, model=args.model, steps=args.steps, eval_samples=args.eval_samples, overrides=args.overrides
+        args.out,
+        model=args.model,
+        steps=args.steps,
+        eval_samples=args.eval_samples,
+        overrides=args.overrides,
+        with_card=args.card,
     )
     print()
     print(result.table.read_text(encoding="utf-8"))
-    print(f"table: {result.table}; training plot: {result.plot}")
+    if result.card:
+        print(result.card.read_text(encoding="utf-8"))
+    print(
+        f"table: {result.table}; training plot: {result.plot}"
+        + (f"; report card: {result.card}" if result.card else "")
+    )
     return 0
 
 
@@ -671,6 +705,13 @@ def args_demo(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--eval-samples", type=int, default=25, help="held-out clips to evaluate (default: 25)")
+    p.add_argument(
+        "--card",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write and show the report card: base and fine-tune on non-speech, loops, long-form, English, "
+        "language ID (default: on; a few minutes on a CPU)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override the demo recipe")
 
 

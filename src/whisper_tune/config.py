@@ -191,6 +191,10 @@ class EvalSettings:
     # the best adapter is then never worse than the base on the eval split, and a run whose
     # training did not beat the base says so
     base_candidate: bool = True
+    # the report card (base and fine-tune side by side on non-speech, loops, long-form,
+    # English, language ID) at the end of training, in card.md/card.json: null = on with a
+    # GPU (seconds for Whisper base), off on a CPU (minutes: set true to have it there too)
+    card: bool | None = None
 
     def __post_init__(self):
         if self.metric not in ("wer", "cer"):

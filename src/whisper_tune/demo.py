@@ -43,6 +43,7 @@ class DemoResult:
     train: dict
     table: Path
     plot: Path | None
+    card: Path | None = None  # card.md: the fine-tune against the base on the report card's sets
 
 
 def hub_answers(repo: str = HUB_BASE, timeout: float = 8.0) -> bool:
@@ -153,6 +154,7 @@ def run_demo(
     overrides: list[str] = (),
     progress: bool = True,
     report=print,
+    with_card: bool = True,
 ) -> DemoResult:
     """The whole demo; ``report`` receives one line per stage (the CLI prints them)."""
     import torch
@@ -189,6 +191,7 @@ def run_demo(
     worse = [SPLITS[k] for k in SPLITS if after[k].wer > before[k].wer]
     if worse:
         report(f"warning: the fine-tune is worse than the base model on {' and '.join(worse)}: do not ship it as is")
+    card = _card(out, base, str(run_dir / "adapter"), data, report) if with_card else None
 
     name = f"fine-tuned ({cfg.model.quantization} base + LoRA)"
     rows = [("zero-shot", k, v) for k, v in before.items()] + [(name, k, v) for k, v in after.items()]
@@ -202,6 +205,7 @@ def run_demo(
         train_info,
         table,
         plot if plot.exists() else None,
+        card,
     )
     (out / "results.json").write_text(json.dumps(asdict(result), indent=2, default=str), encoding="utf-8")
     return result
@@ -228,6 +232,26 @@ def _scorer(data, eval_samples: int, progress: bool):
         return summary
 
     return score
+
+
+def _card(out: Path, base: str, adapter: str, data, report) -> Path:
+    """The report card of the fine-tune against the base on the test split's clips (the
+    clips evaluate just scored, reused from its cache), into ``out/card``."""
+    from dataclasses import replace
+
+    import torch
+
+    from .grading import CardSize, grade, held_out
+    from .prepare import prepare_split
+
+    folder = out / "eval-after-test"
+    prepared = prepare_split(
+        replace(data, eval_split="test"), "test", folder / "prepared", str(folder / "processor"), progress=False
+    )
+    size = CardSize() if torch.cuda.is_available() else CardSize.for_cpu()
+    card = grade(base, adapter, data.language, held_out(prepared, size.target), out / "card", size)
+    report(f"report card: {card.headline()}")
+    return out / "card" / "card.md"
 
 
 def _say(scores: dict) -> str:

@@ -101,6 +101,16 @@ def export_ct2(
         return write_atomically(Path(out_dir), fill)
 
 
+def _report_card(adapter_dir: Path | None) -> list[str]:
+    """The adapter's report card (``card.md``, written by train or ``evaluate --card``) as a
+    section of the model card, so the Hub page says where the fine-tune is worse than its base."""
+    card = Path(adapter_dir) / "card.md" if adapter_dir else None
+    if card is None or not card.is_file():
+        return []
+    text = card.read_text(encoding="utf-8").replace("# Report card", "## Report card", 1)
+    return ["", text.strip()]
+
+
 def model_card(
     kind: str, base: str, language: str | None, task: str, adapter_dir: Path | None = None, scores: dict | None = None
 ) -> str:
@@ -136,6 +146,7 @@ def model_card(
         ]
     else:
         lines.append("Not measured yet: run `whisper-tune evaluate`.")
+    lines += _report_card(adapter_dir)
     lines += ["", "## How to use", "", "```python"]
     if kind == "adapter":
         lines += [

@@ -220,6 +220,7 @@ class Card:
     base_name: str = "base"
     tuned_name: str = "fine-tune"
     sizes: dict = field(default_factory=dict)  # set name -> clips (or files) measured
+    remark: str = ""  # one line shown under the headline (e.g. the run's best adapter is the base)
 
     def groups(self, verdict: str) -> list[str]:
         """The headline names of the lines with this verdict, in card order, once each."""
@@ -238,12 +239,12 @@ class Card:
         """card.json's content: the fields, plus the headline and verdicts for readers without Python."""
         lines = [asdict(line) | {"verdict": line.verdict()} for line in self.lines]
         names = {"base_name": self.base_name, "tuned_name": self.tuned_name}
-        return {"headline": self.headline()} | names | {"sizes": self.sizes, "lines": lines}
+        return {"headline": self.headline(), "remark": self.remark} | names | {"sizes": self.sizes, "lines": lines}
 
     @classmethod
     def from_dict(cls, data: dict) -> Card:
         lines = tuple(CardLine(**{k: v for k, v in line.items() if k != "verdict"}) for line in data["lines"])
-        return cls(lines, data["base_name"], data["tuned_name"], data.get("sizes", {}))
+        return cls(lines, data["base_name"], data["tuned_name"], data.get("sizes", {}), data.get("remark", ""))
 
 
 def _cell(value: float | None) -> str:
@@ -269,7 +270,9 @@ def card_table(card: Card) -> list[str]:
 def card_section(card: Card, heading: str = "## Report card") -> str:
     """The card as a model-card README section, between markers so a later card replaces it."""
     tolerance = max((line.tolerance for line in card.lines), default=TOLERANCE)
-    lines = [CARD_BEGIN, heading, "", f"**{card.headline()}.**", "", *card_table(card), ""]
+    lines = [CARD_BEGIN, heading, "", f"**{card.headline()}.**", ""]
+    lines += [card.remark, ""] if card.remark else []
+    lines += [*card_table(card), ""]
     lines += [
         f"Same: within {tolerance:g} points. Both models decoded the same clips; see card.json for the numbers.",
         CARD_END,

@@ -74,6 +74,7 @@ class RunReport:
     records: list[dict] = field(default_factory=list)  # metrics.jsonl
     scores: list[dict] = field(default_factory=list)  # one row per evaluation report found
     worst: list[dict] = field(default_factory=list)  # clips.jsonl rows of the last evaluation, worst first
+    card: str | None = None  # the run's report card (card.md), where training or evaluate --card wrote one
 
     def scores_markdown(self) -> str:
         if not self.scores:
@@ -97,6 +98,8 @@ def run_report(run_dir: str | Path, worst: int = WORST_CLIPS) -> RunReport:
     if not run.path.is_dir():
         raise UserError(f"run folder {run.path} not found")
     report = RunReport(run.path, run.serving_adapter(), read_metrics(run.path))
+    card = next((f / "card.md" for f in (run.path, report.adapter) if (f / "card.md").is_file()), None)
+    report.card = card.read_text(encoding="utf-8") if card else None
     last = None
     for folder, summary in run.eval_reports():
         adapter = (summary.get("model") or {}).get("adapter")
@@ -170,6 +173,8 @@ def build_app(comparer: Comparer, limits: Limits, report: RunReport | None = Non
                 if figure is not None:
                     gr.Plot(figure, label="Loss and error rates")
                 gr.Markdown(report.scores_markdown())
+                if report.card:
+                    gr.Markdown(report.card.replace("# Report card", "### Report card", 1), elem_id="report-card")
                 if report.worst:
                     gr.Markdown(f"### The {len(report.worst)} clips the last evaluation got most wrong")
                 for clip in report.worst:

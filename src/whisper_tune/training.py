@@ -659,4 +659,29 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     """
     run = TrainingRun(cfg, resume, stop_after, progress)
     run.setup()
-    return run.fit()
+    result = run.fit()
+    if run.main_rank and not result.stopped_early and wants_card(cfg, run.device) and "eval" in run.folders:
+        folders, language, best_is_base = run.folders, run.language, run.run.best_is_base()
+        del run  # the training model and its optimizer go before the card's two engines load
+        write_run_card(cfg, folders["eval"], language, best_is_base)
+    return result
+
+
+def wants_card(cfg: TrainConfig, device: torch.device) -> bool:
+    """``eval.card``: null is on with a GPU, off on a CPU."""
+    return cfg.eval.card if cfg.eval.card is not None else device.type == "cuda"
+
+
+def write_run_card(cfg: TrainConfig, eval_folder: Path, language: str, best_is_base: bool) -> Path:
+    """The report card of the run's adapter (best/, else adapter/) on its eval split, into the
+    run folder and beside the adapters (so export and push_to_hub find it)."""
+    from .grading import CardSize, copy_card, grade, held_out
+
+    run = RunDir(cfg.train.output_dir)
+    adapter = run.serving_adapter()
+    target = held_out(load_prepared(eval_folder), cfg.eval.max_samples)
+    size = CardSize() if torch.cuda.is_available() else CardSize.for_cpu()
+    grade(cfg.model.base, str(adapter), language, target, run.path, size, remark=BASE_IS_BEST if best_is_base else "")
+    for folder in (run.best, run.adapter):
+        copy_card(run.path, folder)
+    return run.path

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..features import log_mel
 from ..modeling import input_dtype, quiet_generate
 from .ct2 import greedy_text_ct2, is_ct2_model, load_ct2, transcribe_audio_ct2
-from .generate import decoding_session, transcribe_audio
+from .generate import decoding_session, detect_language, transcribe_audio
 from .greedy import decoder_for, prompt_ids, supports_fast_path
 from .longform import transcribe_batched
 from .options import MAX_NEW_TOKENS, DecodingOptions
@@ -58,6 +58,11 @@ class Engine:
         batch_size: int = 16,
     ) -> list[tuple[list[Segment], str]]:
         """(segments with time stamps, language) per 16 kHz clip of any length."""
+        raise NotImplementedError
+
+    def detect_languages(self, audios: list[np.ndarray]) -> list[str]:
+        """Whisper's language guess for each clip, from its first 30 s, whatever language
+        the engine was opened with."""
         raise NotImplementedError
 
     def batches(self, audio: np.ndarray, decoding: DecodingOptions | None = None, prompt: str | None = None) -> bool:
@@ -187,6 +192,12 @@ class TransformersEngine(Engine):
                 self.model, self.processor, audios[i], language, task, self.max_new_tokens, prompt, decoding
             )
         return out
+
+    def detect_languages(self, audios):
+        features = log_mel(self.processor.feature_extractor, [a[:N_SAMPLES] for a in audios], device=self.device)
+        features = features.to(device=self.device, dtype=input_dtype(self.model))
+        with torch.inference_mode():
+            return [detect_language(self.model, self.processor, f[None]) for f in features]
 
     # ---- clips of at most 30 s ------------------------------------------------------
 

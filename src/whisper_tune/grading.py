@@ -1,0 +1,129 @@
+"""Grade a fine-tune against its base: the report card (``report_card``) played by two real
+models through the inference engine, the way users run them.
+
+Both columns decode through ``inference.open_engine`` with ``whisper-tune transcribe``'s own
+settings (the batched engine, its defaults for files of any length), so a line of the card
+is what a user of ``transcribe`` or ``api`` would see: text written over the non-speech
+clips, long files cut and stitched as ``transcribe`` cuts them, English with the adapter
+active and the language forced. The language-ID line detects each clip's language first
+(whatever language the adapter was trained on) and then transcribes it in that language.
+
+The base and the fine-tune are two engines (the base, and base + adapter merged): two
+copies of the weights, so that both run the fast batched decoder. Whisper base takes a
+few seconds a set on a GPU; on a CPU the card is opt-in (``eval.card``) and smaller sets
+(:class:`CardSize`) keep it to a few minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .card_sets import LONGFORM_SECONDS, NONSPEECH_CLIPS, standard_sets
+from .inference import DecodingOptions, Engine, open_engine
+from .inference.options import FILE_DECODING
+from .report_card import Card, Decode, LabelledSet, build_card, write_card
+
+log = logging.getLogger(__name__)
+
+CARD_FILES = ("card.md", "card.json")
+
+
+@dataclass(frozen=True)
+class CardSize:
+    """How much each set of the card holds."""
+
+    target: int | None = None  # held-out clips of the target language (None: all given)
+    nonspeech: int = NONSPEECH_CLIPS  # generated non-speech clips, 5-30 s each
+    longform_seconds: float = LONGFORM_SECONDS  # each long file joined from held-out clips
+    english: int | None = None  # English clips (None: all 40)
+    language_id: int | None = None  # language-ID clips (None: all 25)
+    seed: int = 0
+
+    @classmethod
+    def for_cpu(cls) -> CardSize:
+        """Small enough for a 2-core CPU (Whisper base: a few minutes for both columns); 40
+        held-out clips of a few seconds still make one long file."""
+        return cls(target=40, nonspeech=11, english=20)
+
+
+def engine_decode(engine: Engine, base: bool = False) -> Decode:
+    """A ``report_card.Decode`` over ``engine``: clips of any length through
+    ``engine.transcribe``; with language None, each clip's language is detected first and it
+    is transcribed in that language. ``base``: the adapter switched off (an engine opened
+    with the adapter unmerged)."""
+
+    def decode(audios: list[np.ndarray], language: str | None):
+        with engine.base_only() if base else nullcontext():
+            languages = [language] * len(audios) if language else engine.detect_languages(audios)
+            out: list = [None] * len(audios)
+            for lang in dict.fromkeys(languages):
+                picked = [i for i, found in enumerate(languages) if found == lang]
+                results = engine.transcribe([audios[i] for i in picked], language=lang)
+                for i, (segments, used) in zip(picked, results):
+                    out[i] = (" ".join(s.text for s in segments if s.text).strip(), segments, used)
+        return out
+
+    return decode
+
+
+def held_out(dataset, limit: int | None = None) -> LabelledSet:
+    """The target set from a prepared split (``prepare``'s 16 kHz audio and text columns)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    rows = dataset.select_columns(["audio", "text"]).with_format("numpy")[:n]
+    return LabelledSet([np.ascontiguousarray(a, dtype=np.float32) for a in rows["audio"]], list(rows["text"]))
+
+
+def grade(
+    base: str | None,
+    adapter: str,
+    language: str,
+    target: LabelledSet,
+    out: str | Path,
+    size: CardSize | None = None,
+    device=None,
+    remark: str = "",
+    decoding: DecodingOptions | None = None,
+) -> Card:
+    """The report card of ``adapter`` against its base on ``target`` (held-out clips of
+    ``language``) and the standard sets; writes card.md and card.json into ``out``.
+    ``decoding``: how both columns decode (default: ``transcribe``'s); ``remark``: one line
+    under the card's headline."""
+    size = size or CardSize()
+    sets = standard_sets(
+        language,
+        _first(target, size.target),
+        nonspeech=size.nonspeech,
+        longform_seconds=size.longform_seconds,
+        seed=size.seed,
+    )
+    sets = replace(
+        sets, english=_first(sets.english, size.english), language_id=_first(sets.language_id, size.language_id)
+    )
+    decoding = decoding or DecodingOptions(**FILE_DECODING)
+    tuned = open_engine(base, adapter, device=device, language=language, decoding=decoding)
+    plain = open_engine(tuned.loaded.base, None, device=device, language=language, decoding=decoding)
+    card = build_card(engine_decode(plain), engine_decode(tuned), sets, "base", "fine-tune")
+    card = replace(card, remark=remark)
+    write_card(card, out)
+    log.info("report card: %s", card.headline())
+    return card
+
+
+def _first(labelled: LabelledSet | None, n: int | None) -> LabelledSet | None:
+    if labelled is None or n is None:
+        return labelled
+    return LabelledSet(labelled.audios[:n], labelled.labels[:n])
+
+
+def copy_card(run_folder: Path, adapter_dir: Path) -> None:
+    """Put the run's card.md/card.json beside an adapter, so that ``export`` and
+    ``push_to_hub`` find it with the adapter alone."""
+    for name in CARD_FILES:
+        src = Path(run_folder) / name
+        if src.is_file() and Path(adapter_dir).is_dir():
+            (Path(adapter_dir) / name).write_bytes(src.read_bytes())
