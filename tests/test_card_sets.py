@@ -4,6 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from whisper_tune import card_sets
 from whisper_tune.audio import SAMPLE_RATE, SILENCE_DB, rms_db
 from whisper_tune.card_sets import card_sentences, language_id_sentences, spoken_set, standard_sets
 from whisper_tune.processor import languages
@@ -30,14 +31,36 @@ def test_language_id_sentences_are_whisper_languages_other_than_english():
 
 
 @needs_espeak
-def test_spoken_set_gives_sound_per_sentence_and_is_seeded():
+def test_spoken_set_gives_sound_per_sentence_and_is_seeded(tmp_path, monkeypatch):
     sentences = card_sentences("en")[:2]
+    monkeypatch.setenv("WHISPER_TUNE_CACHE", str(tmp_path / "one"))
     clips = spoken_set("en", sentences, seed=5)
     assert len(clips) == len(sentences)
     for clip in clips:
         assert clip.dtype == np.float32 and clip.ndim == 1 and clip.size > 0.5 * SAMPLE_RATE
         assert np.isfinite(clip).all() and np.abs(clip).max() <= 1.0 and rms_db(clip) > SILENCE_DB
+    monkeypatch.setenv("WHISPER_TUNE_CACHE", str(tmp_path / "two"))  # spoken again, not read back
     assert [c.tobytes() for c in spoken_set("en", sentences, seed=5)] == [c.tobytes() for c in clips]
+    assert [c.tobytes() for c in spoken_set("en", sentences, seed=6)] != [c.tobytes() for c in clips]
+
+
+@needs_espeak
+def test_a_spoken_set_is_kept_and_read_back_without_espeak(tmp_path, monkeypatch):
+    """The card's speech is made once per machine; a copy of the cache serves a machine
+    without espeak-ng (the GPU image) with the very same samples."""
+    monkeypatch.setenv("WHISPER_TUNE_CACHE", str(tmp_path))
+    sentences = card_sentences("en")[:3]
+    clips = spoken_set("en", sentences, seed=1)
+    assert len(list((tmp_path / "card-speech").glob("en-*.npz"))) == 1
+
+    def no_espeak(*args):
+        raise AssertionError("spoken again although it was kept")
+
+    monkeypatch.setattr(card_sets, "speak", no_espeak)
+    again = spoken_set("en", sentences, seed=1)
+    assert [c.tobytes() for c in again] == [c.tobytes() for c in clips]
+    with pytest.raises(AssertionError, match="spoken again"):
+        spoken_set("en", sentences[:2], seed=1)  # another set is another file
 
 
 @needs_espeak
@@ -51,7 +74,6 @@ def test_every_language_id_language_is_spoken():
 
 
 def test_standard_sets_fill_every_set(monkeypatch):
-    from whisper_tune import card_sets
     from whisper_tune.nonspeech import KINDS
     from whisper_tune.report_card import LabelledSet
 

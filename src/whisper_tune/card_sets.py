@@ -13,8 +13,13 @@ Voices, speeds and pitches are drawn as the demo corpus draws them (``demo_data`
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import random
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +27,10 @@ from .audio import SAMPLE_RATE, resample
 from .demo_data import PITCH_RANGE, SPEED_RANGE, VOICES, speak
 from .errors import UserError
 from .nonspeech import nonspeech_clips
+from .processor import cache_root
 from .report_card import CardSets, LabelledSet, join_clips
+
+log = logging.getLogger(__name__)
 
 ESPEAK_LANGUAGE = {"en": "en-us"}  # Whisper's code -> espeak-ng's voice where they differ
 NONSPEECH_CLIPS = 44  # four of each non-speech kind
@@ -45,7 +53,15 @@ def language_id_sentences() -> list[tuple[str, str]]:
 
 def spoken_set(lang: str, sentences: list[str], seed: int = 0) -> list[np.ndarray]:
     """Each sentence spoken by espeak-ng in ``lang`` (Whisper's code), as 16 kHz float32,
-    with a seeded voice variant, speed and pitch per sentence."""
+    with a seeded voice variant, speed and pitch per sentence.
+
+    Spoken once per machine and kept in the cache (:func:`speech_cache`): the card runs at
+    the end of every training run, and a machine without espeak-ng (a GPU image) can use
+    sets spoken elsewhere by copying the cache folder."""
+    path = speech_cache() / f"{_speech_key(lang, sentences, seed)}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return [stored[f"clip{i}"].astype(np.float32) / 32767.0 for i in range(len(sentences))]
     rng = random.Random(seed)
     voice = ESPEAK_LANGUAGE.get(lang, lang)
     out = []
@@ -53,7 +69,33 @@ def spoken_set(lang: str, sentences: list[str], seed: int = 0) -> list[np.ndarra
         settings = rng.choice(VOICES), rng.randint(*SPEED_RANGE), rng.randint(*PITCH_RANGE)
         samples, sr = speak(sentence, voice, *settings)
         out.append(np.clip(resample(samples, sr, SAMPLE_RATE), -1.0, 1.0))  # resampling may overshoot 1.0
+    out = [np.round(a * 32767.0).astype(np.int16).astype(np.float32) / 32767.0 for a in out]  # as stored
+    _store(path, out)
     return out
+
+
+def speech_cache() -> Path:
+    """Where spoken card sets are kept: ``$WHISPER_TUNE_CACHE/card-speech``."""
+    return cache_root() / "card-speech"
+
+
+def _speech_key(lang: str, sentences: list[str], seed: int) -> str:
+    """A name that changes with anything that changes the audio but espeak-ng's own version
+    (the GPU image has none to ask): delete the folder after upgrading espeak-ng."""
+    what = [lang, sentences, seed, VOICES, SPEED_RANGE, PITCH_RANGE, SAMPLE_RATE, 1]
+    return f"{lang}-{hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:16]}"
+
+
+def _store(path: Path, clips: list[np.ndarray]) -> None:
+    """Write the clips as 16-bit samples, atomically; a cache that cannot be written is
+    only a slower next run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{f"clip{i}": np.round(a * 32767.0).astype(np.int16) for i, a in enumerate(clips)})
+        tmp.replace(path)
+    except OSError as error:
+        log.warning("could not keep the spoken card set in %s: %s", path.parent, error.strerror)
 
 
 def english_set(seed: int = 0) -> LabelledSet:
