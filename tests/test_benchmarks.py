@@ -154,3 +154,25 @@ def test_train_table_shows_no_ratio_where_there_is_no_recipe_row():
     lines = _train_table({"steps": 1, "environment": {"gpu": "X"}, "rows": [row, with_recipe]})
     assert lines[-2] == "| none | 2 | 1 | 3.00 | – | 1.0 | 1.0 | – |"
     assert lines[-1] == "| none | 2 | 1 | 3.00 | 2.50 | 1.0 | 1.0 | 0.50 |"
+
+
+def test_card_study_table_gives_mean_and_spread_per_setting_and_lists_failures(monkeypatch):
+    """The study's table reads each row's card.json lines by name (report_card.LINES): a
+    renamed line would show n/a, so the names are checked against the card's own table."""
+    monkeypatch.syspath_prepend(str(LOOP.parent))
+    from gpu_card_study import CARD_COLUMNS, table
+
+    from whisper_tune.report_card import LINES
+
+    assert {name for name, _ in CARD_COLUMNS} <= {name for _, name, *_ in LINES}
+
+    def row(seed, wer, tuned):
+        card = {"lines": [{"name": name, "base": 50.0, "tuned": tuned} for name, _ in CARD_COLUMNS]}
+        scores = {"wer": wer, "cer": wer / 4}
+        return {"name": "x", "seed": seed, "card": card, "test": scores, "unseen": scores}
+
+    text = table([row(0, 30.0, 10.0), row(1, 32.0, 12.0), {"name": "y", "seed": 0, "error": "boom"}])
+    lines = text.splitlines()
+    assert lines[2].startswith("| base (zero-shot), card column |") and lines[2].count("50.0") == len(CARD_COLUMNS)
+    assert lines[3].startswith("| x | 2 | 31.0 ± 1.4 |") and "11.0 ± 1.4" in lines[3]
+    assert lines[4] == "| y (seed 0) | failed: boom |"

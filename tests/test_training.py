@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import need_espeak
 from safetensors.torch import load_file
 
 from whisper_tune import checkpoint
@@ -477,3 +478,31 @@ def test_the_base_is_a_candidate_and_a_run_that_never_beats_it_says_so(tiny_mode
     with caplog.at_level("WARNING"):
         merge(None, str(out / "best"), tmp_path / "merged")
     assert "untrained adapter of step 0" in caplog.text
+
+
+def test_eval_card_writes_the_report_card_into_the_run_and_beside_its_adapters(
+    tiny_model_dir, small_corpus, tmp_path, monkeypatch
+):
+    """eval.card=true on a CPU: the card of the serving adapter on the eval split, in the run
+    folder and beside best/ and adapter/ (where export finds it), its remark saying the base
+    stayed best; off by default on a CPU."""
+    from whisper_tune import grading
+    from whisper_tune.export import model_card
+    from whisper_tune.run import BASE_IS_BEST
+
+    need_espeak()
+    tiny = grading.CardSize(target=3, nonspeech=2, longform_seconds=6.0, english=2, language_id=2)
+    monkeypatch.setattr(grading.CardSize, "for_cpu", classmethod(lambda cls: tiny))
+    monkeypatch.setattr(grading, "FILE_DECODING", {**grading.FILE_DECODING, "temperature": (0.0,)})
+    overrides = {"eval.every": 2, "train.max_steps": 2, "train.learning_rate": "1e-12", "eval.max_samples": 3}
+    train(_cfg(tiny_model_dir, small_corpus, tmp_path / "plain", **overrides), progress=False)
+    assert not (tmp_path / "plain" / "card.json").exists()  # null: off on a CPU
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, small_corpus, out, **overrides, **{"eval.card": "true"}), progress=False)
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    assert card["remark"] == BASE_IS_BEST and card["sizes"]["target"] == 3
+    assert all(line["base"] == line["tuned"] for line in card["lines"])  # best/ is the base itself
+    for folder in ("best", "adapter"):
+        assert (out / folder / "card.md").read_bytes() == (out / "card.md").read_bytes()
+    assert "## Report card" in model_card("merged", str(tiny_model_dir), "mr", "transcribe", out / "best")

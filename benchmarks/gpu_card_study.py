@@ -1,0 +1,159 @@
+"""The study of issue 24 item 4: each switch of "training that preserves" on and off, with
+every line of the report card, on the GPU machine (Whisper base, real weights).
+
+Each row is the GPU demo (``demo.GPU_OVERRIDES`` on ``recipes/demo.yaml``) plus its
+switch; early stopping and the best checkpoint use the dev split (sentences not in
+training); the run writes its report card at the end (``eval.card``, on by default on a
+GPU) on the dev split's clips; test and unseen are scored with ``evaluate``. Rows run side
+by side on one card (Whisper base leaves most of it idle), so wall times are not speeds.
+
+    python3 benchmarks/gpu_card_study.py --base /tmp/whisper-base --data /tmp/corpus/mr --out $OUT/card-study \\
+        --parallel 6 [--only NAME ...] [--seeds 0 1 2]
+
+Writes card-study.md (one table: the settings against test/unseen WER and each card line)
+and card-study.json (every row with its whole card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_study import cli, evaluate  # noqa: E402 - the study scripts share their runner
+
+from whisper_tune.demo import GPU_OVERRIDES  # noqa: E402
+
+ROWS = {
+    "switches off (the GPU demo)": [],
+    "non-speech 10 %": ["preserve.nonspeech_share=0.1"],
+    "timestamps 50 %": ["preserve.timestamp_share=0.5"],
+    "prompts 20 %": ["preserve.prompt_share=0.2"],
+    "all three": ["preserve.nonspeech_share=0.1", "preserve.timestamp_share=0.5", "preserve.prompt_share=0.2"],
+}
+SPLITS = ("test", "unseen")
+CARD_COLUMNS = (  # card line name (report_card.LINES) -> short column name
+    ("target WER, normalized", "target WER"),
+    ("non-speech given text", "non-speech text"),
+    ("repetition loops", "loops"),
+    ("long-form WER, normalized", "long-form WER"),
+    ("long-form timestamps sane", "timestamps sane"),
+    ("English WER, normalized", "English WER"),
+    ("language-ID accuracy", "lang-ID"),
+)
+
+
+def run_row(name: str, overrides: list[str], seed: int, base: str, data: str, out: Path) -> dict:
+    slug = "".join(c if c.isalnum() or c in "-." else "_" for c in f"{name}-s{seed}")
+    folder, log = out / slug, out / f"{slug}.log"
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    cli(
+        "train",
+        "--config",
+        "demo",
+        f"model.base={base}",
+        f"data.source={data}",
+        "data.train_split=train",
+        "data.eval_split=dev",
+        f"train.output_dir={folder}/run",
+        f"train.seed={seed}",
+        "eval.card=true",
+        *GPU_OVERRIDES,
+        *overrides,
+        log=log,
+    )
+    record = json.loads((folder / "run" / "run.json").read_text())
+    card = json.loads((folder / "run" / "card.json").read_text())
+    adapter = folder / "run" / ("best" if (folder / "run" / "best").is_dir() else "adapter")
+    scores = {s: evaluate(["--adapter", str(adapter)], data, s, folder / f"eval-{s}", log) for s in SPLITS}
+    return {
+        "name": name,
+        "seed": seed,
+        "overrides": overrides,
+        "steps": record["steps"],
+        "best_step": (record.get("best") or {}).get("step"),
+        "best_is_base": record.get("best_is_base", False),
+        "wall_s": round(time.time() - start),
+        "card": card,
+        **scores,
+    }
+
+
+def _card_value(card: dict, line: str, column: str) -> float | None:
+    for entry in card["lines"]:
+        if entry["name"] == line:
+            return entry[column]
+    return None
+
+
+def _cell(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(rows: list[dict]) -> str:
+    """One line per setting (mean ± spread over its seeds), the base's card column first."""
+    done = [r for r in rows if "error" not in r]
+    head = ["setting", "seeds", "test WER", "test CER", "unseen WER", "unseen CER"] + [c for _, c in CARD_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if done:
+        card = done[0]["card"]
+        base = [_cell([_card_value(card, line, "base")]) for line, _ in CARD_COLUMNS]
+        lines.append("| base (zero-shot), card column | | | | | | " + " | ".join(base) + " |")
+    for name in dict.fromkeys(r["name"] for r in done):
+        group = [r for r in done if r["name"] == name]
+        cells = [
+            _cell([r[s][k] for r in group])
+            for s, k in (("test", "wer"), ("test", "cer"), ("unseen", "wer"), ("unseen", "cer"))
+        ]
+        cells += [_cell([_card_value(r["card"], line, "tuned") for r in group]) for line, _ in CARD_COLUMNS]
+        lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    lines += [f"| {r['name']} (seed {r['seed']}) | failed: {r['error']} |" for r in rows if "error" in r]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--parallel", type=int, default=5)
+    ap.add_argument("--only", nargs="*", default=None, help="these rows (default: all)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0])
+    ap.add_argument(
+        "--extra", nargs="*", default=[], help="overrides appended to every row (a dry run: train.max_steps=2)"
+    )
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(name, seed) for name in (args.only or list(ROWS)) for seed in args.seeds]
+    rows: list[dict] = []
+
+    def one(job: tuple[str, int]) -> dict:
+        name, seed = job
+        try:
+            return run_row(name, ROWS[name] + args.extra, seed, args.base, args.data, out)
+        except Exception as e:  # noqa: BLE001 - one failed row must not lose the others
+            return {"name": name, "seed": seed, "error": str(e)}
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for row in pool.map(one, jobs):
+            rows.append(row)
+            (out / "card-study.json").write_text(json.dumps(rows, indent=2))
+            (out / "card-study.md").write_text(table(rows))
+            print(f"{row['name']} (seed {row['seed']}): {'failed' if 'error' in row else 'done'}", flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
