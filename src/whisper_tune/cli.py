@@ -228,7 +228,9 @@ def _print_card(args, folder: Path) -> None:
     if not args.adapter:
         raise UserError("--card compares a fine-tune with its base: give --adapter")
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    size = CardSize(target=args.max_samples)
+    size = CardSize.for_this_machine()
+    if args.max_samples:
+        size = dataclasses.replace(size, target=args.max_samples)
     prepared = prepare_split(_data_config(args), args.split, folder / "prepared", str(folder / "processor"))
     target = held_out(prepared, args.max_samples)  # the clips evaluate scored (prepared once, reused)
     card = grade(args.model, args.adapter, summary["model"]["language"], target, folder, size)

@@ -239,8 +239,6 @@ def _card(out: Path, base: str, adapter: str, data, report) -> Path:
     clips evaluate just scored, reused from its cache), into ``out/card``."""
     from dataclasses import replace
 
-    import torch
-
     from .grading import CardSize, grade, held_out
     from .prepare import prepare_split
 
@@ -248,7 +246,7 @@ def _card(out: Path, base: str, adapter: str, data, report) -> Path:
     prepared = prepare_split(
         replace(data, eval_split="test"), "test", folder / "prepared", str(folder / "processor"), progress=False
     )
-    size = CardSize() if torch.cuda.is_available() else CardSize.for_cpu()
+    size = CardSize.for_this_machine()
     card = grade(base, adapter, data.language, held_out(prepared, size.target), out / "card", size)
     report(f"report card: {card.headline()}")
     return out / "card" / "card.md"

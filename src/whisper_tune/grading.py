@@ -50,6 +50,13 @@ class CardSize:
         held-out clips of a few seconds still make one long file."""
         return cls(target=40, nonspeech=11, english=20)
 
+    @classmethod
+    def for_this_machine(cls) -> CardSize:
+        """The whole card with a GPU (seconds for Whisper base), :meth:`for_cpu` without."""
+        import torch
+
+        return cls() if torch.cuda.is_available() else cls.for_cpu()
+
 
 def engine_decode(engine: Engine, base: bool = False) -> Decode:
     """A ``report_card.Decode`` over ``engine``: clips of any length through

@@ -680,7 +680,7 @@ def write_run_card(cfg: TrainConfig, eval_folder: Path, language: str, best_is_b
     run = RunDir(cfg.train.output_dir)
     adapter = run.serving_adapter()
     target = held_out(load_prepared(eval_folder), cfg.eval.max_samples)
-    size = CardSize() if torch.cuda.is_available() else CardSize.for_cpu()
+    size = CardSize.for_this_machine()
     grade(cfg.model.base, str(adapter), language, target, run.path, size, remark=BASE_IS_BEST if best_is_base else "")
     for folder in (run.best, run.adapter):
         copy_card(run.path, folder)
