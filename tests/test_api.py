@@ -494,3 +494,31 @@ def test_after_sigterm_requests_whose_clients_left_are_dropped(tmp_path):
     live.thread.join(timeout=30)
     assert not live.thread.is_alive() and time.monotonic() - start < 3.0
     assert sorted(answers, key=str) == [200, "gave up", "gave up"] and engine.calls == 1
+
+
+def test_decodes_run_in_their_slots_and_a_full_queue_is_503_with_the_reason():
+    """``DECODE_SLOTS`` uploads decode at once, ``max_waiting`` more wait, the next is told why."""
+    import asyncio
+
+    from whisper_tune.api import ApiError, Queue
+
+    running, most = 0, 0
+
+    def decode():
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        time.sleep(0.3)
+        running -= 1
+        return "audio"
+
+    async def main():
+        queue = Queue(max_waiting=2, slots=2, what="uploads waiting to be decoded")
+        jobs = [asyncio.ensure_future(queue.run(decode)) for _ in range(4)]
+        await asyncio.sleep(0.05)  # two decoding, two waiting
+        with pytest.raises(ApiError) as info:
+            await queue.run(decode)
+        assert info.value.status == 503 and "too many uploads waiting to be decoded" in info.value.message
+        return await asyncio.gather(*jobs)
+
+    assert asyncio.run(main()) == ["audio"] * 4 and most == 2
