@@ -113,18 +113,19 @@ def _soundfile_decode(source: AudioSource, sr: int, max_seconds: float | None) -
         limit = None if max_seconds is None else int((max_seconds + 1) * rate)
         block = max(1024, BLOCK_BYTES // (4 * channels))
         stream = _Resampler(rate, sr)
-        parts, decoded = [], 0
+        out = _Output(min(stated, limit or stated, 3600 * rate) * sr // max(rate, 1) + 1024)
+        decoded = 0
         while len(data := f.read(block, dtype="float32", always_2d=True)):
             decoded += len(data)
             if limit is not None and decoded > limit:
                 raise _too_long(max_seconds, f"more than {max_seconds + 1:g} s")
-            parts.append(stream(data.mean(axis=1) if channels > 1 else data[:, 0]))
-        parts.append(stream.flush())
+            out.add(stream(data.mean(axis=1) if channels > 1 else data[:, 0]))
+        out.add(stream.flush())
         lossy = f.format in LOSSY_FORMATS
     _check_complete(decoded, stated, rate)
     per_second = LOSSY_BYTES_PER_SECOND if lossy else channels * rate * PCM_BYTES_PER_SAMPLE
     needed = decoded / rate * per_second + _id3_size(source) + SLACK_BYTES
-    return np.concatenate(parts), decoded / rate, needed
+    return out.samples(), decoded / rate, needed
 
 
 def _check_header(rate: int, channels: int, frames: int, max_seconds: float | None) -> None:
@@ -153,6 +154,26 @@ def _id3_size(source: AudioSource) -> int:
     if len(head) < 10 or head[:3] != b"ID3":
         return 0
     return 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+
+
+class _Output:
+    """The output written into one array sized from the header (grown should the header
+    undercount), so the decoded audio is never held twice; pages never written never count."""
+
+    def __init__(self, expected: int):
+        self.array, self.size = np.empty(max(expected, 0), np.float32), 0
+
+    def add(self, block: np.ndarray) -> None:
+        end = self.size + len(block)
+        if end > len(self.array):
+            grown = np.empty(max(end, 2 * len(self.array)), np.float32)
+            grown[: self.size] = self.array[: self.size]
+            self.array = grown
+        self.array[self.size : end] = block
+        self.size = end
+
+    def samples(self) -> np.ndarray:
+        return self.array[: self.size]
 
 
 class _Resampler:
