@@ -21,6 +21,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from whisper_tune.api import build_app, load_engine  # noqa: E402
 from whisper_tune.audio import load_audio  # noqa: E402
+from whisper_tune.inference import Engine  # noqa: E402
 from whisper_tune.uploads import Limits  # noqa: E402
 
 KEY = "sk-test-key"
@@ -352,3 +353,172 @@ def test_a_file_over_30_s_gives_what_transcribe_gives(engine, tiny_adapter, clip
         (s["start"], s["end"], s["text"]) for s in cli["segments"]
     ]
     assert cli["segments"][-1]["end"] > 30.0  # more than one window was decoded
+
+
+def _post(server, fields: list[tuple[str, str]], clip: Path, timeout: float = 60):
+    import httpx
+
+    with open(clip, "rb") as f:
+        data: dict[str, list[str]] = {}
+        for name, value in fields:
+            data.setdefault(name, []).append(value)
+        return httpx.post(
+            f"{server.url}/v1/audio/transcriptions",
+            data=data,
+            files={"file": (clip.name, f.read())},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=timeout,
+        )
+
+
+@pytest.mark.parametrize(
+    "fields, param, says",
+    [
+        ([("beam_size", "100000")], "beam_size", "'beam_size' must be a whole number from 1 to 10, not '100000'"),
+        ([("beam_size", "0")], "beam_size", "from 1 to 10"),
+        ([("no_speech_threshold", "nan")], "no_speech_threshold", "a number from 0 to 1, not 'nan'"),
+        ([("logprob_threshold", "-inf")], "logprob_threshold", "a number from -20 to 0"),
+        ([("compression_ratio_threshold", "1e300")], "compression_ratio_threshold", "from 0 to 10"),
+        ([("best_of", "5")], "best_of", "best_of 5 is not offered"),
+        ([("temperature", "0"), ("temperature", "0.4")], "temperature", "'temperature' was sent 2 times; send it once"),
+        ([("temperature", "0,0.2,0.4")], "temperature", "temperature must be a number from 0 to 1"),
+        ([("timestamp_granularities[]", "word")], "timestamp_granularities[]", "word timestamps are not supported"),
+        ([("timestamp_granularities[]", "char")], "timestamp_granularities[]", "unknown timestamp granularity"),
+    ],
+)
+def test_every_numeric_field_is_bounded_and_what_is_not_offered_is_a_400(server, counted, clips, fields, param, says):
+    """beam_size=100000 once tried to allocate 38 GB (HTTP 500); word timestamps were ignored."""
+    counted.most = 0
+    response = _post(server, [("model", MODEL_ID), *fields], clips[0])
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == param and says in error["message"], error
+    assert "\n" not in error["message"] and counted.most == 0  # one line, before any inference
+
+
+def test_segment_granularity_and_best_of_1_are_accepted(tmp_path):
+    live = LiveServer(build_app(SlowEngine(0.0), LIMITS, model_id="slow"))
+    try:
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        with open(write_tone(tmp_path / "a.wav"), "rb") as f:
+            result = client.audio.transcriptions.create(
+                model="slow",
+                file=f,
+                response_format="verbose_json",
+                timestamp_granularities=["segment"],
+                extra_body={"best_of": 1},
+            )
+    finally:
+        live.stop()
+    assert result.duration == 1.0 and result.text == ""
+
+
+def test_a_flac_bomb_is_413_and_a_concatenated_mp3_is_not_cut(server, tmp_path):
+    from test_audio import _mp3, write_silence
+
+    bomb = write_silence(tmp_path / "bomb.flac", seconds=15, sr=384000, channels=8)  # 15 s passes the 20 s limit
+    assert bomb.stat().st_size < 100_000  # and the 1 MB one
+    response = _post(server, [("model", MODEL_ID)], bomb)
+    error = response.json()["error"]
+    assert response.status_code == 413 and error["code"] == "file_too_large", error
+    assert error["message"] == (
+        "this audio is too large to decode: 8 channels at 384 kHz; at most 8 channels at 192 kHz are read"
+    )
+
+    joined = tmp_path / "joined.mp3"  # 1 s + 60 s: soundfile alone reads 1 s and the server said 200
+    joined.write_bytes(_mp3(tmp_path / "a.mp3", 1, 440) + _mp3(tmp_path / "b.mp3", 60, 300))
+    response = _post(server, [("model", MODEL_ID)], joined)
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["message"] == "the audio is more than 21 s long; this app takes at most 20 s"
+
+
+def test_errors_never_show_the_servers_temp_paths(server, tmp_path):
+    bad = tmp_path / "notes.mp3"
+    bad.write_bytes(b"these are not the sounds you are looking for" * 50)
+    message = _post(server, [("model", MODEL_ID)], bad).json()["error"]["message"]
+    assert message.startswith("cannot read this audio") and "whisper-tune-api" not in message and "/tmp" not in message
+    assert "the upload" in message or "ffmpeg" in message
+
+
+class SlowEngine(Engine):
+    """Says nothing after ``seconds``, and counts its calls: the queue without a model."""
+
+    kind = "slow"
+
+    def __init__(self, seconds: float):
+        super().__init__("slow", None, "transcribe")
+        self.seconds, self.calls = seconds, 0
+
+    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return [([], "en") for _ in audios]
+
+
+def test_after_sigterm_requests_whose_clients_left_are_dropped(tmp_path):
+    """Three uploads: the first is decoding-then-inferring when the other two clients give up
+    and the server is told to stop (what uvicorn does on SIGTERM). The two are dropped instead
+    of each running a 3 s inference for nobody, so the server exits after the first."""
+    import httpx
+
+    clip = write_tone(tmp_path / "a.wav", seconds=1.0)
+    engine = SlowEngine(3.0)
+    live = LiveServer(build_app(engine, LIMITS, model_id="slow"))
+    answers = []
+
+    def ask(timeout):
+        try:
+            with open(clip, "rb") as f:
+                answers.append(
+                    httpx.post(
+                        f"{live.url}/v1/audio/transcriptions",
+                        data={"model": "slow"},
+                        files={"file": ("a.wav", f.read())},
+                        timeout=timeout,
+                    ).status_code
+                )
+        except httpx.TimeoutException:
+            answers.append("gave up")
+
+    first = threading.Thread(target=ask, args=(30,))
+    first.start()
+    time.sleep(0.5)
+    quitters = [threading.Thread(target=ask, args=(1.0,)) for _ in range(2)]
+    for t in quitters:
+        t.start()
+    for t in quitters:
+        t.join()
+    start = time.monotonic()
+    live.server.should_exit = True  # uvicorn's SIGTERM handler sets this
+    first.join(timeout=30)
+    live.thread.join(timeout=30)
+    assert not live.thread.is_alive() and time.monotonic() - start < 3.0
+    assert sorted(answers, key=str) == [200, "gave up", "gave up"] and engine.calls == 1
+
+
+def test_decodes_run_in_their_slots_and_a_full_queue_is_503_with_the_reason():
+    """``DECODE_SLOTS`` uploads decode at once, ``max_waiting`` more wait, the next is told why."""
+    import asyncio
+
+    from whisper_tune.api import ApiError, Queue
+
+    running, most = 0, 0
+
+    def decode():
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        time.sleep(0.3)
+        running -= 1
+        return "audio"
+
+    async def main():
+        queue = Queue(max_waiting=2, slots=2, what="uploads waiting to be decoded")
+        jobs = [asyncio.ensure_future(queue.run(decode)) for _ in range(4)]
+        await asyncio.sleep(0.05)  # two decoding, two waiting
+        with pytest.raises(ApiError) as info:
+            await queue.run(decode)
+        assert info.value.status == 503 and "too many uploads waiting to be decoded" in info.value.message
+        return await asyncio.gather(*jobs)
+
+    assert asyncio.run(main()) == ["audio"] * 4 and most == 2

@@ -113,3 +113,82 @@ def test_truncated_mp3_is_undecodable_not_a_short_clip(tmp_path):
     reason, detail = _reason(tmp_path / "cut.mp3")
     assert reason == "undecodable" and detail.startswith("truncated: decodes to 0.") and "of the 3.0 s" in detail
     assert load_audio(good).size == 48000  # a whole file passes the same check
+
+
+def write_silence(path, seconds: float, sr: int, channels: int):
+    """A FLAC of digital silence written in blocks: a few KB per minute however wide it is
+    (the "bomb" of issue 29: 120 s at 384 kHz x 8 channels was 57 KB and 1.5 GB decoded)."""
+    import soundfile as sf
+
+    block = np.zeros((sr, channels), dtype=np.int16)
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(seconds)):
+            f.write(block)
+    return path
+
+
+def test_a_flac_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    import whisper_tune.audio as audio
+
+    bomb = write_silence(tmp_path / "bomb.flac", seconds=10, sr=384000, channels=8)
+    assert bomb.stat().st_size < 200_000
+    monkeypatch.setattr(audio, "_Resampler", None)  # nothing past the header is decoded
+    assert _reason(bomb) == ("too_large", "8 channels at 384 kHz; at most 8 channels at 192 kHz are read")
+
+
+def test_memory_follows_the_16k_mono_output_not_the_files_width(tmp_path):
+    """20 s of 8 channels at 96 kHz is 61 MB as float32; decoded in blocks, each down-mixed
+    and resampled before the next, the peak is one 8 MB block plus the 1.3 MB output."""
+    import tracemalloc
+
+    wide = write_silence(tmp_path / "wide.flac", seconds=20, sr=96000, channels=8)
+    tracemalloc.start()
+    try:
+        audio = load_audio(wide)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert audio.shape == (20 * SAMPLE_RATE,) and not audio.any()
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
+def test_max_seconds_stops_at_the_header_or_while_decoding(tmp_path, monkeypatch):
+    import whisper_tune.audio as audio
+
+    long = write_tone(tmp_path / "long.flac", seconds=30.0, sr=8000)
+    assert load_audio(long, max_seconds=29.5).size == 30 * SAMPLE_RATE  # one second of grace
+    assert _reason_with(long, max_seconds=10) == ("too_long", "the audio is 30 s long; at most 10 s are read")
+    monkeypatch.setattr(audio, "_check_header", lambda *args: None)  # a header that does not tell
+    assert _reason_with(long, max_seconds=10) == ("too_long", "the audio is more than 11 s long; at most 10 s are read")
+
+
+def _reason_with(source, **kw) -> tuple[str, str]:
+    with pytest.raises(AudioError) as e:
+        load_audio(source, **kw)
+    return e.value.reason, e.value.detail
+
+
+def _mp3(path, seconds: float, freq: int):
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=f={freq}:d={seconds}:r=48000"]
+    subprocess.run([*cmd, "-b:a", "64k", str(path)], check=True)
+    return path.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_a_concatenated_mp3_is_read_whole_not_cut_to_its_first_part(tmp_path, monkeypatch):
+    """``cat short.mp3 long.mp3``: libsndfile reads the first stream's header and stops after
+    1 s; its 500 KB say otherwise, so ffmpeg decodes the whole (transcribe, api and prepare
+    all read audio here)."""
+    import soundfile as sf
+
+    import whisper_tune.audio as audio
+
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(_mp3(tmp_path / "a.mp3", 1, 440) + _mp3(tmp_path / "b.mp3", 60, 300))
+    assert sf.info(str(joined)).duration == pytest.approx(1.0, abs=0.05)  # what soundfile alone reads
+    assert len(load_audio(joined)) / SAMPLE_RATE == pytest.approx(61.0, abs=0.2)
+    assert _reason_with(joined, max_seconds=20)[0] == "too_long"
+    assert len(load_audio(tmp_path / "b.mp3")) == 60 * SAMPLE_RATE  # one stream: soundfile, as before
+    monkeypatch.setattr(audio.shutil, "which", lambda name: None)
+    reason, detail = _reason(joined)
+    assert reason == "undecodable" and "far more than 1.0 s of audio needs" in detail and "install ffmpeg" in detail

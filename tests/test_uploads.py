@@ -32,3 +32,16 @@ def test_a_long_upload_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
     monkeypatch.setattr(uploads, "load_audio", no_decoding)
     with pytest.raises(UploadRejected, match=r"5 s long; this app takes at most 2 s"):
         check_upload(long_mp3, Limits(max_seconds=2))
+
+
+def test_a_bomb_is_too_large_and_a_long_decode_stops_at_the_limit(tmp_path):
+    from test_audio import write_silence
+
+    bomb = write_silence(tmp_path / "bomb.flac", seconds=5, sr=384000, channels=8)
+    with pytest.raises(UploadRejected, match=r"too large to decode: 8 channels at 384 kHz") as e:
+        check_upload(bomb, Limits())
+    assert e.value.too_large  # the API answers 413
+    long = write_tone(tmp_path / "long.flac", seconds=30.0, sr=8000)
+    with pytest.raises(UploadRejected, match=r"^the audio is 30 s long; this app takes at most 20 s$") as e:
+        check_upload(long, Limits(max_seconds=20))
+    assert not e.value.too_large

@@ -16,10 +16,18 @@ Why it is built this way:
 * One inference at a time: requests wait on an asyncio lock (bounded, 503 beyond
   ``max_queue`` waiting) and the model runs in a worker thread, so concurrent clients queue
   instead of running the GPU out of memory, and the event loop keeps answering meanwhile.
+  Decoding an upload has its own few slots (``decode_slots``, the same bound on waiting), so
+  N uploads at once never decode N files at once. A request whose client has gone while it
+  waits is dropped before its decode or inference starts (after SIGTERM too, when uvicorn
+  finishes what is queued).
 * Safe defaults: binds 127.0.0.1 (a warning for any other address), an optional API key
   compared in constant time, an upload size limit enforced from Content-Length and again
   while the body streams in (a 2 GB body is refused, never buffered), and the duration
-  limit read from the file header before decoding where the format allows.
+  limit read from the file header before decoding where the format allows; the decoder
+  refuses rates above 192 kHz and more than 8 channels from the header (413), and decodes in
+  blocks, so memory follows the 16 kHz output (``benchmarks/audio_memory_probe.py``).
+* Every form field is bounded (beam_size 1-10, thresholds in range, each field once) and
+  what is not offered (word timestamps, best_of above 1) is a 400 saying so, never ignored.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotations of the
@@ -45,6 +53,9 @@ log = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 FORM_SLACK_BYTES = 1 << 20  # room for the form's other fields and multipart headers
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DECODE_SLOTS = 2  # uploads decoded at once; each holds at most a block of the file and its 16 kHz output
+MAX_BEAM_SIZE = 10  # openai's CLI uses 5; each beam is one more decoder pass per token
+CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
 API_KEY_ENV = "WHISPER_TUNE_API_KEY"
 
 
@@ -198,14 +209,43 @@ class Options:
     decoding: object  # inference.DecodingOptions
 
 
-# Fields beyond OpenAI's (openai/whisper's names), each a number or true/false
+# Fields beyond OpenAI's (openai/whisper's names): (type, lowest, highest), or bool
 DECODING_FIELDS = {
-    "beam_size": int,
-    "compression_ratio_threshold": float,
-    "logprob_threshold": float,
-    "no_speech_threshold": float,
-    "condition_on_previous_text": bool,
+    "beam_size": (int, 1, MAX_BEAM_SIZE),
+    "compression_ratio_threshold": (float, 0.0, 10.0),  # openai: 2.4
+    "logprob_threshold": (float, -20.0, 0.0),  # openai: -1
+    "no_speech_threshold": (float, 0.0, 1.0),  # openai: 0.6
+    "condition_on_previous_text": (bool, None, None),
 }
+LIST_FIELDS = ("timestamp_granularities[]", "timestamp_granularities", "include[]")  # may repeat
+GRANULARITIES = ("segment", "word")
+
+
+def check_fields(form) -> None:
+    """400 for what this server does not do, rather than ignoring it: a field sent twice (which
+    value counts would be a guess), word timestamps, ``best_of`` above 1."""
+    counts: dict[str, int] = {}
+    for name, _ in form.multi_items():
+        counts[name] = counts.get(name, 0) + 1
+    for name, count in counts.items():
+        if count > 1 and name not in LIST_FIELDS:
+            raise ApiError(400, f"'{name}' was sent {count} times; send it once", param=name)
+    for name in LIST_FIELDS[:2]:
+        for value in form.getlist(name):
+            value = value.strip() if isinstance(value, str) else value
+            if value not in GRANULARITIES:
+                raise ApiError(400, f"unknown timestamp granularity '{value}': use segment", param=name)
+            if value == "word":
+                raise ApiError(
+                    400,
+                    "word timestamps are not supported yet: ask for segments (response_format=verbose_json)",
+                    param=name,
+                )
+    best_of = _text_field(form, "best_of")
+    if best_of is not None and best_of != "1":
+        raise ApiError(
+            400, f"best_of {best_of} is not offered: each fallback temperature draws one sample", param="best_of"
+        )
 
 
 def parse_options(form, model_id: str, defaults=None) -> Options:
@@ -215,6 +255,7 @@ def parse_options(form, model_id: str, defaults=None) -> Options:
     server's ``DecodingOptions``) for this request only."""
     from .processor import resolve_language
 
+    check_fields(form)
     model = _text_field(form, "model")
     if not model:
         raise ApiError(400, "you must provide a model parameter (see GET /v1/models)", param="model")
@@ -251,7 +292,7 @@ def _decoding(form, defaults):
         if not 0.0 <= value <= 1.0:
             raise ApiError(400, f"temperature must be a number from 0 to 1, not '{temperature}'", param="temperature")
         options = options.starting_at(value)
-    changes = {name: _typed_field(form, name, kind) for name, kind in DECODING_FIELDS.items()}
+    changes = {name: _typed_field(form, name, *bounds) for name, bounds in DECODING_FIELDS.items()}
     try:
         return options.with_fields(**{k: v for k, v in changes.items() if v is not None})
     except UserError as e:
@@ -260,7 +301,7 @@ def _decoding(form, defaults):
         ) from None
 
 
-def _typed_field(form, name: str, kind):
+def _typed_field(form, name: str, kind, lowest=None, highest=None):
     text = _text_field(form, name)
     if text is None:
         return None
@@ -268,10 +309,14 @@ def _typed_field(form, name: str, kind):
         if text.lower() not in ("true", "false", "1", "0"):
             raise ApiError(400, f"'{name}' must be true or false, not '{text}'", param=name)
         return text.lower() in ("true", "1")
+    what = "a whole number" if kind is int else "a number"
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
-        raise ApiError(400, f"'{name}' must be a {kind.__name__} number, not '{text}'", param=name) from None
+        value = None
+    if value is None or not lowest <= value <= highest:  # NaN and inf fail the comparison too
+        raise ApiError(400, f"'{name}' must be {what} from {lowest:g} to {highest:g}, not '{text}'", param=name)
+    return value
 
 
 def _text_field(form, name: str) -> str | None:
@@ -293,8 +338,9 @@ def _upload(form, limits: Limits):
 
 
 def decode_upload(upload, limits: Limits) -> np.ndarray:
-    """16 kHz audio of an upload, through ``serve.check_upload`` (size, header duration,
-    decoding, decoded duration); its reasons become 400 errors. Blocking: run in a thread."""
+    """16 kHz audio of an upload, through ``uploads.check_upload`` (size, header, decoding in
+    blocks up to the duration limit); its reasons become 413 (too large to decode) or 400
+    errors that name the upload, never the server's temporary path. Blocking: run in a thread."""
     suffix = Path(upload.filename or "").suffix[:12]
     with tempfile.TemporaryDirectory(prefix="whisper-tune-api-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
@@ -304,7 +350,10 @@ def decode_upload(upload, limits: Limits) -> np.ndarray:
         try:
             return check_upload(path, limits)
         except UploadRejected as e:
-            raise ApiError(400, str(e), param="file", code="invalid_audio") from None
+            message = str(e).replace(str(path), "the upload").replace(tmp, "")
+            if e.too_large:
+                raise ApiError(413, message, param="file", code="file_too_large") from None
+            raise ApiError(400, message, param="file", code="invalid_audio") from None
 
 
 # ---- responses -----------------------------------------------------------------------
@@ -365,27 +414,68 @@ def render(transcript: Transcript, fmt: str, task: str, temperature: float):
 
 
 class Queue:
-    """One inference at a time; at most ``max_waiting`` more wait, the rest get 503."""
+    """``slots`` jobs at a time (one inference; a few decodes); at most ``max_waiting`` more
+    wait, the rest get 503 saying what the server is busy with."""
 
-    def __init__(self, max_waiting: int):
-        self.lock = asyncio.Lock()
+    def __init__(self, max_waiting: int, slots: int = 1, what: str = "requests waiting"):
+        self.slots = asyncio.Semaphore(slots)
         self.max_waiting = max_waiting
         self.waiting = 0
+        self.what = what
 
-    async def run(self, fn, *args):
-        """``fn(*args)`` in a worker thread once the lock is free. The lock is released when
+    async def run(self, fn, *args, gone=None):
+        """``fn(*args)`` in a worker thread once a slot is free. The slot is released when
         the thread finishes, not when the request goes away: a client that disconnects
-        mid-inference cannot let a second inference start beside the first."""
+        mid-inference cannot let a second inference start beside the first. ``gone`` (a
+        coroutine function that returns once the client has disconnected) drops the job while
+        it waits: nobody would read its answer."""
         if self.waiting >= self.max_waiting:
-            raise ApiError(503, "the server is busy: too many requests waiting; retry later", type="server_error")
+            raise ApiError(503, f"the server is busy: too many {self.what}; retry later", type="server_error")
         self.waiting += 1
         try:
-            await self.lock.acquire()
+            await self._acquire(gone)
         finally:
             self.waiting -= 1
         work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-        work.add_done_callback(lambda _: self.lock.release())
+        work.add_done_callback(lambda _: self.slots.release())
         return await asyncio.shield(work)
+
+    async def _acquire(self, gone) -> None:
+        if gone is None:
+            await self.slots.acquire()
+            return
+        acquire, watch = asyncio.ensure_future(self.slots.acquire()), asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({acquire, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._give_back(acquire)
+            raise
+        finally:
+            watch.cancel()
+        if watch.done() and not watch.cancelled():
+            self._give_back(acquire)
+            raise ApiError(CLIENT_GONE, "the client closed the request while it waited", code="client_gone")
+
+    def _give_back(self, acquire) -> None:
+        """Cancel a pending acquire, or release the slot it already took."""
+
+        def release(task):
+            if not task.cancelled() and task.exception() is None:
+                self.slots.release()
+
+        acquire.cancel()
+        acquire.add_done_callback(release)
+
+
+def client_gone(request):
+    """A coroutine function that returns once ``request``'s client has disconnected (the body
+    is read by then, so ``receive`` has nothing else to say)."""
+
+    async def gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
 
 
 def build_app(
@@ -394,6 +484,7 @@ def build_app(
     api_key: str | None = None,
     model_id: str | None = None,
     max_queue: int = 32,
+    decode_slots: int = DECODE_SLOTS,
 ):
     """The FastAPI app around a loaded engine (tests build it directly and serve it)."""
     from fastapi import Depends, FastAPI, Request
@@ -402,6 +493,7 @@ def build_app(
     limits = limits or Limits()
     model_id = model_id or default_model_id(engine.name, None)
     queue = Queue(max_queue)
+    decoding = Queue(max_queue, decode_slots, "uploads waiting to be decoded")
     app = FastAPI(title="whisper-tune api", docs_url=None, redoc_url=None, openapi_url=None)
     _install_error_handlers(app)
 
@@ -412,10 +504,11 @@ def build_app(
 
     async def handle(request: Request, task: str):
         form = await read_form(request, limits)
+        gone = client_gone(request)
         try:
             options = parse_options(form, model_id, engine.decoding)
             upload = _upload(form, limits)
-            audio = await asyncio.to_thread(decode_upload, upload, limits)
+            audio = await decoding.run(decode_upload, upload, limits, gone=gone)
         finally:
             await form.close()
         transcript = await queue.run(
@@ -426,7 +519,8 @@ def build_app(
                 task=task,
                 prompt=options.prompt,
                 decoding=options.decoding,
-            )
+            ),
+            gone=gone,
         )
         log.info("%s %.1f s of audio in %.2f s", task, transcript.duration, transcript.seconds)
         return render(transcript, options.response_format, task, options.decoding.temperature[0])
@@ -453,7 +547,7 @@ def build_app(
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "engine": engine.kind, "waiting": queue.waiting}
+        return {"status": "ok", "model": model_id, "engine": engine.kind, "waiting": queue.waiting + decoding.waiting}
 
     return app
 
