@@ -111,6 +111,7 @@ SUBCOMMANDS = {
     "evaluate",
     "transcribe",
     "merge",
+    "average",
     "export-ct2",
     "export-ggml",
     "serve",

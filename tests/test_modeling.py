@@ -270,3 +270,25 @@ def test_lean_attention_equals_transformers(tiny_model_dir):
     with torch.inference_mode():  # generation brings a cache: transformers' own forward serves it
         kwargs = {"input_features": features, "max_new_tokens": 5, "min_new_tokens": 5}
         assert lean.generate(**kwargs).tolist() == reference.generate(**kwargs).tolist()
+
+
+def test_decoder_rank_applies_to_every_decoder_adapter_and_keeps_the_scale(tiny_model_dir, tmp_path):
+    """lora.decoder_r: decoder adapters (self and cross attention, MLP) take the smaller
+    rank, encoder adapters keep lora.r, every adapter keeps alpha / rank; the saved adapter
+    loads back with those shapes."""
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    cfg = ModelConfig(base=str(tiny_model_dir), quantization="none", gradient_checkpointing=False)
+    lora = LoraSettings(r=8, alpha=16, targets="all-linear", decoder_r=2)
+    model = lora_model(cfg, lora, torch.device("cpu"))
+    ranks = {n: p.shape[0] for n, p in model.named_parameters() if n.endswith("lora_A.default.weight")}
+    assert ranks and {r for n, r in ranks.items() if ".decoder." in n} == {2}
+    assert {r for n, r in ranks.items() if ".encoder." in n} == {8}
+    scales = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)}
+    assert scales == {2.0}
+    model.save_pretrained(tmp_path)
+    again = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_model_dir), tmp_path)
+    assert {n: p.shape[0] for n, p in again.named_parameters() if n.endswith("lora_A.default.weight")} == ranks
+    with pytest.raises(ValueError, match="decoder_r"):
+        LoraSettings(decoder_r=0)

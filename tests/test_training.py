@@ -506,3 +506,29 @@ def test_eval_card_writes_the_report_card_into_the_run_and_beside_its_adapters(
     for folder in ("best", "adapter"):
         assert (out / folder / "card.md").read_bytes() == (out / "card.md").read_bytes()
     assert "## Report card" in model_card("merged", str(tiny_model_dir), "mr", "transcribe", out / "best")
+
+
+def test_average_last_makes_adapter_the_mean_of_the_last_checkpoints(tiny_model_dir, small_corpus, tmp_path):
+    """train.average_last=3: adapter/ holds the mean of the last three checkpoints, which is
+    evaluated (a metrics line marked "averaged") as one more candidate for best/."""
+    from whisper_tune.averaging import average_weights
+
+    out = tmp_path / "run"
+    overrides = {
+        "train.max_steps": 4,
+        "train.save_every": 1,
+        "train.keep_last": 3,
+        "train.average_last": 3,
+        "eval.every": 2,
+        "eval.max_samples": 2,
+        "eval.base_candidate": "false",
+    }
+    train(_cfg(tiny_model_dir, small_corpus, out, **overrides), progress=False)
+    kept = sorted((out / "checkpoints").iterdir())
+    assert [p.name for p in kept] == ["step-000002", "step-000003", "step-000004"]
+    mean, final = average_weights(kept), _adapter(out / "adapter")
+    assert mean.keys() == final.keys() and all(torch.equal(mean[k], final[k]) for k in mean)
+    assert not all(torch.equal(final[k], v) for k, v in _adapter(kept[-1]).items())  # not the last step's
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    averaged = [r for r in lines if r.get("averaged")]
+    assert len(averaged) == 1 and averaged[0]["step"] == 4 and "eval_wer" in averaged[0]

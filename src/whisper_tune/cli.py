@@ -441,6 +441,20 @@ def args_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub repo")
 
 
+def cmd_average(args) -> int:
+    """Average adapters of one run (e.g. its last checkpoints) into one adapter folder."""
+    from .averaging import average_adapters
+
+    out = average_adapters(args.adapters, args.out)
+    print(f"averaged {len(args.adapters)} adapters into {out}; score it with: whisper-tune evaluate --adapter {out}")
+    return 0
+
+
+def args_average(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders or a run's checkpoints/step-N")
+    p.add_argument("--out", required=True, help="folder for the averaged adapter")
+
+
 def _add_check_args(p: argparse.ArgumentParser) -> None:
     """``--check DATA`` and its data and verdict flags, for both export commands."""
     from .parity import MAX_WER_INCREASE, PARITY_FAILED
@@ -795,6 +809,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(cmd_evaluate, args_evaluate),
     "transcribe": Command(cmd_transcribe, args_transcribe),
     "merge": Command(cmd_merge, args_merge),
+    "average": Command(cmd_average, args_average),
     "export-ct2": Command(cmd_export_ct2, args_export_ct2),
     "export-ggml": Command(cmd_export_ggml, args_export_ggml),
     "serve": Command(cmd_serve, args_serve),

@@ -113,6 +113,9 @@ class LoraSettings:
     # (benchmarks/results/study-base-h200/), qv is the reference recipe's
     targets: str | list[str] = "all-linear"
     freeze_encoder: bool = False  # adapters in the decoder only: faster, for text-domain shifts
+    # the decoder's rank (null: r): a smaller one leaves the decoder less room to learn the
+    # training sentences by heart (alpha scales with it, so alpha / rank stays the same)
+    decoder_r: int | None = None
 
     def __post_init__(self):
         if isinstance(self.targets, str) and self.targets not in LORA_PRESETS:
@@ -121,6 +124,8 @@ class LoraSettings:
             )
         if self.r <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
+        if self.decoder_r is not None and self.decoder_r <= 0:
+            raise ValueError(f"lora.decoder_r must be positive, or null for lora.r; got {self.decoder_r}")
         unknown = [t for t in self.target_modules() if t.rsplit(".", 1)[-1] not in WHISPER_LINEARS]
         if unknown:
             raise ValueError(
@@ -157,6 +162,10 @@ class TrainSettings:
     save_every: int = 200  # steps between checkpoints (and one at the end)
     keep_last: int = 2  # checkpoints kept besides the best one
     on_nan: str = "stop"  # stop (keep the last good checkpoint) | skip (drop the batch and go on)
+    label_smoothing: float = 0.0  # share of each target's probability spread over the vocabulary
+    # adapter/ is the mean of the last N checkpoints' adapters (0: the last one), evaluated as
+    # a candidate for best/; needs keep_last >= N and save_every small enough to write N
+    average_last: int = 0
 
     def __post_init__(self):
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
@@ -167,6 +176,15 @@ class TrainSettings:
             raise ValueError(f"train.on_nan must be stop or skip, got {self.on_nan!r}")
         _positive(self, "train", "batch_size", "grad_accum", "save_every", "log_every", "keep_last", "learning_rate")
         _at_least_zero(self, "train", "warmup_steps", "weight_decay", "max_grad_norm", "num_workers")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.average_last < 0 or self.average_last == 1:
+            raise ValueError(f"train.average_last must be 0 (off) or at least 2 checkpoints, got {self.average_last}")
+        if self.average_last > self.keep_last:
+            raise ValueError(
+                f"train.average_last={self.average_last} averages the last {self.average_last} checkpoints: "
+                f"set train.keep_last to at least {self.average_last}"
+            )
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if self.max_steps is not None and self.max_steps <= 0:

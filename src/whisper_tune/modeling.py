@@ -310,7 +310,17 @@ def add_lora(model, lora: LoraSettings, cfg: ModelConfig):
     if lora.freeze_encoder:
         names = "|".join(targets)
         targets = rf".*decoder\.layers\.\d+\.(self_attn|encoder_attn|)\.?({names})$"
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
+    patterns = {}
+    if lora.decoder_r is not None and lora.decoder_r != lora.r:
+        # PEFT matches these keys against module names as r"(.*\.)?(KEY)$"
+        decoder = r"decoder\..*"
+        patterns = {
+            "rank_pattern": {decoder: lora.decoder_r},
+            "alpha_pattern": {decoder: lora.alpha * lora.decoder_r / lora.r},
+        }
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none", **patterns
+    )
     model = get_peft_model(model, config)
     if not holding.cast_adapter_inputs:
         # PEFT casts each adapter's input to the adapter's fp32 and autocast casts it back:

@@ -83,9 +83,17 @@ class OptimizerStep:
     learning-rate schedule is the caller's (it advances on skipped steps too).
     """
 
-    def __init__(self, model, optimizer, amp: torch.dtype | None, max_grad_norm: float, world: int = 1):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        amp: torch.dtype | None,
+        max_grad_norm: float,
+        world: int = 1,
+        label_smoothing: float = 0.0,
+    ):
         self.model, self.optimizer, self.amp = model, optimizer, amp
-        self.max_grad_norm, self.world = max_grad_norm, world
+        self.max_grad_norm, self.world, self.label_smoothing = max_grad_norm, world, label_smoothing
         self.device = next(p for p in model.parameters()).device
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.feature_dtype = input_dtype(unwrap_ddp(model))
@@ -104,7 +112,12 @@ class OptimizerStep:
         if batch.get("attention_mask") is not None:  # left where it is: SpecAugment reads it on the host
             extra["attention_mask"] = batch["attention_mask"]
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            return self.model(input_features=features, labels=labels, use_cache=False, **extra).loss
+            out = self.model(input_features=features, labels=labels, use_cache=False, **extra)
+        if not self.label_smoothing:
+            return out.loss
+        return torch.nn.functional.cross_entropy(  # transformers' loss, with the targets smoothed
+            out.logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=self.label_smoothing
+        )
 
     def _no_sync(self, last: bool):
         """DDP's ``no_sync`` on all but the last micro-batch: gradients accumulate locally and
@@ -182,4 +195,5 @@ def build_optimizer(model, cfg: TrainConfig, total_steps: int, device: torch.dev
     optimizer = make_optimizer(params, cfg.train.learning_rate, cfg.train.weight_decay, device)
     scheduler = lr_schedule(optimizer, cfg.train.warmup_steps, total_steps, cfg.train.lr_schedule)
     amp = amp_dtype(device, cfg.train.mixed_precision, training=True)
-    return optimizer, scheduler, OptimizerStep(model, optimizer, amp, cfg.train.max_grad_norm, world)
+    step = OptimizerStep(model, optimizer, amp, cfg.train.max_grad_norm, world, cfg.train.label_smoothing)
+    return optimizer, scheduler, step

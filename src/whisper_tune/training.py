@@ -34,6 +34,7 @@ import torch
 
 from . import checkpoint
 from .augment import WaveAugment, set_spec_augment, spec_augment_config
+from .averaging import average_weights, last_checkpoints
 from .batch_order import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches: part of this module's API
 from .config import TrainConfig, to_dict
 from .errors import UserError
@@ -187,6 +188,7 @@ class TrainingRun:
         self.pos = Position()
         self.resumed_from: Path | None = None
         self.early_stop_at: int | None = None
+        self.averaged = 0  # checkpoints averaged into the model at the end (train.average_last)
         self.loader = None
 
     # -- setup --------------------------------------------------------------------------
@@ -388,6 +390,8 @@ class TrainingRun:
             self._evaluate_base()
             while self.pos.step < self.target and self.early_stop_at is None:
                 self._run_epoch()
+            if self.pos.step >= self.total_steps and self.early_stop_at is None and self.main_rank:
+                self._average_last()
         except torch.OutOfMemoryError:
             raise TrainingStopped(_oom_message(self.cfg)) from None
         finally:
@@ -524,6 +528,8 @@ class TrainingRun:
         score = scores[f"eval_{cfg.eval.metric}"]
         if self.pos.best is None or score < self.pos.best[cfg.eval.metric]:
             self.pos.best = {"step": self.pos.step, "wer": scores["eval_wer"], "cer": scores["eval_cer"]}
+            if self.averaged:
+                self.pos.best["averaged"] = self.averaged
             self.pos.since_best = 0
             self._save_adapter(self.run.best, self.pos.best)
         else:
@@ -539,6 +545,33 @@ class TrainingRun:
         if self.main_rank:
             with self.rate.left_out():
                 self.metrics.log({"step": 0} | self._evaluate())
+
+    def _average_last(self) -> None:
+        """``train.average_last``: the model takes the mean of the last N checkpoints (the
+        last of them is this final step), so adapter/ is the average; it is evaluated as one
+        more candidate for best/."""
+        n = self.cfg.train.average_last
+        if n < 2:
+            return
+        paths = last_checkpoints(self.run.checkpoints, n)
+        if len(paths) < n:
+            log.warning(
+                "train.average_last=%d, but the run wrote %d checkpoints (one every train.save_every=%d steps)%s",
+                n,
+                len(paths),
+                self.cfg.train.save_every,
+                ": adapter/ is the last step's" if len(paths) < 2 else f": averaging {len(paths)}",
+            )
+        if len(paths) < 2:
+            return
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(unwrap_ddp(self.model), average_weights(paths))
+        self.averaged = len(paths)
+        log.info("adapter/ is the mean of the checkpoints %s", ", ".join(p.name for p in paths))
+        if "eval" in self.folders and self.cfg.eval.every >= 0:
+            with self.rate.left_out():
+                self.metrics.log({"step": self.pos.step, "averaged": self.averaged} | self._evaluate())
 
     def _patience_spent(self) -> bool:
         """``eval.patience`` evaluations in a row without a better score (rank 0 decides)."""
