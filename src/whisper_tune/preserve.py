@@ -245,7 +245,7 @@ class Preserver:
         rows = []
         for e, audio in zip(examples, audios):
             plan, labels = e.get("plan") or Plan(), [int(t) for t in e["labels"]]
-            if plan.timestamps:
+            if plan.timestamps and len(labels) < MAX_LABEL_TOKENS:  # one token longer: it must still fit
                 labels = timestamp_labels(labels, self.specials, speech_bounds(audio)[1])
             prompt = self.prompt(plan.prompt_row, len(labels)) if plan.prompt_row is not None else None
             rows.append((prompt, labels))
