@@ -267,3 +267,24 @@ def test_resume_with_every_switch_on_equals_uninterrupted(tiny_model_dir, small_
     assert record["replay"] == {"source": str(four_clips), "language": "en", "split": "train", "share": 0.2, "clips": 4}
     assert record["config"]["preserve"]["prompt_share"] == 0.3
     shutil.rmtree(tmp_path / "full" / "prepared")
+
+
+def test_the_training_step_reads_the_prompt_and_skips_it_in_the_loss(processor, mr_tokenizer, tiny_model):
+    """The step feeds the prompted decoder input (shifting masked labels would lose the
+    prompt), and the loss is the mean over the transcript's targets alone."""
+    from whisper_tune.optimization import OptimizerStep
+
+    pres = _preserver(mr_tokenizer, prompt_share=0.9)
+    batch = SpeechCollator(processor.feature_extractor, 50258, preserve=pres)(_examples(mr_tokenizer, n=4))
+    assert "decoder_input_ids" in batch and (batch["labels"] == IGNORE_INDEX).sum() > 0
+    model = tiny_model  # in eval mode: no dropout, so the two losses compare exactly
+    optimizer = torch.optim.AdamW([p for p in model.parameters()], lr=0)
+    with torch.no_grad():
+        loss = OptimizerStep(model, optimizer, None, 0.0)._loss(batch)
+        logits = model(input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]).logits
+    wanted = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX)
+    assert torch.allclose(loss, wanted, atol=1e-5)
+    shifted = batch["labels"].clone()  # what the model would have read without decoder_input_ids
+    with torch.no_grad():
+        unprompted = model(input_features=batch["input_features"], labels=shifted).loss
+    assert not torch.allclose(loss, unprompted, atol=1e-4)
