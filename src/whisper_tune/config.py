@@ -41,6 +41,30 @@ def _at_least_zero(obj, section: str, *names: str) -> None:
             raise ValueError(f"{section}.{name} must be zero or more, got {value}")
 
 
+def _shares(obj, section: str, *names: str) -> None:
+    """Each named field is a share of samples in [0, 1): 1 would leave no sample of its own."""
+    for name in names:
+        value = getattr(obj, name)
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise ValueError(f"{section}.{name} must be a share of samples in [0, 1), got {value!r}")
+
+
+@dataclass
+class ReplaySettings:
+    """``data.replay``: clips of another language mixed into training, against forgetting it
+    (``whisper_tune.replay``)."""
+
+    source: str | None = None  # a prepared folder or any data source of another language; null: no replay
+    language: str = "en"  # the replayed clips' language: their labels carry its token
+    split: str = "train"  # the split of source that is replayed
+    share: float = 0.0  # share of training samples replaced by replayed clips; 0 = off
+
+    def __post_init__(self):
+        _shares(self, "data.replay", "share")
+        if self.share > 0 and not self.source:
+            raise ValueError("data.replay.share needs data.replay.source (a split of another language)")
+
+
 @dataclass
 class DataConfig:
     """Where the speech comes from and how it is read (see ``whisper_tune.sources``)."""
@@ -55,6 +79,7 @@ class DataConfig:
     streaming: bool = False  # read a Hugging Face dataset as it downloads
     config_name: str | None = None  # Hugging Face dataset configuration (e.g. a language code)
     max_seconds: float = MAX_SECONDS  # longer clips are rejected and listed, never truncated
+    replay: ReplaySettings = field(default_factory=ReplaySettings)  # another language's clips (share 0: off)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -271,6 +296,27 @@ class AugmentSettings:
         _range(self, "augment", "pitch_semitones", -12.0, 12.0)
 
 
+NONSPEECH_TARGETS = ("nospeech", "empty")
+
+
+@dataclass
+class PreserveSettings:
+    """Training that keeps what Whisper could do (``whisper_tune.preserve``): each switch is a
+    share of training samples, drawn per clip from (seed, epoch, clip), so a resumed run sees
+    the same batches. All off by default, as in the reference recipe."""
+
+    nonspeech_share: float = 0.0  # share of samples replaced by non-speech clips with the no-speech target
+    nonspeech_target: str = "nospeech"  # nospeech (<|nospeech|>, or <|nocaptions|>) | empty (no text)
+    noise_dir: str | None = None  # a folder of the user's noise recordings: half the non-speech clips
+    timestamp_share: float = 0.0  # share of samples with timestamp targets (<|0.00|> text <|end|>)
+    prompt_share: float = 0.0  # share of samples with another clip's text as a <|startofprev|> prompt
+
+    def __post_init__(self):
+        _shares(self, "preserve", "nonspeech_share", "timestamp_share", "prompt_share")
+        if self.nonspeech_target not in NONSPEECH_TARGETS:
+            raise ValueError(f"preserve.nonspeech_target must be nospeech or empty, got {self.nonspeech_target!r}")
+
+
 @dataclass
 class TrainConfig:
     """A whole training run, as written in a recipe YAML file."""
@@ -281,6 +327,14 @@ class TrainConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    preserve: PreserveSettings = field(default_factory=PreserveSettings)
+
+    def __post_init__(self):
+        swapped = self.preserve.nonspeech_share + self.data.replay.share
+        if swapped >= 1:
+            raise ValueError(
+                f"preserve.nonspeech_share + data.replay.share must be below 1 (no training clip left), got {swapped:g}"
+            )
 
 
 def recipe_path(name: str | Path) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .logmel import LogMel, frame_mask, pad_audio
+from .preserve import prompted_rows
 from .processor import require_language_token
 
 IGNORE_INDEX = -100  # label positions the loss skips
@@ -112,7 +113,10 @@ class SpeechCollator:
     ``decoder_start_token_id`` itself when it shifts labels right. With ``augment`` (training
     only), each clip is perturbed first, seeded by its ``"index"`` and ``"epoch"``; with
     ``attention_mask``, the batch says which frames are speech, so SpecAugment's masks fall
-    on speech rather than on the padding of a 30 s window.
+    on speech rather than on the padding of a 30 s window. With ``preserve`` (a
+    ``preserve.Preserver``: training only), a share of the clips is swapped for non-speech or
+    replayed clips before augmentation and given timestamp or prompt targets after it; a
+    batch with a prompt carries ``"decoder_input_ids"`` too, its labels masked on the prompt.
 
     With ``audio_only`` (training on a GPU) the batch carries ``"audio"``, zero-padded to its
     longest clip, instead of ``"input_features"``: :func:`batch_to` computes the log-mel on
@@ -125,11 +129,14 @@ class SpeechCollator:
     augment: object = None  # a whisper_tune.augment.WaveAugment, or None
     attention_mask: bool = False
     audio_only: bool = False
+    preserve: object = None  # a whisper_tune.preserve.Preserver, or None (every switch off)
 
     def __post_init__(self):
         self.log_mel = LogMel.of(self.feature_extractor)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if self.preserve is not None:
+            examples = self.preserve.swap(examples)
         audios = [e["audio"] for e in examples]
         if self.augment is not None:
             audios = [self.augment(a, e["index"], e["epoch"]) for a, e in zip(audios, examples)]
@@ -137,15 +144,33 @@ class SpeechCollator:
         batch = {"audio": audio} if self.audio_only else {"input_features": self.log_mel(audio)}
         if self.attention_mask:
             batch["attention_mask"] = frame_mask(lengths)
-        return batch | {"labels": self._labels([e["labels"] for e in examples])}
+        if self.preserve is None:
+            return batch | {"labels": self._labels([e["labels"] for e in examples])}
+        return batch | self._preserved(self.preserve.targets(examples, audios))
+
+    def _preserved(self, rows: list) -> dict[str, torch.Tensor]:
+        """Labels of (prompt, labels) rows; with any prompt, the decoder input of every row too
+        (padded with <|endoftext|>), since shifting labels masked on a prompt would lose it."""
+        if not any(prompt for prompt, _ in rows):
+            return {"labels": self._labels([labels for _, labels in rows])}
+        inputs, targets = zip(*(prompted_rows(prompt, labels, IGNORE_INDEX) for prompt, labels in rows))
+        return {
+            "decoder_input_ids": _padded(inputs, self.preserve.specials.eot),
+            "labels": _padded(targets, IGNORE_INDEX),
+        }
 
     def _labels(self, rows: list) -> torch.Tensor:
         """Label ids padded with -100 to a width that is a multiple of ``LABEL_MULTIPLE``."""
         rows = [np.asarray(r, dtype=np.int64) for r in rows]
         if all(len(r) and r[0] == self.decoder_start_token_id for r in rows):
             rows = [r[1:] for r in rows]
-        width = -(-max(len(r) for r in rows) // LABEL_MULTIPLE) * LABEL_MULTIPLE
-        labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
-        for i, r in enumerate(rows):
-            labels[i, : len(r)] = r
-        return torch.from_numpy(labels)
+        return _padded(rows, IGNORE_INDEX)
+
+
+def _padded(rows, value: int) -> torch.Tensor:
+    """Rows of ids padded with ``value`` to a width that is a multiple of ``LABEL_MULTIPLE``."""
+    width = -(-max(len(r) for r in rows) // LABEL_MULTIPLE) * LABEL_MULTIPLE
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)

@@ -111,6 +111,8 @@ class OptimizerStep:
         extra = {}  # the frames that are speech, when SpecAugment is on: its masks then fall on speech
         if batch.get("attention_mask") is not None:  # left where it is: SpecAugment reads it on the host
             extra["attention_mask"] = batch["attention_mask"]
+        if "decoder_input_ids" in batch:  # prompted rows (preserve.prompt_share): the labels are masked on the prompt
+            extra["decoder_input_ids"] = batch["decoder_input_ids"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             out = self.model(input_features=features, labels=labels, use_cache=False, **extra)
         if not self.label_smoothing:

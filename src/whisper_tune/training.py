@@ -52,8 +52,10 @@ from .modeling import (
 )
 from .optimization import PendingSteps, build_optimizer, unwrap_ddp
 from .prepare import load_prepared, prepared_folder
+from .preserve import Preserver
 from .processor import resolve_language
 from .quantization import NF4
+from .replay import check_replay, prepare_replay, replay_record
 from .reporting import MetricsLog, Throughput, environment, peak_memory_gib, plot_run
 from .run import BASE_IS_BEST, RunDir, RunRecord, write_adapter_meta
 
@@ -156,10 +158,12 @@ def prepare_run_data(cfg: TrainConfig, run: RunDir, progress: bool = True) -> di
     the processor the run saved (reused when done already), or the source itself when it is
     a prepared folder. Training then only opens prepared folders."""
     splits = {"train": cfg.data.train_split} | ({"eval": cfg.data.eval_split} if cfg.eval.every >= 0 else {})
-    return {
+    folders = {
         which: prepared_folder(cfg.data, split, run.prepared(which), str(run.processor), progress=progress)
         for which, split in splits.items()
     }
+    replayed = prepare_replay(cfg.data, run.prepared("replay"), str(run.processor), progress=progress)
+    return folders | ({"replay": replayed} if replayed else {})
 
 
 @dataclass
@@ -238,6 +242,7 @@ class TrainingRun:
         source.check_split(self.cfg.data.train_split)
         if self.cfg.eval.every >= 0:
             source.check_split(self.cfg.data.eval_split)
+        check_replay(self.cfg.data, progress=self.progress)
         if self.resume_asked:
             self._check_latest_checkpoint()
 
@@ -309,9 +314,24 @@ class TrainingRun:
             augment=WaveAugment.from_settings(cfg.augment, cfg.train.seed),
             attention_mask=spec_augment_config(cfg.augment)["apply_spec_augment"],
             audio_only=self.device.type != "cpu",  # log-mel on the GPU, next to the model (batch_to)
+            preserve=self._preserver(train_ds),
         )
         self.log_mel = LogMel.of(self.processor.feature_extractor)
         self.data = IndexedRows(train_ds.select_columns(["audio", "labels"]).with_format("numpy"))
+
+    def _preserver(self, train_ds) -> Preserver | None:
+        """The preserving switches (``preserve.*``, ``data.replay``) for the collator, or None."""
+        cfg = self.cfg
+        replay = load_prepared(self.folders["replay"]) if "replay" in self.folders else None
+        self.replayed = replay_record(cfg.data, len(replay)) if replay is not None else None
+        return Preserver.from_settings(
+            cfg.preserve,
+            cfg.train.seed,
+            self.processor.tokenizer,
+            texts=train_ds["text"] if cfg.preserve.prompt_share else (),
+            replay=replay.select_columns(["audio", "labels"]).with_format("numpy") if replay is not None else None,
+            replay_share=cfg.data.replay.share,
+        )
 
     def _identity(self) -> dict:
         """What a checkpoint must agree on to be resumed (``REFUSED_CHANGES``), and the batch
@@ -680,7 +700,7 @@ class TrainingRun:
             steady_samples_per_s=result.steady_samples_per_s,
             wall_s=result.wall_s,
             environment=environment(self.device),
-            extra=self.peaks,
+            extra=self.peaks | ({"replay": self.replayed} if self.replayed else {}),
         )
 
 
