@@ -35,6 +35,11 @@ ROWS = {
     "timestamps 50 %": ["preserve.timestamp_share=0.5"],
     "prompts 20 %": ["preserve.prompt_share=0.2"],
     "all three": ["preserve.nonspeech_share=0.1", "preserve.timestamp_share=0.5", "preserve.prompt_share=0.2"],
+    # issue 25 item 3: against learning the training sentences by heart
+    "label smoothing 0.1": ["train.label_smoothing=0.1"],
+    "decoder rank 8": ["lora.decoder_r=8"],
+    "average of the last 3 checkpoints": ["train.save_every=50", "train.keep_last=3", "train.average_last=3"],
+    "weight decay 0.05, dropout 0.1": ["train.weight_decay=0.05", "lora.dropout=0.1"],
 }
 SPLITS = ("test", "unseen")
 CARD_COLUMNS = (  # card line name (report_card.LINES) -> short column name

@@ -501,7 +501,7 @@ def test_eval_card_writes_the_report_card_into_the_run_and_beside_its_adapters(
     out = tmp_path / "run"
     train(_cfg(tiny_model_dir, small_corpus, out, **overrides, **{"eval.card": "true"}), progress=False)
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
-    assert card["remark"] == BASE_IS_BEST and card["sizes"]["target"] == 3
+    assert card["remark"] == BASE_IS_BEST and card["sizes"]["target"] == 2  # the eval split's 2 clips
     assert all(line["base"] == line["tuned"] for line in card["lines"])  # best/ is the base itself
     for folder in ("best", "adapter"):
         assert (out / folder / "card.md").read_bytes() == (out / "card.md").read_bytes()
