@@ -181,11 +181,6 @@ class TrainSettings:
         for name, most in (("learning_rate", MAX_LEARNING_RATE), ("max_steps", MAX_STEPS), ("grad_accum", MAX_ACCUM)):
             if (getattr(self, name) or 0) > most:
                 raise ValueError(f"train.{name} = {getattr(self, name)!r} is absurd: at most {most:g}")
-        if self.max_steps is not None and self.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"train.warmup_steps ({self.warmup_steps}) is above train.max_steps ({self.max_steps}): "
-                "the learning rate would never reach its value; lower warmup_steps"
-            )
         if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {self.epochs}")
 

@@ -165,6 +165,13 @@ def check_train_settings(cfg: TrainConfig, device: torch.device) -> None:
             f"lora.r = {cfg.lora.r} is above the base's layer width ({width}): a rank can be at most the width "
             f"(and is usually 8..64); lower lora.r"
         )
+    if cfg.train.max_steps is not None and cfg.train.warmup_steps > cfg.train.max_steps:  # a short trial run
+        log.warning(
+            "train.warmup_steps (%d) is above train.max_steps (%d): the learning rate never reaches %g",
+            cfg.train.warmup_steps,
+            cfg.train.max_steps,
+            cfg.train.learning_rate,
+        )
     noise = cfg.augment.noise_dir
     if noise and not Path(noise).expanduser().is_dir():
         raise UserError(f"augment.noise_dir {noise} is not a folder: give a folder of noise recordings, or null")
