@@ -165,7 +165,7 @@ def test_overrides_may_follow_stop_after():
     assert args.stop_after == 3 and args.resume
     assert args.overrides == ["lora.r=8", "train.learning_rate=1e-4", "eval.every=-1"]
     with pytest.raises(SystemExit) as exited:
-        _parse(["train", "--stop-after", "3", "stray"])
+        _parse(["train", "lora.r=8", "--stop-after", "3", "stray"])
     assert exited.value.code == 2
     with pytest.raises(SystemExit):
         _parse(["merge", "--adapter", "a", "--out", "b", "x=1"])  # no overrides there
