@@ -265,6 +265,7 @@ DAMAGE = {
     "json step -50": ("training_state.json", _edit_state(False, step=-50), "step must be a whole number"),
     "json step of another": ("training_state.json", _edit_state(False, step=2), "in the folder of step 4"),
     "json micro_done 1e12": ("training_state.json", _edit_state(False, micro_done=10**12), "micro_done must be"),
+    "json optimizer null": ("training_state.json", _edit_state(False, optimizer=None), "optimizer must be a mapping"),
     "json epoch nonsense": ("training_state.json", _edit_state(False, epoch="x"), "epoch must be"),
     "adapter truncated": ("adapter_model.safetensors", _truncate, "adapter_model.safetensors .* does not match"),
     "adapter altered": ("adapter_model.safetensors", _flip_tail, "adapter_model.safetensors .* does not match"),

@@ -385,6 +385,9 @@ def _check_position(path: Path, state: dict) -> None:
             raise ValueError(f"{STATE_FILE}: {key} must be a whole number in 0..{MAX_POSITION}, got {state[key]!r}")
     if state.get("epoch", 0) > state["step"] + 1:
         raise ValueError(f"{STATE_FILE}: epoch {state['epoch']} is past step {state['step']}")
+    for key in ("optimizer", "scheduler", "scaler", "rng"):  # the state dicts a resume loads
+        if key in state and not isinstance(state[key], dict):
+            raise ValueError(f"{STATE_FILE}: {key} must be a mapping, got {type(state[key]).__name__}")
     best = state.get("best")
     if best is not None and not (isinstance(best, dict) and _whole(best.get("step"))):
         raise ValueError(f"{STATE_FILE}: best must be null or a record with a step, got {best!r}")
