@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("kills", "configs", "hangs", "pickles")
+SECTIONS = ("kills", "configs", "hangs", "pickles", "round3")
 STEPS = 8
 TEMP_STEP = re.compile(r"^\.step-\d+\.tmp\d+$")
 TEMP_ANY = re.compile(r"^\..+\.(tmp|old)\d+$")
@@ -866,6 +866,252 @@ def section_pickles(work: Work) -> dict:
     }
 
 
+# ---- 5. round three (issue 29 items 4-8) -----------------------------------------------------
+
+
+def _craft_adapter(work: Work) -> Path:
+    """A LoRA adapter of the tiny model (q/v/fc1, r 4), laid out as a run leaves it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from whisper_tune.config import ModelConfig
+    from whisper_tune.run import write_adapter_meta
+
+    torch.manual_seed(2)
+    model = get_peft_model(
+        WhisperForConditionalGeneration.from_pretrained(work.model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False),
+    )
+    out = work.root / "round3" / "adapter"
+    model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(work.model).save_pretrained(out)
+    write_adapter_meta(out, ModelConfig(base=str(work.model), quantization="none"), "mr", "transcribe")
+    return out
+
+
+def _adapter_crafts() -> dict:
+    """name -> change(folder): the crafted and damaged adapters of issue 29 item 4."""
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    def edit_json(name, **changes):
+        def change(folder):
+            path = folder / name
+            path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+        return change
+
+    def edit_tensors(fn):
+        def change(folder):
+            path = folder / "adapter_model.safetensors"
+            save_file(fn(load_file(str(path))), str(path))
+
+        return change
+
+    def nan_tensor(tensors):
+        first = sorted(tensors)[0]
+        tensors[first][0, 0] = float("nan")
+        return tensors
+
+    def raw_config(old, new):
+        def change(folder):
+            path = folder / "adapter_config.json"
+            path.write_text(path.read_text().replace(old, new))
+
+        return change
+
+    def big_shape(folder):
+        name = "base_model.model.model.encoder.layers.0.fc1.lora_A.weight"
+        header = json.dumps({name: {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 16]}}).encode()
+        (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+
+    return {
+        "r: 0": edit_json("adapter_config.json", r=0),
+        "unknown target_modules": edit_json("adapter_config.json", target_modules=["conv9"]),
+        "peft_type PREFIX_TUNING": edit_json("adapter_config.json", peft_type="PREFIX_TUNING"),
+        "adapter_config.json invalid JSON": lambda f: (f / "adapter_config.json").write_text("{r: 4,"),
+        "modules_to_save": edit_json("adapter_config.json", modules_to_save=["proj_out"]),
+        "whisper_tune.json not UTF-8": lambda f: (f / "whisper_tune.json").write_bytes(b'{"base": "\xff\xfe"}'),
+        "safetensors header of 2**62": lambda f: (f / "adapter_model.safetensors").write_bytes(
+            struct.pack("<Q", 2**62) + b"{}"
+        ),
+        "shape 1e9 x 1e9": big_shape,
+        "rank mismatch (config r 8, tensors r 4)": edit_json("adapter_config.json", r=8),
+        "lora_alpha NaN": raw_config('"lora_alpha": 8', '"lora_alpha": NaN'),
+        "lora_alpha Infinity": raw_config('"lora_alpha": 8', '"lora_alpha": Infinity'),
+        "NaN in a tensor": edit_tensors(nan_tensor),
+        "renamed keys": edit_tensors(lambda t: {k.replace("lora_A", "lora_X"): v for k, v in t.items()}),
+        "empty safetensors": edit_tensors(lambda t: {}),
+        "bogus quantization": edit_json("whisper_tune.json", quantization="int3"),
+        "bogus task": edit_json("whisper_tune.json", task="summarize"),
+    }
+
+
+def _verdict(r: dict, out: Path | None, before, expect: str, ok_text: str | None = None) -> str:
+    """refuse: (a) one line, exit 2, before loading, nothing written; (b) one line after loading
+    or writing; (c) traceback, other exit code, timeout; (d) accepted. handle (warnings, a
+    fallback, listed rejections): (h) exit 0 and ``ok_text`` in stderr or the output; (d) exit 0
+    without it; (c) anything else."""
+    errors = error_lines(r["stderr"])
+    if r["timed_out"] or "Traceback" in r["stderr"]:
+        return "c"
+    if expect == "handle":
+        return ("h" if ok_text is None or ok_text in r["stderr"] else "d") if r["rc"] == 0 else "c"
+    if r["rc"] == 0:
+        return "d"
+    if r["rc"] == 2 and len(errors) == 1:
+        loaded = "Loading weights" in r["stderr"] or "engine:" in r["stderr"]
+        written = out is not None and snapshot(out) != before
+        return "b" if loaded or written else "a"
+    return "c"
+
+
+def section_round3(work: Work) -> dict:
+    """Issue 29 items 4-8: crafted adapters, unwritable outputs, config holes, a damaged
+    training_state.json, transcripts with control characters and repeated clips."""
+    root = work.root / "round3"
+    root.mkdir(parents=True, exist_ok=True)
+    adapter = _craft_adapter(work)
+    clip = sorted((work.corpus / "clips").glob("*"))[0]
+    cases = []  # (item, label, argv, out, expect, ok_text, prepare)
+
+    for name, change in _adapter_crafts().items():
+        folder = root / f"adapter-{len(cases)}"
+
+        def prep(folder=folder, change=change):
+            shutil.copytree(adapter, folder)
+            change(folder)
+
+        cases.append(("4 adapter", f"merge: {name}", ["merge", "--adapter", folder, "--out", root / f"m{len(cases)}"],
+                      root / f"m{len(cases)}", "refuse", None, prep))  # fmt: skip
+
+    taken = root / "a-file"
+    taken.write_text("x")
+    for label, argv in (
+        ("transcribe --out /proc/x", ["transcribe", clip, "--model", work.model, "--out", "/proc/whisper-tune"]),
+        ("transcribe --out an existing file", ["transcribe", clip, "--model", work.model, "--out", taken]),
+        ("merge --out an existing file", ["merge", "--adapter", adapter, "--out", taken]),
+        ("prepare --out /proc/x", ["prepare", "--data", work.corpus, "--split", "train", "--out", "/proc/wt"]),
+        ("prepare --out an existing file", ["prepare", "--data", work.corpus, "--split", "train", "--out", taken]),
+        ("train output_dir=/proc/x", ["train", *work.overrides("/proc/whisper-tune-run")]),
+        ("train output_dir an existing file", ["train", *work.overrides(taken)]),
+    ):
+        cases.append(("5 outputs", label, argv, taken, "refuse", None, None))
+
+    bert, negative = root / "bert-base", root / "negative-base"
+    for folder, change in ((bert, {"model_type": "bert"}), (negative, {"encoder_layers": -2})):
+
+        def prep(folder=folder, change=change):
+            shutil.copytree(work.model, folder, dirs_exist_ok=True)
+            config = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps(config | change))
+
+        prep()
+    noise_free = {"augment.noise_prob": 0.5}
+    for label, extra in (
+        ("lora.targets=[]", {"lora.targets": "[]"}),
+        ("base config with encoder_layers -2", {"model.base": negative}),
+        ("base model_type bert", {"model.base": bert}),
+        ("lora.r=1000 (width 64)", {"lora.r": 1000}),
+        ("train.learning_rate=1e300", {"train.learning_rate": "1e300"}),
+        ("train.max_steps=10**12", {"train.max_steps": 10**12}),
+        ("train.grad_accum=10**9", {"train.grad_accum": 10**9}),
+        ("train.compile=true on the CPU", {"train.compile": "true"}),
+        ("augment.noise_dir missing", noise_free | {"augment.noise_dir": root / "no-noise"}),
+    ):
+        out = root / f"run-{len(cases)}"
+        cases.append(("6 config", label, ["train", *work.overrides(out, **extra)], out, "refuse", None, None))
+    twice = root / "twice.yaml"
+    twice.write_text("train:\n  batch_size: 4\nlora:\n  r: 4\ntrain:\n  learning_rate: 1.0e-3\n")
+    out = root / f"run-{len(cases)}"
+    cases.append(("6 config", "YAML with two train: blocks", ["train", "--config", twice, *work.overrides(out)], out,
+                  "refuse", None, None))  # fmt: skip
+    for label, extra, says in (
+        ("warmup_steps 100 > max_steps 8", {"train.warmup_steps": 100}, "warmup_steps (100) is above"),
+        ("batch 64 > 20 training clips", {"train.batch_size": 64}, "larger than the"),
+        ("num_workers=1000 on 2 cores", {"train.num_workers": 1000, "train.max_steps": 2}, "capped to the"),
+    ):
+        out = root / f"run-{len(cases)}"
+        cases.append(("6 config", label, ["train", *work.overrides(out, **extra)], None, "handle", says, None))
+
+    stopped = root / "stopped"
+    stop = work.run(work.cli("train", *work.overrides(stopped), "--stop-after", 3), "round3-stopped", 300)
+    if stop["rc"] != 0:
+        raise SystemExit(f"could not make the stopped run:\n{tail(stop['stderr'])}")
+    for label, changes, hashed in (
+        ("training_state.json step edited (hash kept)", {"step": 2}, True),
+        ("training_state.json step -50 (hash removed)", {"step": -50}, False),
+        ("training_state.json micro_done 10**12 (hash removed)", {"micro_done": 10**12}, False),
+        ("training_state.json optimizer null (hash removed)", {"optimizer": None}, False),
+        ("training_state.json epoch 'x' (hash removed)", {"epoch": "x"}, False),
+    ):
+        run = root / f"resume-{len(cases)}"
+
+        def prep(run=run, changes=changes, hashed=hashed):
+            shutil.copytree(stopped, run)
+            path = run / "checkpoints" / "step-000003" / "training_state.json"
+            record = json.loads(path.read_text())
+            record["state"] |= changes
+            if not hashed:
+                record.pop("state_sha256", None)
+            path.write_text(json.dumps(record))
+
+        cases.append(("7 state", label, ["train", *work.overrides(run), "--resume"], None, "handle", "falling back",
+                      prep))  # fmt: skip
+
+    manifest = root / "texts.jsonl"
+    rows = [
+        (clip, "ठीक आहे"),
+        (sorted((work.corpus / "clips").glob("*"))[1], "ठीक\x00आहे"),
+        (sorted((work.corpus / "clips").glob("*"))[2], "\x1b[31mलाल\x1b[0m"),
+        (sorted((work.corpus / "clips").glob("*"))[3], "एक"),
+        (sorted((work.corpus / "clips").glob("*"))[3], "दोन"),
+        (sorted((work.corpus / "clips").glob("*"))[3], "तीन"),
+    ]
+    manifest.write_text("".join(json.dumps({"audio": str(a), "text": t}) + "\n" for a, t in rows))
+    cases.append(("8 texts", "prepare: NUL and escape codes in transcripts", ["prepare", "--data", manifest,
+                  "--out", root / "texts"], None, "handle", "control_chars", None))  # fmt: skip
+    cases.append(("8 texts", "prepare: one clip with three transcripts", ["prepare", "--data", manifest,
+                  "--out", root / "texts2"], None, "handle", "conflicting_text", None))  # fmt: skip
+    out = root / "stop-after-override"
+    cases.append(("8 cli", "train --stop-after 2 train.learning_rate=2e-3", ["train", *work.overrides(out),
+                  "--stop-after", 2, "train.learning_rate=2e-3"], None, "handle", None, None))  # fmt: skip
+
+    results = []
+    for item, label, argv, out, expect, ok_text, prep in cases:
+        if prep:
+            prep()
+        before = snapshot(out) if out is not None else None
+        r = work.run(work.cli(*argv), f"round3-{label}", timeout=300)
+        text = r["stderr"]
+        if item == "8 texts":  # the listed reasons are in stdout's summary and rejected.jsonl
+            rejected = Path(argv[-1]) / "rejected.jsonl"
+            text += rejected.read_text(encoding="utf-8") if rejected.exists() else ""
+        verdict = _verdict(r | {"stderr": text}, out, before, expect, ok_text)
+        errors = error_lines(r["stderr"])
+        row = {"item": item, "case": label, "argv": [str(a) for a in argv], "expect": expect, "verdict": verdict,
+               "rc": r["rc"], "seconds": r["seconds"], "error": errors[0] if len(errors) == 1 else errors}  # fmt: skip
+        if verdict not in ("a", "h"):
+            row["stderr_tail"] = tail(r["stderr"], 30)
+        results.append(row)
+        print(f"  ({verdict}) {label}: {row['error'] if errors else 'rc ' + str(r['rc'])}"[:220], flush=True)
+    counts = {v: sum(r["verdict"] == v for r in results) for v in "abcdh"}
+    return {
+        "question": "Crafted adapters, unwritable outputs, config holes, a bad training_state.json, odd transcripts",
+        "cases": len(results),
+        "refused_before_loading": counts["a"],
+        "refused_after_loading": counts["b"],
+        "tracebacks_or_other": counts["c"],
+        "silent_accepts": counts["d"],
+        "handled": counts["h"],
+        "refuse_cases": sum(r["expect"] == "refuse" for r in results),
+        "handle_cases": sum(r["expect"] == "handle" for r in results),
+        "details": results,
+    }
+
+
 # ---- report ----------------------------------------------------------------------------------
 
 
@@ -899,7 +1145,7 @@ def environment() -> dict:
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Reliability probe (issue 13)",
+        "# Reliability probe (issues 13 and 29)",
         "",
         f"`{result['command']}`",
         "",
@@ -912,7 +1158,7 @@ def markdown(result: dict) -> str:
         "| question | figure |",
         "|---|---|",
     ]
-    k, c, h, p = (result.get(s) for s in SECTIONS)
+    k, c, h, p = (result.get(s) for s in SECTIONS[:4])
     if k:
         lines += [
             f"| SIGKILLs during training (mid-checkpoint-write) | {k['kills']} ({k['mid_write_kills']}), "
@@ -1023,6 +1269,32 @@ def markdown(result: dict) -> str:
         for r in p["cases"]:
             if r.get("stderr_tail"):
                 lines += ["", f"{r['case']} (rc {r['rc']}):", "```", r["stderr_tail"], "```"]
+    if r3 := result.get("round3"):
+        lines += [
+            f"| round three (issue 29 items 4-8): cases | {r3['cases']} ({r3['refuse_cases']} to refuse, "
+            f"{r3['handle_cases']} to handle: a warning, a fallback, listed rejections, a parse) |",
+            f"| refused in one line, exit 2, before loading, nothing written | {r3['refused_before_loading']} |",
+            f"| refused in one line after loading or writing | {r3['refused_after_loading']} |",
+            f"| tracebacks, other exit codes, timeouts | {r3['tracebacks_or_other']} |",
+            f"| silent accepts | {r3['silent_accepts']} |",
+            f"| handled as asked (warned, fell back, listed) | {r3['handled']} |",
+            "",
+            f"## 5. {r3['question']}",
+            "",
+            "(a) exit 2, one `whisper-tune: error:` line, no traceback, nothing written, nothing loaded; (b) one "
+            "line after loading or writing; (c) traceback, other exit code or timeout; (d) accepted silently; "
+            "(h) exit 0 with the warning, fallback or listed reason expected.",
+            "",
+            "| item | case | verdict | rc | message |",
+            "|---|---|---|---|---|",
+        ]
+        for r in r3["details"]:
+            msg = r["error"] if isinstance(r["error"], str) else "; ".join(r["error"]) or "-"
+            msg = msg.replace(ERROR_PREFIX, "").strip().replace("|", "\\|")
+            lines.append(f"| {r['item']} | {r['case']} | {r['verdict']} | {r['rc']} | {msg[:220]} |")
+        for r in r3["details"]:
+            if r.get("stderr_tail"):
+                lines += ["", f"{r['case']} (rc {r['rc']}):", "```", r["stderr_tail"][-3000:], "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -1045,6 +1317,13 @@ def summary(result: dict) -> str:
         out.append(
             f"pickles: {p['markers_created']} markers created in {len(p['cases'])} cases (control live: "
             f"{p['control_payload_live']}); src/ unpickling calls: {len(p['grep_hits'])}"
+        )
+    if r := result.get("round3"):
+        out.append(
+            f"round3: {r['cases']} cases ({r['refuse_cases']} to refuse, {r['handle_cases']} to handle): refused in "
+            f"one line before loading {r['refused_before_loading']}, after loading {r['refused_after_loading']}, "
+            f"tracebacks/other {r['tracebacks_or_other']}, silent accepts {r['silent_accepts']}, handled "
+            f"{r['handled']}"
         )
     return "\n".join(out)
 
@@ -1087,6 +1366,8 @@ def main() -> None:
                 result["configs"] = section_configs(work)
             elif section == "hangs":
                 result["hangs"] = section_hangs(work, args.hang_timeout)
+            elif section == "round3":
+                result["round3"] = section_round3(work)
             else:
                 result["pickles"] = section_pickles(work)
             result[section]["seconds"] = round(time.perf_counter() - s0, 1)

@@ -238,6 +238,20 @@ def _flip_tail(path):
     path.write_bytes(bytes(data))
 
 
+def _edit_state(hashed: bool = True, **changes):
+    """Change values of the state in training_state.json; ``hashed=False`` also drops its
+    SHA-256 (as a hand edit might), so that the values themselves are checked."""
+
+    def edit(path):
+        record = json.loads(path.read_text())
+        record["state"] |= changes
+        if not hashed:
+            del record["state_sha256"]
+        path.write_text(json.dumps(record))
+
+    return edit
+
+
 DAMAGE = {
     "state truncated": ("training_state.safetensors", _truncate, "does not match the SHA-256"),
     "state emptied": ("training_state.safetensors", lambda p: p.write_bytes(b""), r"\(0 bytes\) does not match"),
@@ -247,6 +261,12 @@ DAMAGE = {
     "json truncated": ("training_state.json", _truncate, "training_state.json is not valid JSON"),
     "json garbage": ("training_state.json", lambda p: p.write_text("{not json"), "is not valid JSON"),
     "json wrong shape": ("training_state.json", lambda p: p.write_text("[1, 2]"), "expected structure"),
+    "json step edited": ("training_state.json", _edit_state(step=3), "state in training_state.json does not match"),
+    "json step -50": ("training_state.json", _edit_state(False, step=-50), "step must be a whole number"),
+    "json step of another": ("training_state.json", _edit_state(False, step=2), "in the folder of step 4"),
+    "json micro_done 1e12": ("training_state.json", _edit_state(False, micro_done=10**12), "micro_done must be"),
+    "json optimizer null": ("training_state.json", _edit_state(False, optimizer=None), "optimizer must be a mapping"),
+    "json epoch nonsense": ("training_state.json", _edit_state(False, epoch="x"), "epoch must be"),
     "adapter truncated": ("adapter_model.safetensors", _truncate, "adapter_model.safetensors .* does not match"),
     "adapter altered": ("adapter_model.safetensors", _flip_tail, "adapter_model.safetensors .* does not match"),
 }

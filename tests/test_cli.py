@@ -155,3 +155,18 @@ def test_data_flags_take_defaults_from_the_config():
     args = build_parser().parse_args(["evaluate", "--data", "x"])
     assert {f: getattr(args, f) for f in DATA_FLAGS} == {f: getattr(DataConfig(), f) for f in DATA_FLAGS}
     assert not hasattr(args, "processor")  # evaluate takes its tokenizer from the model
+
+
+def test_overrides_may_follow_stop_after():
+    """Issue 29 item 8: ``train --stop-after 3 train.learning_rate=1e-4`` (argparse alone
+    refuses overrides after an option); anything else left over is still refused."""
+    from whisper_tune.cli import _parse
+
+    args = _parse(["train", "lora.r=8", "--stop-after", "3", "train.learning_rate=1e-4", "--resume", "eval.every=-1"])
+    assert args.stop_after == 3 and args.resume
+    assert args.overrides == ["lora.r=8", "train.learning_rate=1e-4", "eval.every=-1"]
+    with pytest.raises(SystemExit) as exited:
+        _parse(["train", "lora.r=8", "--stop-after", "3", "stray"])
+    assert exited.value.code == 2
+    with pytest.raises(SystemExit):
+        _parse(["merge", "--adapter", "a", "--out", "b", "x=1"])  # no overrides there

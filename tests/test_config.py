@@ -78,6 +78,11 @@ BAD_SETTINGS = [
     ("train.seed=-1", "train.seed must be in [0, 2**32)"),
     ("model.attn_implementation=flash", "model.attn_implementation must be sdpa or eager"),
     ("lora.targets=[no_such_proj]", "no_such_proj is not a Linear layer of Whisper"),
+    # issue 29 item 6
+    ("lora.targets=[]", "lora.targets is empty"),
+    ("train.learning_rate=1e300", "train.learning_rate = 1e+300 is absurd: at most 1"),
+    ("train.max_steps=1000000000000", "train.max_steps = 1000000000000 is absurd"),
+    ("train.grad_accum=1000000", "train.grad_accum = 1000000 is absurd"),
 ]
 
 
@@ -88,3 +93,17 @@ def test_out_of_range_settings_are_refused_with_the_key(override, message):
     with pytest.raises(UserError) as refused:
         load_train_config(None, [override])
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """Two ``train:`` blocks: PyYAML keeps the second and drops the first without a word."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  batch_size: 4\nlora:\n  r: 8\ntrain:\n  learning_rate: 1.0e-4\n")
+    with pytest.raises(UserError, match=r"twice.yaml is not valid YAML: key 'train' is given twice \(line 5\)"):
+        load_yaml(path)
+    path.write_text("train:\n  batch_size: 4\n  batch_size: 8\n")
+    with pytest.raises(UserError, match="key 'batch_size' is given twice"):
+        load_yaml(path)
+    path.write_bytes(b"train:\n  output_dir: \xff\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_yaml(path)

@@ -159,6 +159,16 @@ def test_text_without_words_is_rejected(tmp_path):
     assert result.prepared == 1 and _reasons(out) == {"b": "no_words", "c": "no_words"}
 
 
+def test_transcripts_with_control_characters_are_listed_not_stored(tmp_path):
+    """NUL bytes and terminal escape codes (issue 29 item 8) are refused with their reason."""
+    rows = [("wav/a.wav", "ठीक आहे"), ("wav/b.wav", "ठीक\x00आहे"), ("wav/c.wav", "\x1b[31mलाल\x1b[0m")]
+    out = tmp_path / "out"
+    result = prepare(_manifest(tmp_path, rows), None, out, num_proc=1, progress=False)
+    assert result.prepared == 1 and _reasons(out) == {"b": "control_chars", "c": "control_chars"}
+    assert "\\x1b" in (out / "rejected.jsonl").read_text()  # shown escaped, never as a live code
+    assert "\x1b" not in (out / "rejected.jsonl").read_text() and load_prepared(out)["text"] == ["ठीक आहे"]
+
+
 def test_common_voice_paths_stay_in_clips_but_manifests_may_name_any_file(tmp_path):
     folder = tmp_path / "cv"
     (folder / "clips").mkdir(parents=True)
@@ -172,10 +182,16 @@ def test_common_voice_paths_stay_in_clips_but_manifests_may_name_any_file(tmp_pa
     )
     out = tmp_path / "out"
     result = prepare(open_source(str(folder)), "train", out, num_proc=1, progress=False)
-    assert _reasons(out) == {"outside": "outside_clips", "link": "outside_clips"}  # ids are stems: two "outside"
-    rejected = (out / "rejected.jsonl").read_text().splitlines()
-    assert len(rejected) == 3 and all("not in" in json.loads(r)["detail"] for r in rejected)
-    assert result.prepared == 3  # in, inlink, ./in (texts differ: no duplicates)
+    # ids are stems; the second outside.wav and ./in.wav repeat a clip with another text: listed, kept once
+    rejected = [json.loads(r) for r in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejected] == [
+        ("outside", "outside_clips"),
+        ("outside", "conflicting_text"),
+        ("link", "outside_clips"),
+        ("in", "conflicting_text"),
+    ]
+    assert sum("not in" in r["detail"] for r in rejected) == 2
+    assert result.prepared == 2  # in, inlink (a symlink inside clips/: its own path)
     manifest = _manifest(tmp_path, [(str(outside), "बाहेर")], name="abs.jsonl")
     assert prepare(manifest, None, tmp_path / "out2", num_proc=1, progress=False).prepared == 1
 
@@ -190,15 +206,19 @@ def test_duplicate_rows_keep_the_first_also_after_a_resume(tmp_path):
     ]
     source, out = _manifest(tmp_path, rows), tmp_path / "out"
     result = prepare(source, None, out, num_proc=1, shard_size=2, progress=False)
-    assert load_prepared(out)["text"] == ["एक", "दोन", "तीन"]
-    assert result.rejected == {"duplicate": 2}
+    assert load_prepared(out)["text"] == ["एक", "दोन"]  # a with another text: kept once (issue 29 item 8)
+    assert result.rejected == {"conflicting_text": 1, "duplicate": 2}
     details = [json.loads(r)["detail"] for r in (out / "rejected.jsonl").read_text().splitlines()]
-    assert details == ["same audio and text as the earlier row a", "same audio and text as the earlier row b"]
+    assert details == [
+        "same audio and text as the earlier row a",
+        "same audio as the earlier row a, another text",
+        "same audio and text as the earlier row b",
+    ]
     (out / "shards" / "shard-00002.arrow").unlink()  # the last shard holds only the second b
     meta = json.loads((out / "prepared.json").read_text())
     (out / "prepared.json").write_text(json.dumps(meta | {"complete": False}))
     resumed = prepare(source, None, out, num_proc=1, shard_size=2, progress=False)
-    assert resumed.processed_now == 1 and resumed.rejected == {"duplicate": 2}
+    assert resumed.processed_now == 1 and resumed.rejected == {"conflicting_text": 1, "duplicate": 2}
 
 
 def test_a_second_prepare_into_the_same_folder_stops_at_once(tmp_path):

@@ -1,6 +1,7 @@
 """The training loop on the tiny model: metrics, checkpoints, exact resume, faults."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -532,3 +533,50 @@ def test_average_last_makes_adapter_the_mean_of_the_last_checkpoints(tiny_model_
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     averaged = [r for r in lines if r.get("averaged")]
     assert len(averaged) == 1 and averaged[0]["step"] == 4 and "eval_wer" in averaged[0]
+
+
+def _refused(capsys, argv, says):
+    from whisper_tune.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("whisper-tune: error:") and says in err[0], err
+
+
+def test_config_holes_are_refused_before_the_model_loads(tiny_model_dir, small_corpus, tmp_path, capsys, monkeypatch):
+    """Issue 29 item 6: each is one line, exit 2, with nothing loaded or written."""
+    import whisper_tune.training as training
+
+    monkeypatch.setattr(training, "lora_model", lambda *a, **k: pytest.fail("the model loaded"))
+    out = tmp_path / "run"
+
+    def argv(**extra):
+        return ["train", *_overrides(tiny_model_dir, small_corpus, out, **extra)]
+
+    _refused(capsys, argv(**{"train.compile": "true"}), "train.compile=true compiles for CUDA GPUs")
+    _refused(capsys, argv(**{"lora.r": 65}), "lora.r = 65 is above the base's layer width (64)")
+    _refused(capsys, argv(**{"augment.noise_dir": tmp_path / "no-noise"}), "augment.noise_dir")
+    _refused(capsys, argv(**{"train.learning_rate": "1e300"}), "is absurd")
+    _refused(capsys, argv(**{"lora.targets": "[]"}), "lora.targets is empty")
+    for name, change, says in (
+        ("bert", {"model_type": "bert"}, "holds a 'bert' model, not a Whisper"),
+        ("negative", {"d_model": -64}, "d_model = -64"),
+    ):
+        base = tmp_path / name
+        shutil.copytree(tiny_model_dir, base)
+        config = json.loads((base / "config.json").read_text())
+        (base / "config.json").write_text(json.dumps(config | change))
+        _refused(capsys, argv(**{"model.base": base}), says)
+    assert not out.exists()
+
+
+def test_workers_are_capped_to_the_cores_and_die_with_the_parent(tiny_model_dir, small_corpus, tmp_path, caplog):
+    from whisper_tune.training import TrainingRun, _die_with_parent
+
+    cfg = _cfg(tiny_model_dir, small_corpus, tmp_path / "run", **{"train.num_workers": 1000, "train.max_steps": 1})
+    run = TrainingRun(cfg, progress=False)
+    run.setup()
+    with caplog.at_level(logging.WARNING, logger="whisper_tune.training"):
+        loader = run._loader()
+    assert loader.num_workers == (os.cpu_count() or 1) and loader.worker_init_fn is _die_with_parent
+    assert any("capped" in m for m in caplog.messages)

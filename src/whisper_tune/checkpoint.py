@@ -261,10 +261,18 @@ def save(folder: Path, step: int, model, state: dict) -> Path:
         tree, tensors = encode(state | {"rng": rng_state(), "step": step})
         (tmp / TENSORS_FILE).write_bytes(tensors_to_bytes(tensors))
         record = {"format": FORMAT, "sha256": {name: _sha256(tmp / name) for name in (ADAPTER_FILE, TENSORS_FILE)}}
+        record["state_sha256"] = _tree_sha256(tree)
         text = json.dumps(record | {"state": tree}, indent=1, allow_nan=False, ensure_ascii=False)
         (tmp / STATE_FILE).write_text(text, encoding="utf-8")
 
     return write_atomically(folder / f"step-{step:06d}", fill)
+
+
+def _tree_sha256(tree) -> str:
+    """The SHA-256 of the state tree in one canonical JSON form: ``training_state.json``'s own
+    values are covered like the tensor files (an edited step or position is refused)."""
+    text = json.dumps(tree, sort_keys=True, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -347,11 +355,42 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         record = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         if record.get("format") != FORMAT:
             raise ValueError(f"{STATE_FILE} is not in the format {FORMAT!r}")
+        if "state_sha256" in record and _tree_sha256(record["state"]) != record["state_sha256"]:
+            raise ValueError(f"the state in {STATE_FILE} does not match its SHA-256: altered")
         adapter = tensors_from_bytes(_checked_bytes(path, ADAPTER_FILE, record["sha256"][ADAPTER_FILE]))
         tensors = tensors_from_bytes(_checked_bytes(path, TENSORS_FILE, record["sha256"][TENSORS_FILE]))
-        return adapter, decode(record["state"], tensors)
+        state = decode(record["state"], tensors)
+        _check_position(path, state)
+        return adapter, state
     except _DAMAGE as error:
         raise CheckpointUnreadable(f"checkpoint {path} is unreadable ({_reason(error)})") from error
+
+
+MAX_POSITION = 10**9  # steps, epochs, micro-batches: far beyond any run (config.MAX_STEPS is 10**7)
+
+
+def _whole(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_POSITION
+
+
+def _check_position(path: Path, state: dict) -> None:
+    """The position a resume starts from: whole numbers in range, the step the folder is named
+    for, no more epochs than steps (ValueError if not)."""
+    if not isinstance(state, dict) or not _whole(state.get("step")):
+        raise ValueError(f"{STATE_FILE}: step must be a whole number of 0 or more")
+    if (m := STEP_DIR.match(path.name)) and int(m.group(1)) != state["step"]:
+        raise ValueError(f"{STATE_FILE}: step {state['step']} in the folder of step {int(m.group(1))}")
+    for key in ("epoch", "micro_done", "since_best"):
+        if key in state and not _whole(state[key]):
+            raise ValueError(f"{STATE_FILE}: {key} must be a whole number in 0..{MAX_POSITION}, got {state[key]!r}")
+    if state.get("epoch", 0) > state["step"] + 1:
+        raise ValueError(f"{STATE_FILE}: epoch {state['epoch']} is past step {state['step']}")
+    for key in ("optimizer", "scheduler", "scaler", "rng"):  # the state dicts a resume loads
+        if key in state and not isinstance(state[key], dict):
+            raise ValueError(f"{STATE_FILE}: {key} must be a mapping, got {type(state[key]).__name__}")
+    best = state.get("best")
+    if best is not None and not (isinstance(best, dict) and _whole(best.get("step"))):
+        raise ValueError(f"{STATE_FILE}: best must be null or a record with a step, got {best!r}")
 
 
 def read_state(path: Path) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import __version__
 from .config import EVALUATE_MAX_NEW_TOKENS, TASKS, DataConfig, EvalSettings, ModelConfig, field_notes
 from .errors import UserError
+from .writable import check_writable
 
 # ---- data flags, from DataConfig -----------------------------------------------------
 
@@ -95,6 +96,7 @@ def cmd_prepare(args) -> int:
     from .sources import open_source
 
     data = _data_config(args)
+    check_writable(args.out, "--out")  # before any clip is decoded
     result = prepare(
         open_source(data), args.split, args.out, PrepareOptions.from_data(data, args.processor), num_proc=args.num_proc
     )
@@ -377,6 +379,8 @@ def cmd_transcribe(args) -> int:
         print(f"whisper-tune: error: {item}: {why}", file=sys.stderr)
     if not files:
         return 2
+    if args.out:
+        check_writable(args.out, "--out")  # before the model loads
     engine = _engine(args, decoding)
     print(f"engine: {engine.describe()}", file=sys.stderr)
     items = transcribe_files(engine, files, decoding=decoding, batch_size=args.batch_size)
@@ -424,6 +428,7 @@ def cmd_merge(args) -> int:
     """Merge an adapter into its base and save a plain transformers checkpoint."""
     from .export import merge, push_to_hub
 
+    check_writable(args.out, "--out")
     out = merge(args.model, args.adapter, args.out, dtype=args.dtype)
     print(
         f"merged {args.adapter} into {out} ({args.dtype}); load it with "
@@ -849,8 +854,20 @@ def _quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "inputs will be cast" on every int8 matmul
 
 
+def _parse(argv: list[str] | None):
+    """The arguments; KEY=VALUE overrides may also follow an option (``train --stop-after 3
+    train.learning_rate=1e-4``), which argparse alone refuses."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for records of the exact command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("whisper_tune").setLevel(logging.INFO)  # our own notes: parameter counts, resume point

@@ -147,6 +147,8 @@ class LoraSettings:
             raise ValueError(
                 f"lora.targets must be one of {', '.join(LORA_PRESETS)} or a list of module names, got {self.targets!r}"
             )
+        if not self.target_modules():
+            raise ValueError(f"lora.targets is empty: use a preset ({', '.join(LORA_PRESETS)}) or module names")
         if self.r <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
         if self.decoder_r is not None and self.decoder_r <= 0:
@@ -160,6 +162,11 @@ class LoraSettings:
 
     def target_modules(self) -> list[str]:
         return LORA_PRESETS[self.targets] if isinstance(self.targets, str) else list(self.targets)
+
+
+MAX_LEARNING_RATE = 1.0  # LoRA's rates are about 1e-4..1e-2; above 1 is a typo (1e-3 -> 1e3)
+MAX_STEPS = 10**7  # steps: years on one GPU
+MAX_ACCUM = 4096  # micro-batches per optimizer step
 
 
 @dataclass
@@ -214,6 +221,9 @@ class TrainSettings:
             raise ValueError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"train.max_steps must be positive, or null to train by epochs; got {self.max_steps}")
+        for name, most in (("learning_rate", MAX_LEARNING_RATE), ("max_steps", MAX_STEPS), ("grad_accum", MAX_ACCUM)):
+            if (getattr(self, name) or 0) > most:
+                raise ValueError(f"train.{name} = {getattr(self, name)!r} is absurd: at most {most:g}")
         if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {self.epochs}")
 
@@ -435,13 +445,31 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (two ``train:`` blocks: PyYAML
+    keeps the last and drops the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with the file named in any error."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} not found (recipes live in recipes/)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -16,12 +16,14 @@ transformers 5 deprecates.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .adapter_check import check_adapter
 from .config import LoraSettings, ModelConfig
 from .errors import UserError
 from .patches import WRITTEN_FOR, Patch, register, usable
@@ -111,12 +113,35 @@ def resolve_model(name: str) -> str:
                 f"{path} is not a model folder (no config.json): give a transformers Whisper "
                 f"checkpoint folder or a hub id such as openai/whisper-large-v2"
             )
+        check_base_config(path / "config.json")
         return str(path)
     if looks_local(name):
         raise UserError(
             f"model {name!r} not found: give an existing checkpoint folder or a hub id like openai/whisper-large-v2"
         )
     return name
+
+
+WHISPER_SIZES = ("d_model", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim", "num_mel_bins")
+
+
+def check_base_config(path: Path) -> None:
+    """A local base's config.json: a Whisper (model_type) with positive sizes, before
+    transformers builds it (a negative size is a traceback deep inside torch)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}): give a transformers Whisper checkpoint folder") from None
+    if not isinstance(config, dict) or config.get("model_type") != "whisper":
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise UserError(f"{path.parent} holds a {kind!r} model, not a Whisper: give a Whisper checkpoint folder")
+    bad = [
+        f"{k} = {config[k]!r}"
+        for k in WHISPER_SIZES
+        if k in config and not (isinstance(config[k], int) and not isinstance(config[k], bool) and config[k] > 0)
+    ]
+    if bad:
+        raise UserError(f"{path}: {', '.join(bad)}; every size of a Whisper must be a whole number above 0")
 
 
 def pick_device(local_rank: int | None = None) -> torch.device:
@@ -398,6 +423,8 @@ def load_for_inference(
     """
     from peft import PeftModel
 
+    if adapter:
+        check_adapter(adapter, base)  # one line listing every problem, before PEFT or torch reads it
     meta = AdapterMeta.read(adapter) if adapter else AdapterMeta(base=None)
     base = base or meta.resolve_base(adapter)
     if not base:

@@ -64,6 +64,8 @@ REASONS = {
     "empty_text": "transcript empty",
     "no_words": "transcript has no letters or digits (only punctuation, symbols or invisible characters)",
     "duplicate": "same audio and transcript as an earlier row",
+    "conflicting_text": "same audio as an earlier row, with another transcript (the first is kept)",
+    "control_chars": "transcript holds control characters (NUL, terminal escape codes)",
 }
 
 
@@ -148,6 +150,9 @@ def process_row(row: Row) -> tuple[str, dict]:
     text = " ".join(row.text.split())
     if not text:
         return _reject(row, "empty_text")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):  # NUL, ESC [ ... m: never speech
+        shown = text.encode("unicode_escape").decode()[:80]
+        return _reject(row, "control_chars", f"{REASONS['control_chars']}: {shown}")
     if not has_words(text):
         return _reject(row, "no_words", f"{REASONS['no_words']}: {text.encode('unicode_escape').decode()[:80]}")
     if row.audio is None:
@@ -257,8 +262,12 @@ def _duplicates(chunk: list[Row], seen: dict[tuple, str]) -> list[tuple[str, dic
         if key is not None and key in seen:
             verdicts.append(_reject(row, "duplicate", f"same audio and text as the earlier row {seen[key]}"))
             continue
+        if key is not None and (key[0],) in seen:
+            first = seen[(key[0],)]
+            verdicts.append(_reject(row, "conflicting_text", f"same audio as the earlier row {first}, another text"))
+            continue
         if key is not None:
-            seen[key] = row.id
+            seen[key] = seen[(key[0],)] = row.id
         verdicts.append(None)
     return verdicts
 

@@ -58,6 +58,7 @@ from .quantization import NF4
 from .replay import check_replay, prepare_replay, replay_record
 from .reporting import MetricsLog, Throughput, environment, peak_memory_gib, plot_run
 from .run import BASE_IS_BEST, RunDir, RunRecord, write_adapter_meta
+from .writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,43 @@ def _disk_full_says(folder: Path):
 # ---- the run -------------------------------------------------------------------------
 
 
+def check_train_settings(cfg: TrainConfig, device: torch.device) -> None:
+    """What the config alone cannot know: the device, the base's width, the noise folder."""
+    from .adapter_check import base_config
+
+    if cfg.train.compile and device.type != "cuda":
+        raise UserError(
+            f"train.compile=true compiles for CUDA GPUs; this run is on {device.type}: set train.compile=false"
+        )
+    width = (base_config(cfg.model.base) or {}).get("d_model")
+    if isinstance(width, int) and cfg.lora.r > width:
+        raise UserError(
+            f"lora.r = {cfg.lora.r} is above the base's layer width ({width}): a rank can be at most the width "
+            f"(and is usually 8..64); lower lora.r"
+        )
+    if cfg.train.max_steps is not None and cfg.train.warmup_steps > cfg.train.max_steps:  # a short trial run
+        log.warning(
+            "train.warmup_steps (%d) is above train.max_steps (%d): the learning rate never reaches %g",
+            cfg.train.warmup_steps,
+            cfg.train.max_steps,
+            cfg.train.learning_rate,
+        )
+    noise = cfg.augment.noise_dir
+    if noise and not Path(noise).expanduser().is_dir():
+        raise UserError(f"augment.noise_dir {noise} is not a folder: give a folder of noise recordings, or null")
+
+
+def _die_with_parent(worker_id: int) -> None:
+    """A DataLoader worker ends when the training process does, even after a SIGKILL (Linux)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
 def prepare_run_data(cfg: TrainConfig, run: RunDir, progress: bool = True) -> dict[str, Path]:
     """The prepared folders of the train (and eval) split: prepared into the run folder with
     the processor the run saved (reused when done already), or the source itself when it is
@@ -236,8 +274,8 @@ class TrainingRun:
 
         resolve_language(self.cfg.data.language)
         resolve_model(self.cfg.model.base)
-        if self.run.path.exists() and not self.run.path.is_dir():
-            raise UserError(f"train.output_dir {self.run.path} is a file: choose a folder")
+        check_writable(self.run.path, "train.output_dir")
+        check_train_settings(self.cfg, self.device)
         source = open_source(self.cfg.data, progress=self.progress)
         source.check_split(self.cfg.data.train_split)
         if self.cfg.eval.every >= 0:
@@ -290,6 +328,12 @@ class TrainingRun:
                 f"see {self.run.prepared('train') / 'rejected.jsonl'}"
             )
         self.durations = np.asarray(train_ds["duration"], dtype=np.float32)
+        if cfg.train.batch_size > len(train_ds):
+            log.warning(
+                "train.batch_size %d is larger than the %d training clips: each step sees all of them at once",
+                cfg.train.batch_size,
+                len(train_ds),
+            )
         batches = epoch_batches(self.durations, cfg.train.batch_size, 0, 0, False, self.world, self.rank)
         self.micro_per_epoch = len(batches)
         if self.world > 1:
@@ -428,14 +472,18 @@ class TrainingRun:
             self.order = EpochBatches(
                 self.durations, cfg.batch_size, cfg.seed, cfg.group_by_length, self.world, self.rank
             )
+            workers = min(cfg.num_workers, os.cpu_count() or 1)
+            if workers < cfg.num_workers:
+                log.warning("train.num_workers=%d capped to the %d CPU cores", cfg.num_workers, workers)
             self.loader = torch.utils.data.DataLoader(
                 self.data,
                 batch_sampler=self.order,
                 collate_fn=self.collate,
-                num_workers=cfg.num_workers,
+                num_workers=workers,
                 generator=torch.Generator().manual_seed(cfg.seed),
                 pin_memory=self.device.type == "cuda",
-                persistent_workers=cfg.num_workers > 0,
+                persistent_workers=workers > 0,
+                worker_init_fn=_die_with_parent if workers else None,
             )
         self.order.set_position(self.pos.epoch, self.pos.micro_done)
         return self.loader
