@@ -47,6 +47,10 @@ CRAFTS = {
         (f / "adapter_config.json").read_text().replace('"lora_alpha": 8', '"lora_alpha": NaN')
     ), "lora_alpha"),
     "rank mismatch": (lambda f: _edit_json(f, "adapter_config.json", r=8), "rank 4"),
+    "pattern rank mismatch": (
+        lambda f: _edit_json(f, "adapter_config.json", rank_pattern={r"decoder\..*": 2}), "says r = 2"
+    ),
+    "bad rank pattern": (lambda f: _edit_json(f, "adapter_config.json", rank_pattern={"(": 2}), "rank_pattern"),
     "NaN tensor": (lambda f: _edit_tensors(f, _nan), "NaN or infinite"),
     "renamed keys": (
         lambda f: _edit_tensors(f, lambda t: {k.replace("lora_A", "lora_X"): v for k, v in t.items()}),
@@ -127,3 +131,20 @@ def test_the_header_is_read_without_loading(tmp_path):
     path.write_bytes(path.read_bytes()[:-4])  # truncated data
     with pytest.raises(ValueError, match="does not fit"):
         read_header(path)
+
+
+def test_an_adapter_with_a_smaller_decoder_rank_passes(tiny_model_dir, tmp_path):
+    """lora.decoder_r writes PEFT's rank_pattern/alpha_pattern: a sound adapter of that kind
+    loads, and its decoder tensors are checked against the pattern's rank."""
+    from whisper_tune.config import LoraSettings, ModelConfig
+    from whisper_tune.modeling import lora_model
+    from whisper_tune.run import write_adapter_meta
+
+    cfg = ModelConfig(base=str(tiny_model_dir), quantization="none", gradient_checkpointing=False)
+    model = lora_model(cfg, LoraSettings(r=4, alpha=8, targets="qv", decoder_r=2), torch.device("cpu"))
+    model.save_pretrained(tmp_path)
+    write_adapter_meta(tmp_path, cfg, "mr", "transcribe")
+    check_adapter(tmp_path, str(tiny_model_dir))
+    _edit_json(tmp_path, "adapter_config.json", rank_pattern={})
+    with pytest.raises(UserError, match="says r = 4"):
+        check_adapter(tmp_path, str(tiny_model_dir))

@@ -51,8 +51,8 @@ def _finite_positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def _check_config(cfg: dict, problems: list[str]) -> tuple[int | None, list[str]]:
-    """The rank and target module names of a sound LoRA config."""
+def _check_config(cfg: dict, problems: list[str]) -> tuple[tuple[int | None, dict[str, int]], list[str]]:
+    """The rank (r and its per-module patterns) and target module names of a sound LoRA config."""
     if cfg.get("peft_type") != "LORA":
         problems.append(f"{CONFIG_FILE}: peft_type is {cfg.get('peft_type')!r}; whisper-tune loads LoRA adapters only")
     r = cfg.get("r")
@@ -74,10 +74,37 @@ def _check_config(cfg: dict, problems: list[str]) -> tuple[int | None, list[str]
             f"{CONFIG_FILE}: target_modules {', '.join(map(repr, unknown))} name no Linear layer of Whisper "
             f"(known: {', '.join(WHISPER_LINEARS)})"
         )
-    for key in ("modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform"):
+    for key in ("modules_to_save", "layers_to_transform"):
         if cfg.get(key):
             problems.append(f"{CONFIG_FILE}: {key} is set ({cfg[key]!r}); whisper-tune adapters hold LoRA layers only")
-    return r, targets
+    ranks = _patterns(cfg, "rank_pattern", problems, whole=True)
+    _patterns(cfg, "alpha_pattern", problems, whole=False)
+    return (r, ranks), targets
+
+
+def _patterns(cfg: dict, key: str, problems: list[str], whole: bool) -> dict[str, int]:
+    """``rank_pattern``/``alpha_pattern`` (``lora.decoder_r`` writes them): module-name
+    patterns to positive numbers, whole ranks up to the rank limit."""
+    value = cfg.get(key) or {}
+    good = isinstance(value, dict) and all(
+        isinstance(k, str) and _finite_positive(v) and (not whole or (isinstance(v, int) and v <= MAX_RANK))
+        for k, v in value.items()
+    )
+    if good:
+        try:
+            for k in value:
+                re.compile(k)
+        except re.error:
+            good = False
+    if not good:
+        problems.append(f"{CONFIG_FILE}: {key} must map module-name patterns to positive numbers, got {value!r}")
+        return {}
+    return value
+
+
+def _rank_of(module: str, r: int, ranks: dict[str, int]) -> int:
+    """The rank PEFT gives ``module``: the first pattern matching its name (PEFT's rule), else r."""
+    return next((v for k, v in ranks.items() if re.match(rf"(.*\.)?({k})$", module)), r)
 
 
 def _check_meta(meta: dict, problems: list[str]) -> None:
@@ -153,7 +180,9 @@ def whisper_modules(config: dict) -> dict[str, tuple[int, int]]:
     return layers
 
 
-def _check_weights(path: Path, r: int | None, targets: list[str], base_config: dict | None, problems: list[str]):
+def _check_weights(
+    path: Path, r: tuple[int | None, dict[str, int]], targets: list[str], base_config: dict | None, problems: list[str]
+):
     try:
         header = read_header(path)
     except (OSError, ValueError) as e:
@@ -179,8 +208,9 @@ def _check_weights(path: Path, r: int | None, targets: list[str], base_config: d
             problems.append(f"{WEIGHTS_FILE}: {name} has shape {shape}, not a matrix")
             continue
         rank = shape[0] if m.group("part") == "lora_A" else shape[1]
-        if r is not None and rank != r:
-            problems.append(f"{WEIGHTS_FILE}: {name} has rank {rank}, {CONFIG_FILE} says r = {r}")
+        want_rank = _rank_of(module, r[0], r[1]) if r[0] is not None else None
+        if want_rank is not None and rank != want_rank:
+            problems.append(f"{WEIGHTS_FILE}: {name} has rank {rank}, {CONFIG_FILE} says r = {want_rank}")
         if modules is not None:
             fan_in, fan_out = modules[module]
             other = shape[1] if m.group("part") == "lora_A" else shape[0]
@@ -224,7 +254,7 @@ def check_adapter(folder: str | Path, base: str | None = None) -> None:
     layer names and widths the tensors must fit."""
     folder = Path(folder)
     problems: list[str] = []
-    r, targets = None, []
+    r, targets = (None, {}), []
     cfg = _json(folder / CONFIG_FILE, problems) if (folder / CONFIG_FILE).is_file() else None
     if cfg is not None:
         r, targets = _check_config(cfg, problems)
