@@ -93,6 +93,9 @@ def test_repeats_use_different_voices_rerun_is_reused_and_an_old_layout_is_rebui
     marker.write_text(json.dumps(made), encoding="utf-8")
     assert finished_corpus(first.folder) is None
     assert not make_demo_data(tmp_path, "mr", opts, progress=False).reused
+    # other options in the same folder: no clip of the first corpus is taken for one of the second
+    other = make_demo_data(tmp_path, "mr", DemoDataOptions(sentences=12, seed=1), progress=False)
+    assert len(list((other.folder / "clips").glob("*.mp3"))) == sum(other.clips.values())
 
 
 def test_unseen_voice_settings_lie_outside_the_training_ranges():

@@ -25,6 +25,7 @@ The splits (:func:`split_sentences`) measure different things:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -202,12 +203,18 @@ def _plan(sentences: dict[str, list[str]], opts: DemoDataOptions, language: str)
                     | {
                         "split": split,
                         "sentence": sentence,
-                        "path": f"common_voice_{language}_demo{n:05d}.mp3",
+                        "path": f"common_voice_{language}_demo{n:05d}_{_digest(sentence, record)}.mp3",
                         "client_id": f"espeak-{record['voice']}",
                         "sentence_id": f"demo{ids[sentence]:04d}",
                     }
                 )
     return plan
+
+
+def _digest(sentence: str, voice: dict) -> str:
+    """8 hex digits of what a clip says and how: a clip of another corpus is never taken for it."""
+    said = f"{sentence}|{voice['voice']}|{voice['speed']}|{voice['pitch']}"
+    return hashlib.sha256(said.encode("utf-8")).hexdigest()[:8]
 
 
 def _render(record: dict, clips: Path, language: str) -> None:
@@ -265,6 +272,10 @@ def make_demo_data(
     plan = _plan(splits, opts, language)
     clips = folder / "clips"
     clips.mkdir(parents=True, exist_ok=True)
+    wanted_clips = {r["path"] for r in plan}
+    for old in clips.glob("*.mp3"):  # clips of an earlier layout or other options
+        if old.name not in wanted_clips:
+            old.unlink()
     todo = [r for r in plan if not (clips / r["path"]).exists()]
     with ThreadPoolExecutor(workers) as pool:  # espeak-ng and LAME run outside the GIL
         for _ in tqdm(
