@@ -69,24 +69,25 @@ def need_espeak():
 
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
-    """A 20-sentence demo corpus (train 16, dev 2, test 2 clips), read-only for tests."""
+    """A 21-sentence demo corpus (train 16, dev 2, test 2, unseen 1, unseen-voices 2 clips), read-only for tests."""
     need_espeak()
     from whisper_tune.demo_data import DemoDataOptions, make_demo_data
 
     out = tmp_path_factory.mktemp("corpus")
-    return make_demo_data(out, "mr", DemoDataOptions(sentences=20, train_repeats=1), progress=False).folder
+    opts = DemoDataOptions(sentences=21, dev_fraction=0.1, test_fraction=0.1)
+    return make_demo_data(out, "mr", opts, progress=False).folder
 
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
-    """The demo's own corpus (its default options: about 700 clips), built once per session.
-    Demo tests copy it into their output folder, where the demo finds it and reuses it; the
-    10-15 s of espeak-ng it takes would otherwise be spent again in every demo test."""
+    """A 40-sentence subset of the demo's corpus (42 clips), built once per session. Demo
+    tests copy it into their output folder, where the demo finds a finished corpus and takes
+    it as it is, instead of speaking all 1,732 clips of the default corpus."""
     need_espeak()
-    from whisper_tune.demo_data import make_demo_data
+    from whisper_tune.demo_data import DemoDataOptions, make_demo_data
 
     out = tmp_path_factory.mktemp("demo") / "corpus"
-    make_demo_data(out, "mr", progress=False)
+    make_demo_data(out, "mr", DemoDataOptions(sentences=40), progress=False)
     return out
 
 

@@ -75,7 +75,7 @@ def test_make_demo_data_and_processor(tmp_path, capsys):
 
     need_espeak()
     assert main(["make-demo-data", "--out", str(tmp_path / "d"), "--sentences", "10", "--train-repeats", "1"]) == 0
-    assert "train 8, dev 1, test 1, unseen 1 clips" in capsys.readouterr().out
+    assert "train 7, dev 1, test 1, unseen 1, unseen-voices 1 clips" in capsys.readouterr().out
 
 
 def test_demo_command_prints_the_table(tiny_model_dir, demo_corpus, tmp_path, capsys):

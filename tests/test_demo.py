@@ -22,14 +22,16 @@ def test_demo_flow_and_rerun(tiny_model_dir, demo_corpus, tmp_path, monkeypatch)
         report=lines.append,
     )
     assert result.base_source == "given" and result.train["steps"] == 2
-    assert result.before.keys() == result.after.keys() == {"test", "unseen"}
+    assert result.before.keys() == result.after.keys() == {"test", "unseen", "unseen-voices"}
     assert all({"wer", "cer", "normalized_wer", "normalized_cer"} <= s.keys() for s in result.after.values())
     table = result.table.read_text()
-    for split in ("test voices", "unseen voices"):
+    for split in ("test sentences", "unseen sentences", "test sentences, unseen voices"):
         assert f"| zero-shot | {split} |" in table and f"| fine-tuned (int8-wo base + LoRA) | {split} |" in table
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert saved["after"]["test"]["n"] == saved["after"]["unseen"]["n"] == 2
-    assert any(line.startswith("zero-shot: test voices WER") and "unseen voices WER" in line for line in lines)
+    assert saved["after"]["test"]["n"] == saved["after"]["unseen"]["n"] == saved["after"]["unseen-voices"]["n"] == 2
+    assert any(line.startswith("zero-shot: test sentences WER") and "unseen sentences WER" in line for line in lines)
+    # the run stops early and keeps best/ on dev, never on a reported split
+    assert "eval_split: dev" in (tmp_path / "demo" / "run" / "config.yaml").read_text()
     # A second run reuses the corpus and the adapter instead of training again.
     again = []
     run_demo(tmp_path / "demo", model=str(tiny_model_dir), steps=2, eval_samples=2, progress=False, report=again.append)
@@ -63,6 +65,8 @@ def test_on_a_gpu_the_demo_trains_longer_and_says_so():
     assert "GPU" in gpu_line and all(o in gpu_line for o in gpu)
     recipe, longer = load_train_config("demo"), load_train_config("demo", gpu)
     assert (
-        longer.train.max_steps is None and longer.train.epochs * 600 / longer.train.batch_size > recipe.train.max_steps
+        longer.train.max_steps is None and longer.train.epochs * 1404 / longer.train.batch_size > recipe.train.max_steps
     )
+    assert recipe.data.eval_split == longer.data.eval_split == "dev"  # early stopping never looks at test
+    assert longer.eval.every == 0 and longer.eval.patience
     assert longer.lora.target_modules() == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]

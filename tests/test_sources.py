@@ -19,7 +19,8 @@ def _tsv_rows(folder, split):
 def test_common_voice_splits_and_rows(small_corpus):
     src = open_source(str(small_corpus))
     assert isinstance(src, CommonVoiceSource)
-    assert src.splits() == ["train", "dev", "test", "validated", "unseen"]  # the release's, then other clip lists
+    # the release's splits, then other clip lists
+    assert src.splits() == ["train", "dev", "test", "validated", "unseen", "unseen-voices"]
     rows = list(src.rows("test"))
     expected = _tsv_rows(small_corpus, "test")
     assert [r.text for r in rows] == [e["sentence"] for e in expected]
