@@ -86,6 +86,7 @@ def run_row(name: str, overrides: list[str], seed: int, base: str, data: str, ou
         "best_is_base": record.get("best_is_base", False),
         "wall_s": round(time.time() - start),
         "card": card,
+        "adapter": str(adapter),
         **scores,
     }
 
@@ -151,13 +152,32 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - one failed row must not lose the others
             return {"name": name, "seed": seed, "error": str(e)}
 
+    base = ["--model", args.base]
+    zero = {s: evaluate(base, args.data, s, out / f"zero-shot-{s}", out / "zero-shot.log") for s in SPLITS}
+    (out / "zero-shot.json").write_text(json.dumps(zero, indent=2))
+    print(f"zero-shot: {zero}", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
         for row in pool.map(one, jobs):
             rows.append(row)
             (out / "card-study.json").write_text(json.dumps(rows, indent=2))
-            (out / "card-study.md").write_text(table(rows))
+            (out / "card-study.md").write_text(zero_shot_line(zero) + table(rows))
             print(f"{row['name']} (seed {row['seed']}): {'failed' if 'error' in row else 'done'}", flush=True)
-    print(table(rows))
+    timed = next((r for r in rows if "error" not in r), None)
+    if timed:  # the card's own cost, alone on the card: evaluate --card on the dev split
+        folder = out / "timed-card"
+        start = time.time()
+        cli("evaluate", "--adapter", timed["adapter"], "--data", args.data, "--split", "dev", "--card",
+            "--out", str(folder), log=out / "timed-card.log")  # fmt: skip
+        spent = {"adapter": timed["adapter"], "evaluate_and_card_s": round(time.time() - start, 1)}
+        (out / "timed-card.json").write_text(json.dumps(spent, indent=2))
+        print(f"evaluate --card alone: {spent}", flush=True)
+    print(zero_shot_line(zero) + table(rows))
+
+
+def zero_shot_line(zero: dict) -> str:
+    t, u = zero["test"], zero["unseen"]
+    scores = f"test {t['wer']:.1f} / {t['cer']:.1f}, unseen {u['wer']:.1f} / {u['cer']:.1f}"
+    return f"zero-shot (the base): {scores} (WER / CER %)\n\n"
 
 
 if __name__ == "__main__":

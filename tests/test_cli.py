@@ -95,6 +95,7 @@ def test_demo_command_prints_the_table(tiny_model_dir, demo_corpus, tmp_path, ca
         "1",
         "--eval-samples",
         "2",
+        "--no-card",  # the card's wiring is test_demo's
         "train.batch_size=2",
         "train.num_workers=0",
         "lora.r=2",
@@ -103,6 +104,7 @@ def test_demo_command_prints_the_table(tiny_model_dir, demo_corpus, tmp_path, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "base model: " in out and "(given)" in out and "| zero-shot |" in out and "training plot:" in out
+    assert "report card" not in out and not (tmp_path / "demo" / "card").exists()
 
 
 SUBCOMMANDS = {

@@ -9,7 +9,12 @@ from whisper_tune.demo import resolve_base, run_demo
 def test_demo_flow_and_rerun(tiny_model_dir, demo_corpus, tmp_path, monkeypatch):
     from conftest import need_espeak
 
+    from whisper_tune import grading
+
     need_espeak()
+    tiny = grading.CardSize(target=3, nonspeech=2, longform_seconds=6.0, english=2, language_id=2)
+    monkeypatch.setattr(grading.CardSize, "for_this_machine", classmethod(lambda cls: tiny))
+    monkeypatch.setattr(grading, "FILE_DECODING", {**grading.FILE_DECODING, "temperature": (0.0,)})  # random model
     shutil.copytree(demo_corpus, tmp_path / "demo" / "corpus")  # built once per session (conftest)
     lines = []
     result = run_demo(
@@ -30,6 +35,9 @@ def test_demo_flow_and_rerun(tiny_model_dir, demo_corpus, tmp_path, monkeypatch)
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["after"]["test"]["n"] == saved["after"]["unseen"]["n"] == saved["after"]["unseen-voices"]["n"] == 2
     assert any(line.startswith("zero-shot: test sentences WER") and "unseen sentences WER" in line for line in lines)
+    card = json.loads((tmp_path / "demo" / "card" / "card.json").read_text())
+    assert result.card == tmp_path / "demo" / "card" / "card.md" and 1 <= card["sizes"]["target"] <= 3  # test clips
+    assert any(line.startswith("report card: ") for line in lines)
     # the run stops early and keeps best/ on dev, never on a reported split
     assert "eval_split: dev" in (tmp_path / "demo" / "run" / "config.yaml").read_text()
     # A second run reuses the corpus and the adapter instead of training again.
