@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_study import cli, evaluate  # noqa: E402 - the study scripts share their runner
+from gpu_study import cli, evaluate, train_row  # noqa: E402 - the study scripts share their runner
 
 from whisper_tune.demo import GPU_OVERRIDES  # noqa: E402
 
@@ -54,25 +54,11 @@ CARD_COLUMNS = (  # card line name (report_card.LINES) -> short column name
 
 
 def run_row(name: str, overrides: list[str], seed: int, base: str, data: str, out: Path) -> dict:
-    slug = "".join(c if c.isalnum() or c in "-." else "_" for c in f"{name}-s{seed}")
-    folder, log = out / slug, out / f"{slug}.log"
-    folder.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    cli(
-        "train",
-        "--config",
-        "demo",
-        f"model.base={base}",
-        f"data.source={data}",
-        "data.train_split=train",
-        "data.eval_split=dev",
-        f"train.output_dir={folder}/run",
-        f"train.seed={seed}",
-        "eval.card=true",
-        *GPU_OVERRIDES,
-        *overrides,
-        log=log,
-    )
+    folder, log = train_row(
+        f"{name}-s{seed}", base, data, out, f"train.seed={seed}", "eval.card=true", *GPU_OVERRIDES, *overrides,
+        eval_split="dev",
+    )  # fmt: skip
     record = json.loads((folder / "run" / "run.json").read_text())
     card = json.loads((folder / "run" / "card.json").read_text())
     adapter = folder / "run" / ("best" if (folder / "run" / "best").is_dir() else "adapter")

@@ -100,11 +100,11 @@ def evaluate(model_args: list[str], data: str, split: str, out: Path, log: Path)
     return {k: round(s[k], 2) for k in ("wer", "cer")} | {"n": s["n"]}
 
 
-def run_row(name: str, overrides: list[str], base: str, data: str, out: Path) -> dict:
+def train_row(name: str, base: str, data: str, out: Path, *overrides: str, eval_split: str = "test"):
+    """Train the demo recipe plus ``overrides`` into ``out/<name>/run``: (folder, log)."""
     slug = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
     folder, log = out / slug, out / f"{slug}.log"
     folder.mkdir(parents=True, exist_ok=True)
-    start = time.time()
     cli(
         "train",
         "--config",
@@ -112,12 +112,17 @@ def run_row(name: str, overrides: list[str], base: str, data: str, out: Path) ->
         f"model.base={base}",
         f"data.source={data}",
         "data.train_split=train",
-        "data.eval_split=test",
+        f"data.eval_split={eval_split}",
         f"train.output_dir={folder}/run",
-        "eval.every=-1",
         *overrides,
         log=log,
     )
+    return folder, log
+
+
+def run_row(name: str, overrides: list[str], base: str, data: str, out: Path) -> dict:
+    start = time.time()
+    folder, log = train_row(name, base, data, out, "eval.every=-1", *overrides)
     record = json.loads((folder / "run" / "run.json").read_text())
     scores = {s: evaluate(["--adapter", f"{folder}/run/adapter"], data, s, folder / f"eval-{s}", log) for s in SPLITS}
     return {
