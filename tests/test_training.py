@@ -161,28 +161,34 @@ def test_sigkill_mid_run_then_resume(tiny_model_dir, small_corpus, tmp_path):
     assert _same(_adapter(reference.adapter_dir), _adapter(out / "adapter"))
 
 
+def _exploding(cfg):
+    """lr 1e30: a real non-finite loss. A config refuses such a rate (a guard against typos),
+    so it is set after validation."""
+    cfg.train.learning_rate = 1e30
+    return cfg
+
+
 def test_nan_loss_stops_with_checkpoint_intact(tiny_model_dir, small_corpus, tmp_path):
-    cfg = _cfg(
-        tiny_model_dir,
-        small_corpus,
-        tmp_path / "nan",
-        **{"train.learning_rate": "1e30", "train.max_grad_norm": 0, "train.warmup_steps": 0},
+    cfg = _exploding(
+        _cfg(tiny_model_dir, small_corpus, tmp_path / "nan", **{"train.max_grad_norm": 0, "train.warmup_steps": 0})
     )
     with pytest.raises(TrainingStopped, match="loss became .* last good checkpoint"):
         train(cfg, progress=False)
     for ckpt in checkpoint.finished(tmp_path / "nan" / "checkpoints"):
         assert all(torch.isfinite(t).all() for t in _adapter(ckpt).values())
-    skip = _cfg(
-        tiny_model_dir,
-        small_corpus,
-        tmp_path / "skip",
-        **{"train.learning_rate": "1e30", "train.max_grad_norm": 0, "train.warmup_steps": 0, "train.on_nan": "skip"},
+    skip = _exploding(
+        _cfg(
+            tiny_model_dir,
+            small_corpus,
+            tmp_path / "skip",
+            **{"train.max_grad_norm": 0, "train.warmup_steps": 0, "train.on_nan": "skip"},
+        )
     )
     assert train(skip, progress=False).steps == 6
 
 
 # lr 1e30 from step 2 on (warm-up over 3 steps, the first at lr 0): step 3's loss is the first non-finite one
-_BLOWS_UP_AT_3 = {"train.learning_rate": "1e30", "train.max_grad_norm": 0, "train.warmup_steps": 3}
+_BLOWS_UP_AT_3 = {"train.max_grad_norm": 0, "train.warmup_steps": 3}
 
 
 def test_losses_read_only_when_logging_still_stop_at_the_first_bad_step(tiny_model_dir, small_corpus, tmp_path):
@@ -191,7 +197,7 @@ def test_losses_read_only_when_logging_still_stop_at_the_first_bad_step(tiny_mod
     stopped = {}
     for every in (1, 4):
         out = tmp_path / f"log{every}"
-        cfg = _cfg(tiny_model_dir, small_corpus, out, **_BLOWS_UP_AT_3, **{"train.log_every": every})
+        cfg = _exploding(_cfg(tiny_model_dir, small_corpus, out, **_BLOWS_UP_AT_3, **{"train.log_every": every}))
         with pytest.raises(TrainingStopped, match="loss became .* at step") as e:
             train(cfg, progress=False)
         stopped[every] = int(str(e.value).split(" at step ")[1].split(":")[0])
@@ -205,7 +211,9 @@ def test_losses_read_only_when_logging_still_stop_at_the_first_bad_step(tiny_mod
 
 def test_skipped_steps_are_named_and_leave_the_logged_loss_finite(tiny_model_dir, small_corpus, tmp_path, caplog):
     out = tmp_path / "skip"
-    cfg = _cfg(tiny_model_dir, small_corpus, out, **_BLOWS_UP_AT_3, **{"train.log_every": 4, "train.on_nan": "skip"})
+    cfg = _exploding(
+        _cfg(tiny_model_dir, small_corpus, out, **_BLOWS_UP_AT_3, **{"train.log_every": 4, "train.on_nan": "skip"})
+    )
     with caplog.at_level("WARNING", logger="whisper_tune.training"):
         assert train(cfg, progress=False).steps == 6
     warned = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]

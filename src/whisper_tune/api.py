@@ -209,11 +209,13 @@ class Options:
     decoding: object  # inference.DecodingOptions
 
 
-# Fields beyond OpenAI's (openai/whisper's names): (type, lowest, highest), or bool
+# Fields beyond OpenAI's (openai/whisper's names): (type, lowest, highest), or bool. The beam
+# costs memory and time, so it is bounded tightly; a threshold costs nothing, so its bounds
+# only keep out NaN, infinities and nonsense, and an extreme value switches that check off.
 DECODING_FIELDS = {
     "beam_size": (int, 1, MAX_BEAM_SIZE),
-    "compression_ratio_threshold": (float, 0.0, 10.0),  # openai: 2.4
-    "logprob_threshold": (float, -20.0, 0.0),  # openai: -1
+    "compression_ratio_threshold": (float, 0.0, 1000.0),  # openai: 2.4
+    "logprob_threshold": (float, -1000.0, 0.0),  # openai: -1
     "no_speech_threshold": (float, 0.0, 1.0),  # openai: 0.6
     "condition_on_previous_text": (bool, None, None),
 }
