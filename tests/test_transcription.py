@@ -235,3 +235,23 @@ def test_cli_keeps_outputs_of_same_named_files_apart_and_reads_each_file_once(ti
     written = sorted(p.name for p in out.iterdir())
     assert len(written) == 3 and len(set(written)) == 3, written
     assert capsys.readouterr().out.count(" -> ") == 3  # each file transcribed once
+
+
+def test_initial_prompt_is_whispers_previous_text_prompt(tiny_adapter, tmp_path):
+    """``transcribe --initial-prompt`` gives what the engine gives with that prompt (on
+    ``generate``'s prompt_ids), and differs from the unprompted text."""
+    from whisper_tune.audio import load_audio
+    from whisper_tune.cli import main
+    from whisper_tune.inference import DecodingOptions, open_engine
+    from whisper_tune.inference.options import FILE_DECODING
+
+    clip = write_tone(tmp_path / "a.wav", seconds=2.0)
+    prompt = "Pune, Nashik, Kolhapur"
+    out = tmp_path / "out"
+    args = ["transcribe", str(clip), "--adapter", str(tiny_adapter), "--format", "json", "--out", str(out)]
+    assert main([*args, "--initial-prompt", prompt]) == 0
+    engine = open_engine(None, str(tiny_adapter), device=torch.device("cpu"), decoding=DecodingOptions(**FILE_DECODING))
+    assert not engine.batches(load_audio(clip), prompt=prompt)  # prompted files take generate
+    expected = engine.transcript(load_audio(clip), prompt=prompt)
+    assert json.loads((out / "a.json").read_text(encoding="utf-8"))["text"] == expected.text
+    assert expected.text != engine.transcript(load_audio(clip)).text
