@@ -674,13 +674,8 @@ def build_app(
 
     @app.get("/health")
     async def health():
-        return {
-            "status": "ok",
-            "model": models.default.id,
-            "models": list(models.served),
-            "engine": engine.kind,
-            "waiting": queue.waiting + decoding.waiting,
-        }
+        waiting = queue.waiting + decoding.waiting
+        return {"status": "ok", "model": models.default.id, "engine": engine.kind, "waiting": waiting}
 
     return app
 

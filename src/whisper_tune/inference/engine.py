@@ -400,24 +400,10 @@ def open_engine(
         )
     if adapters and adapter:
         raise ValueError("give adapter or adapters, not both")
-    if adapters and len(adapters) == 1:
-        ((name, adapter),) = adapters.items()
-        engine = open_engine(
-            model,
-            adapter,
-            device=device,
-            exact=exact,
-            merge=merge,
-            language=language,
-            task=task,
-            decoding=decoding,
-            strategy=strategy,
-            clips=clips,
-        )
-        engine.adapters = {name: Adapter(name, str(adapter), engine.language, engine.task)}
-        return engine
-    if adapters:
+    if adapters and len(adapters) > 1:
         return _open_adapters(model, adapters, device, language, task, decoding)
+    named = next(iter(adapters)) if adapters else None  # one adapter by name: merged, as adapter is
+    adapter = adapters[named] if named else adapter
     if kind is not None:
         check_runtime(kind, Path(model))
     if kind == "ggml":
@@ -440,7 +426,7 @@ def open_engine(
         task=task,
         merge=merge,
     )
-    return TransformersEngine(
+    engine = TransformersEngine(
         loaded.model,
         loaded.processor,
         loaded.language,
@@ -452,6 +438,9 @@ def open_engine(
         clips=clips,
         loaded=loaded,
     )
+    if named:
+        engine.adapters = {named: Adapter(named, str(adapter), engine.language, engine.task)}
+    return engine
 
 
 def _open_adapters(model, adapters: dict, device, language, task, decoding) -> TransformersEngine:
