@@ -629,7 +629,7 @@ def test_adapters_of_different_bases_and_bad_names_are_refused(tiny_adapter, tmp
     import json
     import shutil
 
-    from whisper_tune.api import adapter_ids
+    from whisper_tune.api import adapter_ids, serve_api
     from whisper_tune.errors import UserError
 
     elsewhere = tmp_path / "other"
@@ -645,12 +645,16 @@ def test_adapters_of_different_bases_and_bad_names_are_refused(tiny_adapter, tmp
         adapter_ids(["a=x", "a=y"])
     with pytest.raises(UserError, match="the name 'a b' must be letters"):
         adapter_ids(["a b=x"])
+    with pytest.raises(UserError, match="--model-id names a single model"):
+        serve_api(adapter=["a=x", "b=y"], model_id="m")
 
 
 # ---- streaming (issue 27 item 5) -----------------------------------------------------
 
 
 def test_stream_true_sends_openais_text_events(client, server, transcribed, clips):
+    import httpx
+
     segments, _ = transcribed(clips[0])
     with open(clips[0], "rb") as f:
         events = list(client.audio.transcriptions.create(model=MODEL_ID, file=f, stream=True))
@@ -662,3 +666,11 @@ def test_stream_true_sends_openais_text_events(client, server, transcribed, clip
     response = _post(server, [("model", MODEL_ID), ("stream", "true"), ("response_format", "srt")], clips[0])
     error = response.json()["error"]
     assert response.status_code == 400 and error["param"] == "stream" and "json or text, not srt" in error["message"]
+    with open(clips[0], "rb") as f:  # OpenAI's translations do not stream: said, not ignored
+        response = httpx.post(
+            f"{server.url}/v1/audio/translations",
+            data={"model": MODEL_ID, "stream": "true"},
+            files={"file": (clips[0].name, f.read())},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+    assert response.status_code == 400 and response.json()["error"]["message"].startswith("stream=true is for trans")
