@@ -213,8 +213,11 @@ def test_models_and_health(client, server):
     import httpx
 
     models = client.models.list()
-    assert [(m.id, m.object, m.owned_by) for m in models.data] == [(MODEL_ID, "model", "whisper-tune")]
-    assert isinstance(models.data[0].created, int)
+    assert [(m.id, m.object, m.owned_by) for m in models.data] == [
+        (MODEL_ID, "model", "whisper-tune"),
+        ("whisper-1", "model", "whisper-tune"),  # OpenAI's id, for the default model
+    ]
+    assert isinstance(models.data[0].created, int) and models.data[1].alias_of == MODEL_ID
     health = httpx.get(f"{server.url}/health")  # no key needed: for load balancers and scripts
     assert health.status_code == 200 and health.json()["model"] == MODEL_ID
 
@@ -276,8 +279,11 @@ def test_bad_audio_too_long_bad_format_and_unknown_model(client, tmp_path, clips
     assert "response_format" in info.value.message
 
     with open(clips[0], "rb") as f, pytest.raises(openai.NotFoundError) as info:
-        client.audio.transcriptions.create(model="whisper-1", file=f)
+        client.audio.transcriptions.create(model="whisper-2", file=f)
     assert info.value.code == "model_not_found"
+    assert info.value.body["message"] == (
+        f"The model 'whisper-2' does not exist; this server serves '{MODEL_ID}', 'whisper-1'."
+    )
 
 
 def test_two_clients_at_once_queue_and_both_get_their_answer(server, transcribed, counted, clips):
@@ -304,11 +310,13 @@ def test_two_clients_at_once_queue_and_both_get_their_answer(server, transcribed
 
 def test_ctranslate2_export_is_served(tiny_model_dir, tiny_adapter, tmp_path, clips):
     pytest.importorskip("faster_whisper")
+    from whisper_tune.errors import UserError
     from whisper_tune.export import export_ct2
     from whisper_tune.inference.ct2 import load_ct2, transcribe_audio_ct2
 
     ct2 = export_ct2(str(tiny_model_dir), tmp_path / "ct2", quantization="int8", adapter=str(tiny_adapter))
-    engine = load_engine(model=str(ct2), language="mr")
+    hotwords = "पुणे नाशिक"  # faster-whisper's hotwords, for every request
+    engine = load_engine(model=str(ct2), language="mr", hotwords=hotwords)
     assert engine.kind == "ctranslate2"
     live = LiveServer(build_app(engine, LIMITS, model_id="ct2"))  # no key: none needed
     try:
@@ -317,8 +325,14 @@ def test_ctranslate2_export_is_served(tiny_model_dir, tiny_adapter, tmp_path, cl
             text = client.audio.transcriptions.create(model="ct2", file=f).text
     finally:
         live.stop()
-    segments, _ = transcribe_audio_ct2(load_ct2(ct2), load_audio(clips[0]), "mr")
+    model = load_ct2(ct2)
+    segments, _ = transcribe_audio_ct2(model, load_audio(clips[0]), "mr", hotwords=hotwords)
     assert text == _text(segments)
+    direct_segments, _ = model.transcribe(load_audio(clips[0]), language="mr", hotwords=hotwords, temperature=[0.0])
+    plain, _ = model.transcribe(load_audio(clips[0]), language="mr", temperature=[0.0])
+    assert [s.tokens for s in direct_segments] != [s.tokens for s in plain]  # the hotwords reach the decoder
+    with pytest.raises(UserError, match="--hotwords is faster-whisper's: it needs a CTranslate2 model"):
+        load_engine(model=str(tiny_model_dir), hotwords=hotwords)
 
 
 def test_a_file_over_30_s_gives_what_transcribe_gives(engine, tiny_adapter, clips, tmp_path):
@@ -522,3 +536,141 @@ def test_decodes_run_in_their_slots_and_a_full_queue_is_503_with_the_reason():
         return await asyncio.gather(*jobs)
 
     assert asyncio.run(main()) == ["audio"] * 4 and most == 2
+
+
+# ---- several adapters on one base (issue 27 item 1) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A second LoRA adapter of the tiny base (other random weights), with a report card."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from whisper_tune.config import ModelConfig
+    from whisper_tune.run import write_adapter_meta
+
+    torch.manual_seed(3)
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)
+    out = tmp_path_factory.mktemp("run2") / "best"
+    model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(tiny_model_dir).save_pretrained(out)
+    write_adapter_meta(out, ModelConfig(base=str(tiny_model_dir)), "hi", "transcribe")
+    (out / "card.json").write_text(json.dumps({"headline": "better on held-out clips; same on non-speech"}))
+    return out
+
+
+def _alone(adapter: Path):
+    """One adapter held unmerged on its base, as the multi-adapter engine holds each; greedy
+    (no fallback ramp: the random model would run every temperature of it)."""
+    import torch
+
+    from whisper_tune.inference import DecodingOptions, open_engine
+
+    return open_engine(None, str(adapter), device=torch.device("cpu"), merge=False, decoding=DecodingOptions.greedy())
+
+
+def test_two_adapters_on_one_base_answer_concurrent_requests_each_as_alone(tiny_adapter, other_adapter, clips):
+    import torch
+
+    from whisper_tune.inference import DecodingOptions
+
+    adapters = {"mr-run": str(tiny_adapter), "hi-run": str(other_adapter)}
+    multi = load_engine(adapters=adapters, device=torch.device("cpu"), decoding=DecodingOptions.greedy())
+    assert multi.peft_names == {"mr-run": "default", "hi-run": "adapter1"}  # one base, two adapters
+    alone = {"mr-run": _alone(tiny_adapter), "hi-run": _alone(other_adapter)}
+    expected = {(name, 0): engine.transcript(load_audio(clips[0])).text for name, engine in alone.items()}
+    assert expected["mr-run", 0] != expected["hi-run", 0]  # the adapters say different things
+    counted = CountingEngine(multi)
+    live = LiveServer(build_app(counted, LIMITS, api_key=KEY, aliases=("house",)))
+    asks = [("hi-run", 0), ("mr-run", 0), ("whisper-1", 0), ("house", 0)]
+    results, errors = {}, []
+
+    def ask(name, i):
+        try:
+            client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=KEY, max_retries=0, timeout=300)
+            with open(clips[i], "rb") as f:
+                results[name, i] = client.audio.transcriptions.create(model=name, file=f).text
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=ask, args=a) for a in asks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+        listed = {m.id: m for m in client.models.list().data}
+        with open(clips[0], "rb") as f, pytest.raises(openai.NotFoundError) as info:
+            client.audio.transcriptions.create(model="run", file=f)
+    finally:
+        live.stop()
+    assert not errors and counted.most == 1
+    default = {"whisper-1": "mr-run", "house": "mr-run"}  # the first adapter is the default
+    assert {key: results[key] for key in asks} == {(n, i): expected[default.get(n, n), i] for n, i in asks}
+    assert list(listed) == ["mr-run", "hi-run", "whisper-1", "house"]
+    assert (listed["mr-run"].language, listed["hi-run"].language) == ("mr", "hi")
+    assert listed["hi-run"].card == "better on held-out clips; same on non-speech" and listed["mr-run"].card is None
+    assert info.value.body["message"] == (
+        "The model 'run' does not exist; this server serves 'mr-run', 'hi-run', 'whisper-1', 'house'."
+    )
+
+
+def test_adapters_of_different_bases_and_bad_names_are_refused(tiny_adapter, tmp_path):
+    import json
+    import shutil
+
+    from whisper_tune.api import adapter_ids, serve_api
+    from whisper_tune.errors import UserError
+
+    elsewhere = tmp_path / "other"
+    shutil.copytree(tiny_adapter, elsewhere)
+    meta = json.loads((elsewhere / "whisper_tune.json").read_text())
+    (elsewhere / "whisper_tune.json").write_text(json.dumps(meta | {"base": str(tmp_path), "base_relative": None}))
+    with pytest.raises(UserError, match="adapters of different bases cannot share one model: a is on .*, b on "):
+        load_engine(adapters={"a": str(tiny_adapter), "b": str(elsewhere)})
+
+    assert adapter_ids(["runs/mr/best", "hi=runs/hi/best"]) == {"mr-best": "runs/mr/best", "hi": "runs/hi/best"}
+    assert adapter_ids(["runs/mr/best"], model_id="whisper-mr") == {"whisper-mr": "runs/mr/best"}
+    with pytest.raises(UserError, match="two adapters are named 'a'"):
+        adapter_ids(["a=x", "a=y"])
+    with pytest.raises(UserError, match="the name 'a b' must be letters"):
+        adapter_ids(["a b=x"])
+    with pytest.raises(UserError, match="--model-id names a single model"):
+        serve_api(adapter=["a=x", "b=y"], model_id="m")
+
+
+# ---- streaming (issue 27 item 5) -----------------------------------------------------
+
+
+def test_stream_true_sends_openais_text_events(client, server, transcribed, clips):
+    import httpx
+
+    segments, _ = transcribed(clips[0])
+    with open(clips[0], "rb") as f:
+        events = list(client.audio.transcriptions.create(model=MODEL_ID, file=f, stream=True))
+    assert [e.type for e in events] == ["transcript.text.delta"] * len([s for s in segments if s.text]) + [
+        "transcript.text.done"
+    ]
+    assert "".join(e.delta for e in events[:-1]) == events[-1].text == _text(segments)
+
+    response = _post(server, [("model", MODEL_ID), ("stream", "true"), ("response_format", "srt")], clips[0])
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "stream" and "json or text, not srt" in error["message"]
+    with open(clips[0], "rb") as f:  # OpenAI's translations do not stream: said, not ignored
+        response = httpx.post(
+            f"{server.url}/v1/audio/translations",
+            data={"model": MODEL_ID, "stream": "true"},
+            files={"file": (clips[0].name, f.read())},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+    assert response.status_code == 400 and response.json()["error"]["message"].startswith("stream=true is for trans")

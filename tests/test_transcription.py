@@ -235,3 +235,30 @@ def test_cli_keeps_outputs_of_same_named_files_apart_and_reads_each_file_once(ti
     written = sorted(p.name for p in out.iterdir())
     assert len(written) == 3 and len(set(written)) == 3, written
     assert capsys.readouterr().out.count(" -> ") == 3  # each file transcribed once
+
+
+def test_initial_prompt_is_whispers_previous_text_prompt(tiny_adapter, tmp_path):
+    """``transcribe --initial-prompt`` gives what the engine gives with that prompt (on
+    ``generate``'s prompt_ids), and the prompt reaches the decoder. Greedy: the random model
+    would otherwise run every fallback temperature."""
+    from whisper_tune.audio import load_audio
+    from whisper_tune.cli import main
+    from whisper_tune.inference import DecodingOptions, open_engine
+
+    clip = write_tone(tmp_path / "a.wav", seconds=2.0)
+    prompt = "Pune, Nashik, Kolhapur"
+    out = tmp_path / "out"
+    greedy = ["--temperature-increment-on-fallback", "0"] + [
+        flag for name in ("compression-ratio", "logprob", "no-speech") for flag in (f"--{name}-threshold", "none")
+    ]
+    args = ["transcribe", str(clip), "--adapter", str(tiny_adapter), "--format", "json", "--out", str(out), *greedy]
+    assert main([*args, "--initial-prompt", prompt]) == 0
+    cpu, greedy = torch.device("cpu"), DecodingOptions.greedy()
+    default = open_engine(None, str(tiny_adapter), device=cpu, decoding=greedy)
+    assert not default.batches(load_audio(clip), prompt=prompt)
+    engine = open_engine(None, str(tiny_adapter), device=cpu, decoding=greedy, strategy="sequential")
+    expected = engine.transcript(load_audio(clip), prompt=prompt)  # prompted files take generate
+    assert json.loads((out / "a.json").read_text(encoding="utf-8"))["text"] == expected.text
+    unprompted = engine.transcript(load_audio(clip))  # on generate too: only the prompt differs
+    scores = [[(s.text, s.avg_logprob) for s in t.segments] for t in (expected, unprompted)]
+    assert scores[0] != scores[1]

@@ -3,7 +3,8 @@
 Any program written for OpenAI's audio API (the ``openai`` client, curl scripts, subtitle
 tools) can point its base URL at this server and use a fine-tuned model instead:
 ``POST /v1/audio/transcriptions``, ``POST /v1/audio/translations`` (json, text, srt, vtt,
-verbose_json), ``GET /v1/models`` and ``GET /health``, with OpenAI's error bodies.
+verbose_json; ``stream=true`` for server-sent text events), ``GET /v1/models`` and
+``GET /health``, with OpenAI's error bodies.
 
 Why it is built this way:
 
@@ -13,6 +14,14 @@ Why it is built this way:
   + LoRA, merged on load), a merged transformers folder, or a CTranslate2 export run on
   faster-whisper. Decoding goes through the same ``inference.Engine`` as ``whisper-tune
   transcribe``, with the same defaults, so a request gives exactly what it gives.
+* Several adapters of one base (``--adapter NAME=PATH`` repeated) share one copy of the base,
+  held unmerged (``open_engine(adapters=...)``); a request's ``model`` names the adapter,
+  and the switch happens inside the one-at-a-time queue, so requests for different adapters
+  never see each other's weights. ``whisper-1`` and ``--alias`` names mean the first.
+* ``stream=true`` answers with OpenAI's server-sent events: a ``transcript.text.delta`` per
+  segment, then ``transcript.text.done``. They are sent once the file is decoded (the
+  decoders return a file's segments together), so streaming saves a client nothing in
+  latency; it is there so that clients written for OpenAI's streaming call work unchanged.
 * One inference at a time: requests wait on an asyncio lock (bounded, 503 beyond
   ``max_queue`` waiting) and the model runs in a worker thread, so concurrent clients queue
   instead of running the GPU out of memory, and the event loop keeps answering meanwhile.
@@ -35,7 +44,9 @@ Why it is built this way:
 
 import asyncio
 import hmac
+import json
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -57,23 +68,34 @@ DECODE_SLOTS = 2  # uploads decoded at once; each holds at most a block of the f
 MAX_BEAM_SIZE = 10  # openai's CLI uses 5; each beam is one more decoder pass per token
 CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
 API_KEY_ENV = "WHISPER_TUNE_API_KEY"
+DEFAULT_ALIASES = ("whisper-1",)  # OpenAI's model id, which applications written for it send
+STREAM_FORMATS = ("json", "text")  # response formats that stream=true may ask for (as OpenAI's API)
 
 
 # ---- the model ----------------------------------------------------------------------
 
 
 def load_engine(
-    model: str | None = None, adapter: str | None = None, language: str | None = None, device=None, decoding=None
+    model: str | None = None,
+    adapter: str | None = None,
+    language: str | None = None,
+    device=None,
+    decoding=None,
+    adapters: dict[str, str] | None = None,
+    hotwords: str | None = None,
 ):
     """The server's engine for ``--model``/``--adapter`` (``inference.open_engine``: a
-    CTranslate2 folder runs on faster-whisper, anything else loads with the adapter merged).
+    CTranslate2 folder runs on faster-whisper, anything else loads with the adapter merged;
+    ``adapters``, name -> folder: several on one base, switched by name).
     ``decoding`` (``DecodingOptions``) is the server's default decoding (None: that of
     ``whisper-tune transcribe``, so a request gives what it gives)."""
     from .inference import DecodingOptions, open_engine
     from .inference.options import FILE_DECODING
 
     decoding = decoding or DecodingOptions(**FILE_DECODING)
-    return open_engine(model, adapter, device=device, language=language, decoding=decoding)
+    return open_engine(
+        model, adapter, device=device, language=language, decoding=decoding, adapters=adapters, hotwords=hotwords
+    )
 
 
 def default_model_id(model: str | None, adapter: str | None) -> str:
@@ -84,6 +106,80 @@ def default_model_id(model: str | None, adapter: str | None) -> str:
     if name in ("best", "adapter", "final") and path.parent.name:
         name = f"{path.parent.name}-{name}"
     return name
+
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # what a served id may be
+
+
+def adapter_ids(specs: list[str], model: str | None = None, model_id: str | None = None) -> dict[str, str]:
+    """``--adapter`` values (``NAME=PATH`` or a plain ``PATH``) as id -> folder, in order (the
+    first is the default). A plain PATH's id is ``model_id`` if given, else the folder's name
+    (:func:`default_model_id`). Duplicate or malformed names are refused in one line."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "/" in name or "\\" in name:
+            name, path = None, spec
+        if name is None:
+            name = model_id if model_id and len(specs) == 1 else default_model_id(model, path)
+        if not MODEL_ID.match(name):
+            raise UserError(f"--adapter {spec}: the name '{name}' must be letters, digits, '.', '_', '-' or ':'")
+        if name in out:
+            raise UserError(f"--adapter: two adapters are named '{name}'; give each its own with NAME=PATH")
+        out[name] = path
+    return out
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One id ``GET /v1/models`` lists and a request's ``model`` may name."""
+
+    id: str
+    adapter: str | None  # the engine's adapter name (None: the engine as opened)
+    language: str | None
+    card: str | None = None  # the adapter's report card headline (card.json), where it has one
+
+
+def served_models(engine: Engine, model_id: str) -> list[ServedModel]:
+    """The engine's adapters by name, or its one model as ``model_id``."""
+    if not engine.adapters:
+        return [ServedModel(model_id, None, engine.language)]
+    return [ServedModel(a.name, a.name, a.language, card_headline(a.path)) for a in engine.adapters.values()]
+
+
+def card_headline(folder: str) -> str | None:
+    """The headline of the report card beside an adapter (``card.json``), or None."""
+    try:
+        headline = json.loads((Path(folder) / "card.json").read_text(encoding="utf-8")).get("headline")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return headline if isinstance(headline, str) else None
+
+
+class Models:
+    """The served ids and the aliases of the first (the default)."""
+
+    def __init__(self, served: list[ServedModel], aliases=DEFAULT_ALIASES):
+        self.served = {m.id: m for m in served}
+        self.default = served[0]
+        self.aliases = {a: self.default.id for a in aliases if a not in self.served}
+
+    def resolve(self, name: str) -> ServedModel:
+        """The model a request names, or 404 listing what this server serves."""
+        found = self.served.get(self.aliases.get(name, name))
+        if found is None:
+            listed = ", ".join(f"'{i}'" for i in [*self.served, *self.aliases])
+            raise ApiError(
+                404, f"The model '{name}' does not exist; this server serves {listed}.", code="model_not_found"
+            )
+        return found
+
+    def cards(self, created: int) -> list[dict]:
+        listed = [_model_card(m, created) for m in self.served.values()]
+        return listed + [
+            _model_card(self.served[target], created, alias) | {"alias_of": target}
+            for alias, target in self.aliases.items()
+        ]
 
 
 # ---- errors --------------------------------------------------------------------------
@@ -202,11 +298,12 @@ async def read_form(request, limits: Limits):
 class Options:
     """A request's form fields, checked."""
 
-    model: str
+    model: ServedModel
     response_format: str
     language: str | None
     prompt: str | None
     decoding: object  # inference.DecodingOptions
+    stream: bool = False
 
 
 # Fields beyond OpenAI's (openai/whisper's names): (type, lowest, highest), or bool. The beam
@@ -219,6 +316,7 @@ DECODING_FIELDS = {
     "no_speech_threshold": (float, 0.0, 1.0),  # openai: 0.6
     "condition_on_previous_text": (bool, None, None),
 }
+STREAM_FIELD = "stream"  # OpenAI's: true answers with server-sent events
 LIST_FIELDS = ("timestamp_granularities[]", "timestamp_granularities", "include[]")  # may repeat
 GRANULARITIES = ("segment", "word")
 
@@ -250,25 +348,32 @@ def check_fields(form) -> None:
         )
 
 
-def parse_options(form, model_id: str, defaults=None) -> Options:
+def parse_options(form, models: Models | str, defaults=None, task: str = "transcribe") -> Options:
     """Check the form's fields in OpenAI's order of complaints: 400 for a bad value, 404 for
-    a model this server does not serve. ``temperature`` starts the fallback ramp (as in
-    OpenAI's API: 0 rises on fallback); the decoding fields change ``defaults`` (the
-    server's ``DecodingOptions``) for this request only."""
+    a model this server does not serve (``models``: the served ids, or the one id).
+    ``temperature`` starts the fallback ramp (as in OpenAI's API: 0 rises on fallback); the
+    decoding fields change ``defaults`` (the server's ``DecodingOptions``) for this request
+    only. ``stream`` is for transcriptions, as json or text."""
     from .processor import resolve_language
 
+    if isinstance(models, str):
+        models = Models([ServedModel(models, None, None)])
     check_fields(form)
-    model = _text_field(form, "model")
-    if not model:
+    name = _text_field(form, "model")
+    if not name:
         raise ApiError(400, "you must provide a model parameter (see GET /v1/models)", param="model")
-    if model != model_id:
-        raise ApiError(
-            404, f"The model '{model}' does not exist; this server serves '{model_id}'.", code="model_not_found"
-        )
+    model = models.resolve(name)
     fmt = _text_field(form, "response_format") or "json"
     if fmt not in RESPONSE_FORMATS:
         raise ApiError(
             400, f"unknown response_format '{fmt}': use one of {', '.join(RESPONSE_FORMATS)}", param="response_format"
+        )
+    stream = bool(_typed_field(form, STREAM_FIELD, bool))
+    if stream and task != "transcribe":
+        raise ApiError(400, "stream=true is for transcriptions: translations answer whole", param=STREAM_FIELD)
+    if stream and fmt not in STREAM_FORMATS:
+        raise ApiError(
+            400, f"stream=true sends text events: use response_format json or text, not {fmt}", param=STREAM_FIELD
         )
     language = _text_field(form, "language")
     if language:
@@ -277,7 +382,7 @@ def parse_options(form, model_id: str, defaults=None) -> Options:
         except UserError as e:
             raise ApiError(400, str(e), param="language") from None
     decoding = _decoding(form, defaults)
-    return Options(model, fmt, language or None, _text_field(form, "prompt") or None, decoding)
+    return Options(model, fmt, language or None, _text_field(form, "prompt") or None, decoding, stream)
 
 
 def _decoding(form, defaults):
@@ -399,11 +504,29 @@ def _segment(index: int, segment: Segment, temperature: float) -> dict:
     }
 
 
-def render(transcript: Transcript, fmt: str, task: str, temperature: float):
+def stream_events(transcript: Transcript):
+    """OpenAI's streamed transcription as server-sent events: a ``transcript.text.delta`` per
+    segment (joined as ``Transcript.text`` joins them, so the deltas add up to the done
+    event's text), then ``transcript.text.done``."""
+    sent = False
+    for segment in transcript.segments:
+        if segment.text:
+            yield _event({"type": "transcript.text.delta", "delta": (" " if sent else "") + segment.text})
+            sent = True
+    yield _event({"type": "transcript.text.done", "text": transcript.text})
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def render(transcript: Transcript, fmt: str, task: str, temperature: float, stream: bool = False):
     """The response for one response_format; srt/vtt/text come from the file writers, so the
     API and ``whisper-tune transcribe --format`` write the same bytes."""
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+    if stream:
+        return StreamingResponse(stream_events(transcript), media_type="text/event-stream")
     if fmt == "json":
         return JSONResponse({"text": transcript.text})
     if fmt == "verbose_json":
@@ -487,13 +610,17 @@ def build_app(
     model_id: str | None = None,
     max_queue: int = 32,
     decode_slots: int = DECODE_SLOTS,
+    aliases: tuple[str, ...] = (),
 ):
-    """The FastAPI app around a loaded engine (tests build it directly and serve it)."""
+    """The FastAPI app around a loaded engine (tests build it directly and serve it): its
+    adapters by name where it was opened with names (else its one model as ``model_id``),
+    with ``whisper-1`` and ``aliases`` for the first."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.routing import APIRouter
 
     limits = limits or Limits()
     model_id = model_id or default_model_id(engine.name, None)
+    models = Models(served_models(engine, model_id), (*DEFAULT_ALIASES, *aliases))
     queue = Queue(max_queue)
     decoding = Queue(max_queue, decode_slots, "uploads waiting to be decoded")
     app = FastAPI(title="whisper-tune api", docs_url=None, redoc_url=None, openapi_url=None)
@@ -508,7 +635,7 @@ def build_app(
         form = await read_form(request, limits)
         gone = client_gone(request)
         try:
-            options = parse_options(form, model_id, engine.decoding)
+            options = parse_options(form, models, engine.decoding, task)
             upload = _upload(form, limits)
             audio = await decoding.run(decode_upload, upload, limits, gone=gone)
         finally:
@@ -517,6 +644,7 @@ def build_app(
             partial(
                 engine.transcript,
                 audio,
+                adapter=options.model.adapter,
                 language=options.language,
                 task=task,
                 prompt=options.prompt,
@@ -524,8 +652,8 @@ def build_app(
             ),
             gone=gone,
         )
-        log.info("%s %.1f s of audio in %.2f s", task, transcript.duration, transcript.seconds)
-        return render(transcript, options.response_format, task, options.decoding.temperature[0])
+        log.info("%s %.1f s of audio in %.2f s (%s)", task, transcript.duration, transcript.seconds, options.model.id)
+        return render(transcript, options.response_format, task, options.decoding.temperature[0], options.stream)
 
     @v1.post("/audio/transcriptions")
     async def transcriptions(request: Request):
@@ -536,31 +664,34 @@ def build_app(
         return await handle(request, "translate")
 
     @v1.get("/models")
-    async def models():
-        return {"object": "list", "data": [_model_card(model_id, engine)]}
+    async def list_models():
+        return {"object": "list", "data": models.cards(engine.created)}
 
     @v1.get("/models/{name}")
     async def model(name: str):
-        if name != model_id:
-            raise ApiError(404, f"The model '{name}' does not exist.", code="model_not_found")
-        return _model_card(model_id, engine)
+        found = models.resolve(name)
+        return _model_card(found, engine.created, name if name != found.id else None)
 
     app.include_router(v1)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "engine": engine.kind, "waiting": queue.waiting + decoding.waiting}
+        waiting = queue.waiting + decoding.waiting
+        return {"status": "ok", "model": models.default.id, "engine": engine.kind, "waiting": waiting}
 
     return app
 
 
-def _model_card(model_id: str, engine: Engine) -> dict:
-    return {"id": model_id, "object": "model", "created": engine.created, "owned_by": "whisper-tune"}
+def _model_card(model: ServedModel, created: int, alias: str | None = None) -> dict:
+    """OpenAI's model object, plus the language the model decodes by default and its report
+    card headline (None where it has none)."""
+    card = {"id": alias or model.id, "object": "model", "created": created, "owned_by": "whisper-tune"}
+    return card | {"language": model.language, "card": model.card}
 
 
 def serve_api(
     model: str | None = None,
-    adapter: str | None = None,
+    adapter: str | list[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: Limits | None = None,
@@ -568,25 +699,38 @@ def serve_api(
     language: str | None = None,
     model_id: str | None = None,
     decoding=None,
+    aliases: tuple[str, ...] = (),
+    hotwords: str | None = None,
 ) -> None:
     """Load the model once, then serve until interrupted; ``decoding`` (``DecodingOptions``)
-    is the default a request's fields start from."""
+    is the default a request's fields start from. ``adapter``: one folder, or ``--adapter``
+    values (``NAME=PATH`` or ``PATH``), several sharing one base."""
     try:
         import uvicorn
         from fastapi import FastAPI  # noqa: F401
     except ImportError:
         raise UserError("the API server needs FastAPI and uvicorn: pip install 'whisper-tune[api]'") from None
-    if not model and not adapter:
+    specs = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    if not model and not specs:
         raise UserError("give --model (a merged or CTranslate2 folder, or a base) and/or --adapter")
-    engine = load_engine(model, adapter, language, decoding=decoding)
-    model_id = model_id or default_model_id(model, adapter)
-    app = build_app(engine, limits or Limits(), api_key, model_id)
+    if model_id and len(specs) > 1:
+        raise UserError("--model-id names a single model: with several adapters, name each as --adapter NAME=PATH")
+    adapters = adapter_ids(specs, model, model_id) if specs else None
+    for alias in aliases:
+        if adapters and alias in adapters:
+            raise UserError(f"--alias {alias} is already the name of an adapter")
+        if not MODEL_ID.match(alias):
+            raise UserError(f"--alias {alias}: a name of letters, digits, '.', '_', '-' or ':'")
+    engine = load_engine(model, None, language, decoding=decoding, adapters=adapters, hotwords=hotwords)
+    model_id = model_id or default_model_id(model, None)
+    app = build_app(engine, limits or Limits(), api_key, model_id, aliases=tuple(aliases))
     if host not in LOOPBACK:
         print(
             f"whisper-tune api: listening on {host}: anyone who can reach this address can use it"
             + ("" if api_key else f" (no API key: set --api-key or {API_KEY_ENV})")
         )
-    print(f"whisper-tune api: model '{model_id}' ({engine.kind}) on http://{host}:{port}/v1")
+    ids = ", ".join(f"'{m.id}'" for m in served_models(engine, model_id))
+    print(f"whisper-tune api: {ids} ({engine.describe()}) on http://{host}:{port}/v1")
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

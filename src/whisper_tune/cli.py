@@ -361,7 +361,23 @@ def _engine(args, decoding):
     from .inference import open_engine
 
     return open_engine(
-        args.model, args.adapter, exact=args.exact, language=args.language, task=args.task, decoding=decoding
+        args.model,
+        args.adapter,
+        exact=args.exact,
+        language=args.language,
+        task=args.task,
+        decoding=decoding,
+        hotwords=getattr(args, "hotwords", None),
+    )
+
+
+def _add_hotwords_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hotwords",
+        default=None,
+        metavar="TEXT",
+        help="words to favour (faster-whisper's hotwords, put before every window's previous text): "
+        "a CTranslate2 model only",
     )
 
 
@@ -383,7 +399,7 @@ def cmd_transcribe(args) -> int:
         check_writable(args.out, "--out")  # before the model loads
     engine = _engine(args, decoding)
     print(f"engine: {engine.describe()}", file=sys.stderr)
-    items = transcribe_files(engine, files, decoding=decoding, batch_size=args.batch_size)
+    items = transcribe_files(engine, files, decoding=decoding, batch_size=args.batch_size, prompt=args.initial_prompt)
     # tqdm.write keeps each line whole while the progress bar is drawn
     failed = write_transcripts(
         items,
@@ -418,6 +434,14 @@ def args_transcribe(p: argparse.ArgumentParser) -> None:
         "plain or merged model with greedy decoding; --condition-on-previous-text decodes files longer "
         "than 30 s window after window instead (default: 16)",
     )
+    p.add_argument(
+        "--initial-prompt",
+        default=None,
+        metavar="TEXT",
+        help="text before the first window, as if it had been said just before (openai/whisper's: spellings, "
+        "names, style); prompted files decode window after window, not in batches",
+    )
+    _add_hotwords_arg(p)
     _add_decoding_args(p)
 
 
@@ -615,7 +639,7 @@ def cmd_api(args) -> int:
 
     serve_api(
         args.model,
-        args.adapter,
+        args.adapter or None,
         host=args.host,
         port=args.port,
         limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
@@ -623,6 +647,8 @@ def cmd_api(args) -> int:
         language=args.language,
         model_id=args.model_id,
         decoding=_file_decoding(args),
+        aliases=tuple(args.alias or ()),
+        hotwords=args.hotwords,
     )
     return 0
 
@@ -635,7 +661,21 @@ def args_api(p: argparse.ArgumentParser) -> None:
         default=None,
         help="merged transformers folder, CTranslate2 export (faster-whisper), or the base for --adapter",
     )
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder (merged into its base on load)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="[NAME=]PATH",
+        help="LoRA adapter folder; repeat as NAME=PATH to serve several of one base (a request's model picks "
+        "one; the first is the default). One adapter is merged on load; several stay unmerged on one base",
+    )
+    p.add_argument(
+        "--alias",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="another model id for the default model (whisper-1 always is one)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -647,6 +687,7 @@ def args_api(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default=None, help="default language (default: the adapter's; 'auto' detects)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
+    _add_hotwords_arg(p)
     _add_decoding_args(p)
 
 

@@ -11,12 +11,13 @@ Layers, imported only downward (tests/test_architecture.py holds it):
   and the output writers.
 """
 
-from .engine import CT2Engine, Engine, GGMLEngine, TransformersEngine, open_engine
+from .engine import Adapter, CT2Engine, Engine, GGMLEngine, TransformersEngine, open_engine
 from .files import transcribe_files, write_transcripts
 from .options import FALLBACK_TEMPERATURES, MAX_NEW_TOKENS, DecodingOptions, compression_ratio
 from .results import Segment, Transcript, expand_inputs, get_writer, output_names
 
 __all__ = [
+    "Adapter",
     "CT2Engine",
     "DecodingOptions",
     "Engine",

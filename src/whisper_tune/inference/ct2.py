@@ -41,15 +41,20 @@ def transcribe_audio_ct2(
     task: str = "transcribe",
     prompt: str | None = None,
     decoding: DecodingOptions | None = None,
+    hotwords: str | None = None,
 ) -> tuple[list[Segment], str]:
     """``generate.transcribe_audio`` for a faster-whisper model (``load_ct2``): one 16 kHz clip
-    -> (segments with their window scores, language), with the same ``decoding`` options."""
+    -> (segments with their window scores, language), with the same ``decoding`` options.
+    ``hotwords`` is faster-whisper's: words put after ``<|startofprev|>`` in every window,
+    before any previous text (``prompt``, openai's initial prompt, is that previous text
+    for the first window only)."""
     check_finite(audio)
     segments, info = model.transcribe(
         audio,
         language=language,
         task=task,
         initial_prompt=prompt or None,
+        hotwords=hotwords or None,
         **(decoding or DecodingOptions()).faster_whisper_kwargs(),
     )
     return [_ct2_segment(s) for s in segments], info.language

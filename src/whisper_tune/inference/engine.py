@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,17 @@ STRATEGIES = ("auto", "batched", "sequential")  # how the transformers engine de
 CLIP_DECODERS = ("auto", "fast", "fast-compiled", "generate")  # ... and clips of at most 30 s (evaluation)
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """One adapter an engine serves by name: its folder, and the language and task it
+    decodes with when a call names none (its ``whisper_tune.json``, or the engine's)."""
+
+    name: str
+    path: str
+    language: str | None
+    task: str
+
+
 class Engine:
     """A loaded model and the ways it decodes. ``language`` None: detected per file;
     ``decoding``: the options a call that passes none uses."""
@@ -47,6 +59,29 @@ class Engine:
         self.name, self.language, self.task = name, language, task
         self.decoding = decoding or DecodingOptions()
         self.created = int(time.time())
+        self.adapters: dict[str, Adapter] = {}  # by name, where open_engine was given names
+
+    @contextlib.contextmanager
+    def using(self, adapter: str | None):
+        """Inside the block, calls decode with the adapter of that name (None: as opened), with
+        its language and task as the defaults. One call at a time: the switch is the engine's
+        state (the API runs one inference at a time and switches inside it)."""
+        if adapter is None:
+            yield
+            return
+        if adapter not in self.adapters:
+            raise UserError(f"no adapter named {adapter!r}: this engine has {', '.join(self.adapters) or 'none'}")
+        chosen = self.adapters[adapter]
+        saved = self.language, self.task
+        self._activate(chosen)
+        self.language, self.task = chosen.language, chosen.task
+        try:
+            yield
+        finally:
+            self.language, self.task = saved
+
+    def _activate(self, adapter: Adapter) -> None:
+        """Switch the weights to ``adapter`` (an engine of one model has nothing to switch)."""
 
     def transcribe(
         self,
@@ -70,10 +105,12 @@ class Engine:
         groups files; otherwise it decodes and reports them one by one)."""
         return False
 
-    def transcript(self, audio: np.ndarray, path: str = "upload", **options) -> Transcript:
-        """One clip's Transcript, timed (the API's unit of work)."""
+    def transcript(self, audio: np.ndarray, path: str = "upload", adapter: str | None = None, **options) -> Transcript:
+        """One clip's Transcript, timed (the API's unit of work), by the adapter named
+        ``adapter`` (None: the engine as opened)."""
         start = time.perf_counter()
-        ((segments, used),) = self.transcribe([audio], **options)
+        with self.using(adapter):
+            ((segments, used),) = self.transcribe([audio], **options)
         return Transcript(path, used, duration(audio), segments, time.perf_counter() - start)
 
     def decode_clips(
@@ -140,6 +177,11 @@ class TransformersEngine(Engine):
         self.loaded = loaded  # modeling.InferenceModel, where open_engine loaded it
         self._clip_batch = 0  # see reserve
         self.device = next(model.parameters()).device
+        self.peft_names: dict[str, str] = {}  # adapter name -> PEFT's, where several are loaded unmerged
+
+    def _activate(self, adapter: Adapter) -> None:
+        if self.peft_names:
+            self.model.set_adapter(self.peft_names[adapter.name])
 
     def describe(self) -> str:
         return f"transformers ({self.loaded.describe()})" if self.loaded else "transformers"
@@ -150,7 +192,14 @@ class TransformersEngine(Engine):
         """Whether a file goes through the batched fast decoder (``longform.py``): a plain or
         merged model, greedy from temperature 0, no prompt, and no previous-text conditioning
         on a file longer than one window (windows decoded together cannot see each other's
-        text); else ``generate``, window after window."""
+        text); else ``generate``, window after window.
+
+        A prompt (openai/whisper's initial prompt: ``<|startofprev|>`` and its tokens before
+        the first window) always takes ``generate``, which passes it as ``prompt_ids``: the
+        fast decoder's static caches and CUDA graphs are sized for the start tokens alone and
+        have no place for a per-file prefix. Several adapters held unmerged on one base
+        (``open_engine(adapters=...)``) also take ``generate``: the fast decoder needs plain
+        linear layers."""
         if self.strategy == "sequential" or (prompt and prompt.strip()):
             return False
         if decoding.condition_on_previous_text and samples > N_SAMPLES:
@@ -265,14 +314,24 @@ class CT2Engine(Engine):
 
     kind = "ctranslate2"
 
-    def __init__(self, path, language=None, task="transcribe", decoding=None, suppress=True, compute_type="default"):
+    def __init__(
+        self,
+        path,
+        language=None,
+        task="transcribe",
+        decoding=None,
+        suppress=True,
+        compute_type="default",
+        hotwords: str | None = None,
+    ):
         super().__init__(str(path), language, task, decoding)
         self.model = load_ct2(path, compute_type)
         self.suppress = suppress  # non-speech tokens suppressed in decode_clips, as a source's generation config does
+        self.hotwords = hotwords  # faster-whisper's: put before every window's previous text
 
     def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
         language, task, decoding = self._language(language), task or self.task, self._options(decoding)
-        return [transcribe_audio_ct2(self.model, a, language, task, prompt, decoding) for a in audios]
+        return [transcribe_audio_ct2(self.model, a, language, task, prompt, decoding, self.hotwords) for a in audios]
 
     def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
         return [greedy_text_ct2(self.model, a, language, task, max_new_tokens, self.suppress).strip() for a in audios]
@@ -318,6 +377,8 @@ def open_engine(
     clips: str = "auto",
     suppress: bool = True,
     window: int | None = None,
+    adapters: dict[str, str | Path] | None = None,
+    hotwords: str | None = None,
 ) -> Engine:
     """The engine for ``model`` (+ ``adapter``), the back-end chosen here once: an
     ``export-ct2`` folder runs on faster-whisper, a ggml file (``kind="ggml"``) on
@@ -325,7 +386,24 @@ def open_engine(
     the base held as trained, adapter unmerged; ``merge=False``: the adapter unmerged so that
     :meth:`TransformersEngine.base_only` gives the base). ``language`` "auto" or None on an
     export: detected; ``decoding``: the engine's default options. ``suppress`` and
-    ``window`` are the export check's rules for clips (``parity``)."""
+    ``window`` are the export check's rules for clips (``parity``).
+
+    ``adapters`` (name -> folder, instead of ``adapter``): one adapter is merged as
+    ``adapter`` is; several are held unmerged on one copy of their base (PEFT's
+    ``load_adapter``), and :meth:`Engine.using` switches between them by name. Adapters
+    trained on different bases are refused. ``hotwords``: faster-whisper's (a CTranslate2
+    model only)."""
+    if hotwords and not (model and kind is None and is_ct2_model(model)):
+        raise UserError(
+            "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
+            f"not {model or adapter or 'this model'}"
+        )
+    if adapters and adapter:
+        raise ValueError("give adapter or adapters, not both")
+    if adapters and len(adapters) > 1:
+        return _open_adapters(model, adapters, device, language, task, decoding)
+    named = next(iter(adapters)) if adapters else None  # one adapter by name: merged, as adapter is
+    adapter = adapters[named] if named else adapter
     if kind is not None:
         check_runtime(kind, Path(model))
     if kind == "ggml":
@@ -336,7 +414,7 @@ def open_engine(
         from ..processor import resolve_language
 
         forced = None if language in (None, "auto") else resolve_language(language)
-        return CT2Engine(model, forced, task or "transcribe", decoding, suppress)
+        return CT2Engine(model, forced, task or "transcribe", decoding, suppress, hotwords=hotwords)
     from ..modeling import load_for_inference, pick_device
 
     loaded = load_for_inference(
@@ -348,7 +426,7 @@ def open_engine(
         task=task,
         merge=merge,
     )
-    return TransformersEngine(
+    engine = TransformersEngine(
         loaded.model,
         loaded.processor,
         loaded.language,
@@ -360,6 +438,57 @@ def open_engine(
         clips=clips,
         loaded=loaded,
     )
+    if named:
+        engine.adapters = {named: Adapter(named, str(adapter), engine.language, engine.task)}
+    return engine
+
+
+def _open_adapters(model, adapters: dict, device, language, task, decoding) -> TransformersEngine:
+    """Several adapters on one base, unmerged: the first loaded as ``load_for_inference``
+    loads it, the others beside it with PEFT's ``load_adapter``."""
+    from ..modeling import load_for_inference, pick_device
+    from ..processor import resolve_language
+    from ..run import AdapterMeta
+
+    metas = {name: AdapterMeta.read(path) for name, path in adapters.items()}
+    bases = {name: meta.resolve_base(adapters[name]) for name, meta in metas.items() if meta.base}
+    if len(set(bases.values())) > 1:
+        a, b = list(bases)[0], next(n for n, x in bases.items() if x != bases[list(bases)[0]])
+        raise UserError(
+            f"adapters of different bases cannot share one model: {a} is on {bases[a]}, {b} on {bases[b]}; "
+            "serve each base on its own"
+        )
+    first, *others = adapters
+    loaded = load_for_inference(
+        None if model is None else str(model),
+        str(adapters[first]),
+        device or pick_device(),
+        language=language,
+        task=task,
+        merge=False,
+    )
+    peft_names = {first: "default"}  # PEFT's name for the first; its names must be module keys (no dots)
+    for i, name in enumerate(others, start=1):
+        peft_names[name] = f"adapter{i}"
+        loaded.model.load_adapter(str(adapters[name]), adapter_name=peft_names[name])
+    loaded.model.eval()
+    engine = TransformersEngine(
+        loaded.model,
+        loaded.processor,
+        loaded.language,
+        loaded.task,
+        name=str(adapters[first]),
+        decoding=decoding,
+        amp=loaded.autocast_dtype,
+        loaded=loaded,
+    )
+    engine.peft_names = peft_names
+    for name, meta in metas.items():
+        own = None if language == "auto" else language or meta.language
+        engine.adapters[name] = Adapter(
+            name, str(adapters[name]), resolve_language(own) if own else None, task or meta.task or "transcribe"
+        )
+    return engine
 
 
 RUNTIMES = {  # export kind -> (what it is, module of its runtime, the runtime, how to install it)
