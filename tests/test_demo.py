@@ -14,7 +14,6 @@ def test_demo_flow_and_rerun(tiny_model_dir, demo_corpus, tmp_path, monkeypatch)
     need_espeak()
     tiny = grading.CardSize(target=3, nonspeech=2, longform_seconds=6.0, english=2, language_id=2)
     monkeypatch.setattr(grading.CardSize, "for_this_machine", classmethod(lambda cls: tiny))
-    monkeypatch.setattr(grading, "FILE_DECODING", {**grading.FILE_DECODING, "temperature": (0.0,)})  # random model
     shutil.copytree(demo_corpus, tmp_path / "demo" / "corpus")  # built once per session (conftest)
     lines = []
     result = run_demo(

@@ -502,7 +502,6 @@ def test_eval_card_writes_the_report_card_into_the_run_and_beside_its_adapters(
     need_espeak()
     tiny = grading.CardSize(target=3, nonspeech=2, longform_seconds=6.0, english=2, language_id=2)
     monkeypatch.setattr(grading.CardSize, "for_cpu", classmethod(lambda cls: tiny))
-    monkeypatch.setattr(grading, "FILE_DECODING", {**grading.FILE_DECODING, "temperature": (0.0,)})
     overrides = {"eval.every": 2, "train.max_steps": 2, "train.learning_rate": "1e-12", "eval.max_samples": 3}
     train(_cfg(tiny_model_dir, small_corpus, tmp_path / "plain", **overrides), progress=False)
     assert not (tmp_path / "plain" / "card.json").exists()  # null: off on a CPU

@@ -218,11 +218,11 @@ def cmd_evaluate(args) -> int:
         print("  flagged clips: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.flagged.items())))
     print(f"report: {folder / 'summary.json'}, per clip: {folder / 'clips.jsonl'}")
     if args.card:
-        _print_card(args, folder)
+        _print_card(args, folder, decoding)
     return 0
 
 
-def _print_card(args, folder: Path) -> None:
+def _print_card(args, folder: Path, decoding=None) -> None:
     """``evaluate --card``: the fine-tune against its base on the report card's sets."""
     from .grading import CardSize, grade, held_out
     from .prepare import prepare_split
@@ -235,7 +235,7 @@ def _print_card(args, folder: Path) -> None:
         size = dataclasses.replace(size, target=args.max_samples)
     prepared = prepare_split(_data_config(args), args.split, folder / "prepared", str(folder / "processor"))
     target = held_out(prepared, args.max_samples)  # the clips evaluate scored (prepared once, reused)
-    card = grade(args.model, args.adapter, summary["model"]["language"], target, folder, size)
+    card = grade(args.model, args.adapter, summary["model"]["language"], target, folder, size, decoding=decoding)
     print(f"report card: {card.headline()} ({folder / 'card.md'})")
 
 

@@ -1,17 +1,23 @@
 """Grade a fine-tune against its base: the report card (``report_card``) played by two real
 models through the inference engine, the way users run them.
 
-Both columns decode through ``inference.open_engine`` with ``whisper-tune transcribe``'s own
-settings (the batched engine, its defaults for files of any length), so a line of the card
-is what a user of ``transcribe`` or ``api`` would see: text written over the non-speech
-clips, long files cut and stitched as ``transcribe`` cuts them, English with the adapter
-active and the language forced. The language-ID line detects each clip's language first
-(whatever language the adapter was trained on) and then transcribes it in that language.
+Both columns decode through ``inference.open_engine`` and ``Engine.transcribe``, the path of
+``whisper-tune transcribe`` and ``api``: long files cut and stitched as ``transcribe`` cuts
+them, English with the adapter active and the language forced. The language-ID line detects
+each clip's language first (whatever language the adapter was trained on) and then
+transcribes it in that language.
+
+Decoding is greedy (``evaluate``'s default), not ``transcribe``'s temperature fallback: a
+fine-tune that fails the fallback's checks on non-speech and foreign speech would have
+every such window decoded up to six times, and the card, which runs at the end of every
+GPU training run, would cost many minutes (a study of nine runs on one H100 did not see a
+card finish in 13 minutes: benchmarks/results/card-study-h100/). Greedy also shows the
+loops and the text on silence that fallback would partly hide, which is what the card is
+for. ``decoding`` (``evaluate --card --decoding robust``) takes the fallback when wanted.
 
 The base and the fine-tune are two engines (the base, and base + adapter merged): two
-copies of the weights, so that both run the fast batched decoder. Whisper base takes a
-few seconds a set on a GPU; on a CPU the card is opt-in (``eval.card``) and smaller sets
-(:class:`CardSize`) keep it to a few minutes.
+copies of the weights, so that both run the fast batched decoder. On a CPU the card is
+opt-in (``eval.card``) and smaller sets (:class:`CardSize`) keep it to minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import numpy as np
 
 from .card_sets import LONGFORM_SECONDS, NONSPEECH_CLIPS, standard_sets
 from .inference import DecodingOptions, Engine, open_engine
-from .inference.options import FILE_DECODING
 from .report_card import Card, Decode, LabelledSet, build_card, write_card
 
 log = logging.getLogger(__name__)
@@ -98,7 +103,7 @@ def grade(
 ) -> Card:
     """The report card of ``adapter`` against its base on ``target`` (held-out clips of
     ``language``) and the standard sets; writes card.md and card.json into ``out``.
-    ``decoding``: how both columns decode (default: ``transcribe``'s); ``remark``: one line
+    ``decoding``: how both columns decode (default: greedy, see above); ``remark``: one line
     under the card's headline."""
     size = size or CardSize()
     sets = standard_sets(
@@ -111,7 +116,7 @@ def grade(
     sets = replace(
         sets, english=_first(sets.english, size.english), language_id=_first(sets.language_id, size.language_id)
     )
-    decoding = decoding or DecodingOptions(**FILE_DECODING)
+    decoding = decoding or DecodingOptions.greedy()
     tuned = open_engine(base, adapter, device=device, language=language, decoding=decoding)
     plain = open_engine(tuned.loaded.base, None, device=device, language=language, decoding=decoding)
     card = build_card(engine_decode(plain), engine_decode(tuned), sets, "base", "fine-tune")
