@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_study import cli, evaluate, train_row  # noqa: E402 - the study scripts share their runner
+from gpu_study import cli, evaluate, slug, train_row  # noqa: E402 - the study scripts share their runner
 
 from whisper_tune.demo import GPU_OVERRIDES  # noqa: E402
 
@@ -40,6 +40,14 @@ ROWS = {
     "decoder rank 8": ["lora.decoder_r=8"],
     "average of the last 3 checkpoints": ["train.save_every=50", "train.keep_last=3", "train.average_last=3"],
     "weight decay 0.05, dropout 0.1": ["train.weight_decay=0.05", "lora.dropout=0.1"],
+    # the candidate defaults of round three's second study: the switches that kept dev WER, together
+    "non-speech 10 %, timestamps 50 %": ["preserve.nonspeech_share=0.1", "preserve.timestamp_share=0.5"],
+    "all three, label smoothing 0.1": [
+        "preserve.nonspeech_share=0.1",
+        "preserve.timestamp_share=0.5",
+        "preserve.prompt_share=0.2",
+        "train.label_smoothing=0.1",
+    ],
 }
 SPLITS = ("test", "unseen")
 CARD_COLUMNS = (  # card line name (report_card.LINES) -> short column name
@@ -53,28 +61,47 @@ CARD_COLUMNS = (  # card line name (report_card.LINES) -> short column name
 )
 
 
-def run_row(name: str, overrides: list[str], seed: int, base: str, data: str, out: Path) -> dict:
+def run_row(name: str, overrides: list[str], seed: int, base: str, data: str, out: Path, card: bool = True) -> dict:
+    """Train one row; with ``card`` its card at the end of training and test/unseen scores, else
+    only the training (``--phase train``: :func:`score_row` adds the rest in a later call)."""
     start = time.time()
     folder, log = train_row(
-        f"{name}-s{seed}", base, data, out, f"train.seed={seed}", "eval.card=true", *GPU_OVERRIDES, *overrides,
-        eval_split="dev",
+        f"{name}-s{seed}", base, data, out, f"train.seed={seed}", f"eval.card={str(card).lower()}", *GPU_OVERRIDES,
+        *overrides, eval_split="dev",
     )  # fmt: skip
     record = json.loads((folder / "run" / "run.json").read_text())
-    card = json.loads((folder / "run" / "card.json").read_text())
     adapter = folder / "run" / ("best" if (folder / "run" / "best").is_dir() else "adapter")
-    scores = {s: evaluate(["--adapter", str(adapter)], data, s, folder / f"eval-{s}", log) for s in SPLITS}
-    return {
+    row = {
         "name": name,
         "seed": seed,
         "overrides": overrides,
         "steps": record["steps"],
         "best_step": (record.get("best") or {}).get("step"),
         "best_is_base": record.get("best_is_base", False),
-        "wall_s": round(time.time() - start),
-        "card": card,
+        "train_s": round(time.time() - start),
         "adapter": str(adapter),
-        **scores,
     }
+    (folder / "row.json").write_text(json.dumps(row, indent=2))
+    if not card:
+        return row
+    row["card"] = json.loads((folder / "run" / "card.json").read_text())
+    return row | {s: evaluate(["--adapter", str(adapter)], data, s, folder / f"eval-{s}", log) for s in SPLITS}
+
+
+def score_row(folder: Path, data: str) -> dict:
+    """``--phase score``: a trained row's card on the unseen split (``evaluate --card``: the
+    unseen WER comes with it) and its test score."""
+    row = json.loads((folder / "row.json").read_text())
+    log = folder.parent / f"{folder.name}.log"
+    start = time.time()
+    cli("evaluate", "--adapter", row["adapter"], "--data", data, "--split", "unseen", "--card", "--max-new-tokens",
+        "96", "--out", str(folder / "eval-unseen"), log=log)  # fmt: skip
+    row["card_s"] = round(time.time() - start, 1)  # side by side with the other rows: not the card's cost alone
+    s = json.loads((folder / "eval-unseen" / "summary.json").read_text())
+    row["unseen"] = {k: round(s[k], 2) for k in ("wer", "cer")} | {"n": s["n"]}
+    row["card"] = json.loads((folder / "eval-unseen" / "card.json").read_text())
+    row["test"] = evaluate(["--adapter", row["adapter"]], data, "test", folder / "eval-test", log)
+    return row
 
 
 def _card_value(card: dict, line: str, column: str) -> float | None:
@@ -123,6 +150,13 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="these rows (default: all)")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
     ap.add_argument(
+        "--phase",
+        choices=("all", "train", "score"),
+        default="all",
+        help="train: the rows' trainings only (no card, no scores); score: the card and scores of rows trained "
+        "before (the device's calls are 10 minutes at most); all: both in one go",
+    )
+    ap.add_argument(
         "--extra", nargs="*", default=[], help="overrides appended to every row (a dry run: train.max_steps=2)"
     )
     args = ap.parse_args()
@@ -134,22 +168,29 @@ def main() -> None:
     def one(job: tuple[str, int]) -> dict:
         name, seed = job
         try:
-            return run_row(name, ROWS[name] + args.extra, seed, args.base, args.data, out)
+            if args.phase == "score":
+                return score_row(out / slug(f"{name}-s{seed}"), args.data)
+            return run_row(name, ROWS[name] + args.extra, seed, args.base, args.data, out, args.phase == "all")
         except Exception as e:  # noqa: BLE001 - one failed row must not lose the others
             return {"name": name, "seed": seed, "error": str(e)}
 
-    base = ["--model", args.base]
-    zero = {s: evaluate(base, args.data, s, out / f"zero-shot-{s}", out / "zero-shot.log") for s in SPLITS}
-    (out / "zero-shot.json").write_text(json.dumps(zero, indent=2))
+    zero_file = out / "zero-shot.json"
+    if zero_file.exists():
+        zero = json.loads(zero_file.read_text())
+    else:
+        base = ["--model", args.base]
+        zero = {s: evaluate(base, args.data, s, out / f"zero-shot-{s}", out / "zero-shot.log") for s in SPLITS}
+        zero_file.write_text(json.dumps(zero, indent=2))
     print(f"zero-shot: {zero}", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
         for row in pool.map(one, jobs):
             rows.append(row)
             (out / "card-study.json").write_text(json.dumps(rows, indent=2))
-            (out / "card-study.md").write_text(zero_shot_line(zero) + table(rows))
+            if args.phase != "train":
+                (out / "card-study.md").write_text(zero_shot_line(zero) + table(rows))
             print(f"{row['name']} (seed {row['seed']}): {'failed' if 'error' in row else 'done'}", flush=True)
     timed = next((r for r in rows if "error" not in r), None)
-    if timed:  # the card's own cost, alone on the card: evaluate --card on the dev split
+    if timed and args.phase != "train":  # the card's own cost, alone on the card: evaluate --card on the dev split
         folder = out / "timed-card"
         start = time.time()
         cli("evaluate", "--adapter", timed["adapter"], "--data", args.data, "--split", "dev", "--card",
@@ -157,7 +198,8 @@ def main() -> None:
         spent = {"adapter": timed["adapter"], "evaluate_and_card_s": round(time.time() - start, 1)}
         (out / "timed-card.json").write_text(json.dumps(spent, indent=2))
         print(f"evaluate --card alone: {spent}", flush=True)
-    print(zero_shot_line(zero) + table(rows))
+    if args.phase != "train":
+        print(zero_shot_line(zero) + table(rows))
 
 
 def zero_shot_line(zero: dict) -> str:

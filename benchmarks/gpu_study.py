@@ -100,10 +100,14 @@ def evaluate(model_args: list[str], data: str, split: str, out: Path, log: Path)
     return {k: round(s[k], 2) for k in ("wer", "cer")} | {"n": s["n"]}
 
 
+def slug(name: str) -> str:
+    """A row's folder name."""
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
 def train_row(name: str, base: str, data: str, out: Path, *overrides: str, eval_split: str = "test"):
     """Train the demo recipe plus ``overrides`` into ``out/<name>/run``: (folder, log)."""
-    slug = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
-    folder, log = out / slug, out / f"{slug}.log"
+    folder, log = out / slug(name), out / f"{slug(name)}.log"
     folder.mkdir(parents=True, exist_ok=True)
     cli(
         "train",

@@ -89,3 +89,18 @@ def test_engine_decode_detects_the_language_when_none_is_given(tiny_adapter):
     forced = engine_decode(engine)(audios, "mr")
     assert [found for _, _, found in forced] == ["mr", "mr"]
     assert all(text == " ".join(s.text for s in segments if s.text).strip() for text, segments, _ in forced)
+
+
+def test_grade_split_grades_the_first_clips_of_a_prepared_split(untrained_adapter, tmp_path):
+    """train, evaluate --card and demo all grade through grade_split: at most ``limit`` of the
+    split's clips, in order, with the remark under the headline."""
+    from datasets import Dataset
+
+    from whisper_tune.grading import grade_split
+
+    need_espeak()
+    target = _target()
+    prepared = Dataset.from_dict({"audio": [a.tolist() for a in target.audios], "text": target.labels})
+    card = grade_split(None, str(untrained_adapter), "mr", prepared, tmp_path, 2, TINY, "a remark", GREEDY)
+    assert card.sizes["target"] == 2
+    assert card.remark == "a remark" and "a remark" in (tmp_path / "card.md").read_text(encoding="utf-8")

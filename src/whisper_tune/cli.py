@@ -224,18 +224,18 @@ def cmd_evaluate(args) -> int:
 
 def _print_card(args, folder: Path, decoding=None) -> None:
     """``evaluate --card``: the fine-tune against its base on the report card's sets."""
-    from .grading import CardSize, grade, held_out
+    from .grading import CardSize, grade_split
     from .prepare import prepare_split
 
     if not args.adapter:
         raise UserError("--card compares a fine-tune with its base: give --adapter")
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     size = CardSize.for_this_machine()
-    if args.max_samples:
+    if args.max_samples:  # the user asked for this many target clips
         size = dataclasses.replace(size, target=args.max_samples)
     prepared = prepare_split(_data_config(args), args.split, folder / "prepared", str(folder / "processor"))
-    target = held_out(prepared, args.max_samples)  # the clips evaluate scored (prepared once, reused)
-    card = grade(args.model, args.adapter, summary["model"]["language"], target, folder, size, decoding=decoding)
+    language = summary["model"]["language"]  # the clips evaluate scored (prepared once, reused)
+    card = grade_split(args.model, args.adapter, language, prepared, folder, args.max_samples, size, decoding=decoding)
     print(f"report card: {card.headline()} ({folder / 'card.md'})")
 
 

@@ -253,15 +253,14 @@ def _card(out: Path, base: str, adapter: str, data, report) -> Path:
     clips evaluate just scored, reused from its cache), into ``out/card``."""
     from dataclasses import replace
 
-    from .grading import CardSize, grade, held_out
+    from .grading import grade_split
     from .prepare import prepare_split
 
     folder = out / "eval-after-test"
     prepared = prepare_split(
         replace(data, eval_split="test"), "test", folder / "prepared", str(folder / "processor"), progress=False
     )
-    size = CardSize.for_this_machine()
-    card = grade(base, adapter, data.language, held_out(prepared, size.target), out / "card", size)
+    card = grade_split(base, adapter, data.language, prepared, out / "card")
     report(f"report card: {card.headline()}")
     return out / "card" / "card.md"
 

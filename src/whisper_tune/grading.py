@@ -126,6 +126,26 @@ def grade(
     return card
 
 
+def grade_split(
+    base: str | None,
+    adapter: str,
+    language: str,
+    prepared,
+    out: str | Path,
+    limit: int | None = None,
+    size: CardSize | None = None,
+    remark: str = "",
+    decoding: DecodingOptions | None = None,
+) -> Card:
+    """The card on a prepared split's clips (at most ``limit``; this machine's
+    :class:`CardSize` unless ``size``): the one way ``train`` (its eval split), ``evaluate
+    --card`` (the split it scored) and ``demo`` (the test split) grade, so that their cards
+    measure the same thing."""
+    size = size or CardSize.for_this_machine()
+    target = held_out(prepared, limit)
+    return grade(base, adapter, language, target, out, size, remark=remark, decoding=decoding)
+
+
 def _first(labelled: LabelledSet | None, n: int | None) -> LabelledSet | None:
     if labelled is None or n is None:
         return labelled

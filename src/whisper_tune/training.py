@@ -776,13 +776,12 @@ def wants_card(cfg: TrainConfig, device: torch.device) -> bool:
 def write_run_card(cfg: TrainConfig, eval_folder: Path, language: str, best_is_base: bool) -> Path:
     """The report card of the run's adapter (best/, else adapter/) on its eval split, into the
     run folder and beside the adapters (so export and push_to_hub find it)."""
-    from .grading import CardSize, copy_card, grade, held_out
+    from .grading import copy_card, grade_split
 
     run = RunDir(cfg.train.output_dir)
-    adapter = run.serving_adapter()
-    target = held_out(load_prepared(eval_folder), cfg.eval.max_samples)
-    size = CardSize.for_this_machine()
-    grade(cfg.model.base, str(adapter), language, target, run.path, size, remark=BASE_IS_BEST if best_is_base else "")
+    remark = BASE_IS_BEST if best_is_base else ""
+    adapter, prepared = str(run.serving_adapter()), load_prepared(eval_folder)
+    grade_split(cfg.model.base, adapter, language, prepared, run.path, cfg.eval.max_samples, remark=remark)
     for folder in (run.best, run.adapter):
         copy_card(run.path, folder)
     return run.path
