@@ -540,6 +540,8 @@ def test_average_last_makes_adapter_the_mean_of_the_last_checkpoints(tiny_model_
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     averaged = [r for r in lines if r.get("averaged")]
     assert len(averaged) == 1 and averaged[0]["step"] == 4 and "eval_wer" in averaged[0]
+    record = json.loads((out / "adapter" / "averaged.json").read_text())  # as `whisper-tune average` writes
+    assert record["averaged"] == [str(p) for p in kept]
 
 
 def _refused(capsys, argv, says):

@@ -103,8 +103,11 @@ def _patterns(cfg: dict, key: str, problems: list[str], whole: bool) -> dict[str
 
 
 def _rank_of(module: str, r: int, ranks: dict[str, int]) -> int:
-    """The rank PEFT gives ``module``: the first pattern matching its name (PEFT's rule), else r."""
-    return next((v for k, v in ranks.items() if re.match(rf"(.*\.)?({k})$", module)), r)
+    """The rank PEFT gives ``module``: PEFT's own pattern rule (``get_pattern_key``: the first
+    pattern that matches the end of its name), else r."""
+    from peft.utils.other import get_pattern_key
+
+    return ranks.get(get_pattern_key(list(ranks), module), r)
 
 
 def _check_meta(meta: dict, problems: list[str]) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
+from .adapter_check import CONFIG_FILE as CONFIG
+from .adapter_check import WEIGHTS_FILE as WEIGHTS
+from .adapter_check import check_adapter
 from .checkpoint import write_atomically
 from .errors import UserError
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
 SAME_SETTINGS = ("peft_type", "r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")
 NOT_COPIED = {WEIGHTS, "training_state.json", "training_state.safetensors", "best.json"}
 
@@ -65,6 +66,7 @@ def average_adapters(folders: list[str | Path], out: str | Path) -> Path:
     for folder in folders:
         if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
             raise UserError(f"{folder} is not an adapter folder ({WEIGHTS} and {CONFIG}): give adapters or checkpoints")
+        check_adapter(folder)  # a damaged or crafted adapter is refused before torch reads it
     weights = average_weights(folders)
     companions = _companions(folders[0])
 
@@ -80,13 +82,19 @@ def average_adapters(folders: list[str | Path], out: str | Path) -> Path:
                 else:
                     shutil.copy2(item, tmp / item.name)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "averaged": str(len(folders))})
-        (tmp / "averaged.json").write_text(json.dumps({"averaged": [str(f) for f in folders]}, indent=2) + "\n")
+        write_averaged_record(tmp, folders)
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the averaged adapter")
     write_atomically(out, fill)
     return out
+
+
+def write_averaged_record(folder: Path, sources: list[Path]) -> None:
+    """``averaged.json`` in an averaged adapter: the folders it is the mean of (written by
+    ``whisper-tune average`` and by ``train.average_last``)."""
+    (Path(folder) / "averaged.json").write_text(json.dumps({"averaged": [str(f) for f in sources]}, indent=2) + "\n")
 
 
 def _settings(folder: Path) -> dict:

@@ -34,7 +34,7 @@ import torch
 
 from . import checkpoint
 from .augment import WaveAugment, set_spec_augment, spec_augment_config
-from .averaging import average_weights, last_checkpoints
+from .averaging import average_weights, last_checkpoints, write_averaged_record
 from .batch_order import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches: part of this module's API
 from .config import TrainConfig, to_dict
 from .errors import UserError
@@ -230,7 +230,7 @@ class TrainingRun:
         self.pos = Position()
         self.resumed_from: Path | None = None
         self.early_stop_at: int | None = None
-        self.averaged = 0  # checkpoints averaged into the model at the end (train.average_last)
+        self.averaged: list[Path] = []  # checkpoints averaged into the model at the end (train.average_last)
         self.loader = None
 
     # -- setup --------------------------------------------------------------------------
@@ -597,7 +597,7 @@ class TrainingRun:
         if self.pos.best is None or score < self.pos.best[cfg.eval.metric]:
             self.pos.best = {"step": self.pos.step, "wer": scores["eval_wer"], "cer": scores["eval_cer"]}
             if self.averaged:
-                self.pos.best["averaged"] = self.averaged
+                self.pos.best["averaged"] = len(self.averaged)
             self.pos.since_best = 0
             self._save_adapter(self.run.best, self.pos.best)
         else:
@@ -635,11 +635,11 @@ class TrainingRun:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(unwrap_ddp(self.model), average_weights(paths))
-        self.averaged = len(paths)
+        self.averaged = paths
         log.info("adapter/ is the mean of the checkpoints %s", ", ".join(p.name for p in paths))
         if "eval" in self.folders and self.cfg.eval.every >= 0:
             with self.rate.left_out():
-                self.metrics.log({"step": self.pos.step, "averaged": self.averaged} | self._evaluate())
+                self.metrics.log({"step": self.pos.step, "averaged": len(paths)} | self._evaluate())
 
     def _patience_spent(self) -> bool:
         """``eval.patience`` evaluations in a row without a better score (rank 0 decides)."""
@@ -668,6 +668,8 @@ class TrainingRun:
             write_adapter_meta(tmp, self.cfg.model, self.language, self.cfg.data.task)
             if scores is not None:
                 self.run.write_best(tmp, scores)
+            if self.averaged:  # the same record as `whisper-tune average` writes
+                write_averaged_record(tmp, self.averaged)
 
         with _disk_full_says(folder):
             checkpoint.write_atomically(folder, fill)
