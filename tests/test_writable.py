@@ -80,3 +80,18 @@ def test_prepare_and_train_check_their_folders_first(tmp_path, capsys, small_cor
     assert main(["train", *overrides, f"train.output_dir={tmp_path / 'taken'}"]) == 2
     _one_line(capsys, "is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_exports_check_out_before_the_merge(tmp_path, capsys, monkeypatch):
+    """export-ct2 and export-ggml refused a bad --out only after the merge had loaded the model."""
+    import whisper_tune.export as export
+
+    monkeypatch.setattr(export, "merged_source", lambda *a, **k: pytest.fail("the model loaded"))
+    (tmp_path / "taken").write_text("x")
+    model = ["--model", str(tmp_path)]
+    assert main(["export-ct2", *model, "--out", str(tmp_path / "taken")]) == 2
+    _one_line(capsys, "is a file, not a folder")
+    assert main(["export-ggml", *model, "--out", "/proc/whisper-tune/ggml.bin"]) == 2
+    _one_line(capsys, "pseudo file system")
+    assert main(["export-ggml", *model, "--out", str(tmp_path / "taken" / "ggml.bin")]) == 2
+    _one_line(capsys, "is a file")

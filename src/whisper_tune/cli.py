@@ -534,6 +534,7 @@ def cmd_export_ct2(args) -> int:
     from .parity import run_check
 
     check_ct2_quantization(args.compute_type)
+    check_writable(args.out, "--out")  # before the merge, not after it
     check = _check_plan(args)  # bad flags are refused before the merge and the conversion
     with merged_source(args.model, args.adapter) as source:  # kept until the check has scored it
         out = export_ct2(source, args.out, quantization=args.compute_type)
@@ -564,6 +565,8 @@ def cmd_export_ggml(args) -> int:
     from .export_ggml import RUN_HINT, export_ggml, merge_dtype
     from .parity import run_check
 
+    out = Path(args.out)  # a file, or a folder that gets ggml-model-TYPE.bin: its folder must take it
+    check_writable(out if out.is_dir() else out.parent, "--out")
     check = _check_plan(args)  # a bad --check flag is refused before the conversion
     with merged_source(args.model, args.adapter, dtype=merge_dtype(args.ftype)) as source:
         out = export_ggml(source, args.out, ftype=args.ftype)
