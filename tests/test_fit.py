@@ -317,3 +317,20 @@ def test_bench_fit_prints_the_plan_in_one_line(capsys):
 def test_train_settings_defaults_are_unchanged():
     t = TrainSettings()
     assert (t.batch_size, t.grad_accum, t.effective_batch, t.gpu_memory) == (8, 1, None, None)
+
+
+def test_probes_kept_from_a_larger_budget_are_not_measured_again(tiny_run, monkeypatch, tmp_path):
+    monkeypatch.setenv("WHISPER_TUNE_CACHE", str(tmp_path))
+    cfg, model = tiny_run
+    _oom_above(model, 1)
+    calls, measured = [], {}
+    measure = fit.StepMeter.__call__
+    monkeypatch.setattr(fit.StepMeter, "__call__", lambda self, c: calls.append(c) or measure(self, c))
+    cpu = torch.device("cpu")
+    for cap in ("12GiB", "10GiB"):
+        cfg.train.gpu_memory = cap
+        monkeypatch.setattr(fit, "memory_budget", lambda device, asked: fit.parse_memory(asked))
+        plan = fit.plan_for(cfg, model, cpu, label_tokens=12, probe_steps=1, probe_on_cpu=True, measured=measured)
+        assert (plan.batch, plan.grad_accum) == (1, 4)
+    assert len(calls) == len(set(calls)) == len(measured)  # the second budget measured nothing twice
+    assert "measured under a larger budget" in plan.reason

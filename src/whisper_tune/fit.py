@@ -258,7 +258,7 @@ def cpu_plan(space: FitSpace) -> Plan:
     return Plan(batch, space.effective_batch // batch, space.shares[0], space.effective_batch, "cpu", None, reason=reason)
 
 
-def _plan_of(best: Probe, space: FitSpace, budget: int, device: str, probes: list[Probe]) -> Plan:
+def _plan_of(best: Probe, space: FitSpace, budget: int, device: str, probes: list[Probe], reused: int = 0) -> Plan:
     batch = best.candidate.batch
     return Plan(
         batch,
@@ -269,7 +269,8 @@ def _plan_of(best: Probe, space: FitSpace, budget: int, device: str, probes: lis
         round(budget / GIB, 2),
         round(best.peak_bytes / GIB, 2),
         round(best.samples_per_s, 2),
-        reason=f"measured: {len(probes)} candidates, {sum(p.peak_bytes is None for p in probes)} out of memory",
+        reason=f"measured: {len(probes)} candidates, {sum(p.peak_bytes is None for p in probes)} out of memory"
+        + (f", {reused} of them measured under a larger budget" if reused else ""),
         probes=[p.to_dict() for p in probes],
     )
 
@@ -508,10 +509,15 @@ def plan_for(
     probe_steps: int = PROBE_STEPS,
     use_cache: bool = True,
     probe_on_cpu: bool = False,
+    measured: dict[Candidate, Probe] | None = None,
 ) -> Plan:
     """The plan for ``cfg`` on ``model`` (built, with LoRA, on ``device``): the CPU's plan, a
     cached one, or a new probe (``probe_on_cpu``: probe on the CPU too, with the process's
-    peak RAM as the meter: for dry runs). Sets nothing: :func:`use_plan` does."""
+    peak RAM as the meter: for dry runs). ``measured`` keeps probes across calls on the same
+    model and settings under several budgets (a candidate's peak does not depend on the cap
+    it ran under, and one out of memory under a cap is so under a smaller one), so a
+    benchmark planning one model for smaller and smaller caps measures each candidate once.
+    Sets nothing: :func:`use_plan` does."""
     space = FitSpace.of(cfg)
     if device.type != "cuda" and not probe_on_cpu:
         return cpu_plan(space)
@@ -521,14 +527,23 @@ def plan_for(
     if plan is not None:
         return plan
     limit = int(budget * (1 - MARGIN))
+    memo = {} if measured is None else measured
+    known = set(memo)
     with _untouched_rng(device), StepMeter(model, cfg, device, label_tokens, probe_steps) as meter:
-        best, probes = search(space, meter, limit, meter.base_bytes)
+
+        def measure(candidate: Candidate) -> Probe:
+            if candidate not in memo:
+                memo[candidate] = meter(candidate)
+            return memo[candidate]
+
+        best, probes = search(space, measure, limit, meter.base_bytes)
+    reused = sum(p.candidate in known for p in probes)
     if best is None:
         raise UserError(
             f"training does not fit in {budget / GIB:.1f} GiB (less a {MARGIN:.0%} margin) even at batch "
             f"{space.batches[0]} with {space.shares[-1]:.0%} of layers recomputed: use model.quantization=int8-wo "
             f"or nf4, fewer lora.targets, or more memory (train.gpu_memory)"
         )
-    plan = _plan_of(best, space, budget, str(device), probes)
+    plan = _plan_of(best, space, budget, str(device), probes, reused)
     store_plan(key, plan)
     return plan
