@@ -10,16 +10,22 @@
 #          then ARCHS=large-v3-turbo, then ARCHS=large-v3 (each call's $OUT/capped comes back)
 # Settings (environment): ARCHS, CAPS (GiB, default "8 16 24"), HOLDINGS (default
 # "int8-wo none"), EFFECTIVE (clips per optimizer step, default 32), STEPS (timed steps of an
-# auto row, default 8), OUT (default /tmp/out).
+# auto row, default 8), OUT (default /tmp/out), WORK (default /tmp/capped-work), PY (default python3); TINY=1 is the CPU dry run
+# (the tiny architecture, one step each): TINY=1 PY=.venv/bin/python bash benchmarks/gpu_capped.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
+PY=${PY:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
-export PYTHONPATH=/tmp/site:$PWD/src TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH} TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU: a dry run?"
+set +e
 # shellcheck disable=SC2086  # lists
-python3 benchmarks/gpu_capped.py --archs ${ARCHS:-large-v2} --caps ${CAPS:-8 16 24} \
+"$PY" benchmarks/gpu_capped.py ${TINY:+--tiny} --archs ${ARCHS:-large-v2} --caps ${CAPS:-8 16 24} \
   --holdings ${HOLDINGS:-int8-wo none} --effective-batch "${EFFECTIVE:-32}" --steps "${STEPS:-8}" \
-  --out "$OUT/capped" --work /tmp/capped-work 2>&1 | grep -v -i -E "warn|it/s\]|kernels-community" || true
+  --out "$OUT/capped" --work "${WORK:-/tmp/capped-work}" 2>&1 | grep -v -i -E "warn|it/s\]|kernels-community"
+status=${PIPESTATUS[0]}
+set -e
 ls -l "$OUT/capped"
+exit "$status"

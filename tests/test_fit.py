@@ -154,7 +154,8 @@ def test_auto_takes_the_accumulation_itself():
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("16GiB", 16 * GIB), ("12.5 GiB", int(12.5 * GIB)), ("16GB", 16 * 10**9), ("8000MiB", 8000 * 2**20)]
+    ("text", "size"),
+    [("16GiB", 16 * GIB), ("12.5 GiB", int(12.5 * GIB)), ("16GB", 16 * 10**9), ("8000MiB", 8000 * 2**20)],
 )
 def test_memory_sizes(text, size):
     assert parse_memory(text) == size

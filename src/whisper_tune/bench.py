@@ -24,7 +24,6 @@ import json
 import logging
 import multiprocessing
 import sys
-import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from . import fit
 from .config import ModelConfig
 from .errors import UserError
-from . import fit
 from .fit import Plan, random_batch, timed_steps
 from .modeling import ARCHITECTURES, architecture_config, lora_model, pick_device
 from .quantization import FP8, INT8, INT8_WO, NF4, NONE

@@ -722,10 +722,8 @@ def args_bench(p: argparse.ArgumentParser) -> None:
         choices=("train", "transcribe", "fit"),
         help="training steps, generation, or the batch and checkpointing auto chooses (fit)",
     )
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="fit: recipe values (model.quantization=none train.compile=true)"
-    )
-    p.add_argument("--memory", default=None, help="fit: plan within this much GPU memory (16GiB; default: what is free)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fit: recipe values (model.quantization=none)")
+    p.add_argument("--memory", default=None, help="fit: plan within this much GPU memory (16GiB; default: all free)")
     p.add_argument("--config", default=None, help="fit: the recipe (default: the reference recipe, large-v2 LLM.int8)")
     p.add_argument("--arch", default="large-v2", help="Whisper size with random weights (default: large-v2)")
     p.add_argument(

@@ -232,8 +232,7 @@ class Plan:
         """The plan in one line, as train and bench fit print it."""
         accum = f" x {self.grad_accum} accumulated" if self.grad_accum > 1 else ""
         text = (
-            f"auto: batch {self.batch}{accum} (effective {self.effective_batch}), "
-            f"{self.share:.0%} of layers recomputed"
+            f"auto: batch {self.batch}{accum} (effective {self.effective_batch}), {self.share:.0%} of layers recomputed"
         )
         if self.peak_gib is not None:
             text += f"; peak {self.peak_gib:.1f} of {self.budget_gib:.1f} GiB, {self.samples_per_s:.1f} samples/s"
@@ -255,7 +254,8 @@ def cpu_plan(space: FitSpace) -> Plan:
         f"on the CPU, no probe: a CPU step's speed barely grows with the batch and RAM rarely limits LoRA, so "
         f"the largest micro-batch up to {CPU_BATCH} and the least recomputation"
     )
-    return Plan(batch, space.effective_batch // batch, space.shares[0], space.effective_batch, "cpu", None, reason=reason)
+    effective = space.effective_batch
+    return Plan(batch, effective // batch, space.shares[0], effective, "cpu", None, reason=reason)
 
 
 def _plan_of(best: Probe, space: FitSpace, budget: int, device: str, probes: list[Probe], reused: int = 0) -> Plan:
