@@ -53,7 +53,7 @@ def recipe_row(folder: Path, cap_gib: float, effective: int, steps: int) -> dict
     """The reference recipe under a cap, in this (fresh) process; accumulation keeps the
     effective batch (its samples/s is the same as at accumulation 1)."""
     device = pick_device()
-    fit.apply_memory_cap(device, f"{cap_gib}GiB")
+    fit.apply_memory_cap(device, f"{cap_gib:g}GiB")
     row = bench.TrainRow.parse("recipe", recipe_batch=min(8, effective))
     try:
         result = bench.time_training(row, folder, steps, device, accum=max(1, effective // row.batch))
@@ -80,7 +80,7 @@ def auto_rows(
     model = lora_model(cfg.model, cfg.lora, device, compile=cfg.train.compile)
     rows, measured = [], {}  # probes kept from cap to cap (fit.plan_for's measured)
     for cap in sorted(caps, reverse=True):
-        capped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gpu_memory=f"{cap}GiB"))
+        capped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gpu_memory=f"{cap:g}GiB"))
         fit.release(device)
         fit.apply_memory_cap(device, capped.train.gpu_memory)
         start = time.perf_counter()
