@@ -128,7 +128,7 @@ def run_arch(arch: str, args, table: dict, write) -> None:
     folder = args.work / f"random-{arch}"
     if not (folder / "config.json").exists():
         bench.save_random(arch, folder)
-    for cap in sorted(args.caps):  # the recipe: the smallest cap it runs under
+    for cap in sorted(args.caps) if args.recipe else []:  # the recipe: the smallest cap it runs under
         row = in_own_process(recipe_row, folder, cap, args.effective_batch, args.recipe_steps)
         table["rows"].append(row | {"arch": arch})
         write()
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--probe-steps", type=int, default=2, help="optimizer steps per probed candidate")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per auto row")
     p.add_argument("--recipe-steps", type=int, default=2, help="timed optimizer steps of the recipe row")
+    p.add_argument("--no-recipe", dest="recipe", action="store_false", help="leave the recipe row out")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("/tmp/capped-work"), help="random checkpoints, plan caches")
     p.add_argument("--tiny", action="store_true", help="dry run: the tiny test architecture, one step each")
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         "rows": [],
         "environment": environment(pick_device()),
     }
-    stem = "capped-" + "-".join(args.archs)
+    stem = "capped-" + "-".join(args.archs + ([] if args.holdings == list(HOLDINGS) else args.holdings))
 
     def write() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
