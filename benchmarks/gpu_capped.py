@@ -155,7 +155,9 @@ def markdown(table: dict) -> list[str]:
         f"Effective batch {table['effective_batch']} clips per optimizer step in every row; 30 s inputs, "
         f"{bench.LABEL_TOKENS} label tokens, LoRA r=32 on q/v. Caps set with "
         "torch.cuda.set_per_process_memory_fraction; peak = the allocator's reserved memory (what a cap holds). "
-        "The recipe runs once, under the smallest cap it fits; auto rows are compiled.",
+        "The recipe runs once, under the smallest cap it fits; auto rows are compiled, one process per holding "
+        "runs its caps largest first, and a candidate probed under a larger cap is not probed again (probe s: "
+        "the seconds of this cap's plan; tried: candidates it weighed, measured here or before).",
         "",
         "| arch | cap GiB | row | batch x accum | recomputed | samples/s | x recipe | peak GiB | probe s |",
         "|---|---|---|---|---|---|---|---|---|",
