@@ -63,9 +63,18 @@ def recipe_row(folder: Path, cap_gib: float, effective: int, steps: int) -> dict
 
 
 def auto_rows(
-    folder: Path, holding: str, caps: list[float], effective: int, probe_steps: int, steps: int, cache: str
+    folder: Path,
+    holding: str,
+    caps: list[float],
+    effective: int,
+    probe_steps: int,
+    steps: int,
+    cache: str,
+    rows_so_far: Path,
 ) -> list[dict]:
-    """Plan and time ``holding`` under each cap, largest first, on one model in this process."""
+    """Plan and time ``holding`` under each cap, largest first, on one model in this process;
+    each row is also appended to ``rows_so_far`` as it is measured (a run stopped by a time
+    limit keeps them)."""
     os.environ["WHISPER_TUNE_CACHE"] = cache
     device = pick_device()
     on_gpu = device.type == "cuda"
@@ -90,11 +99,13 @@ def auto_rows(
             )
         except UserError as e:
             rows.append({"row": f"auto, {holding}", "cap_gib": cap, "error": str(e)})
-            continue
-        probe_s = time.perf_counter() - start
-        fit.use_plan(model, plan)
-        timed = time_plan(model, fit.resolved(capped, plan), plan, device, steps)
-        rows.append({"row": f"auto, {holding}", "cap_gib": cap, "probe_s": probe_s, "plan": plan.to_dict()} | timed)
+        else:
+            probe_s = time.perf_counter() - start
+            fit.use_plan(model, plan)
+            timed = time_plan(model, fit.resolved(capped, plan), plan, device, steps)
+            rows.append({"row": f"auto, {holding}", "cap_gib": cap, "probe_s": probe_s, "plan": plan.to_dict()} | timed)
+        with rows_so_far.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
@@ -136,8 +147,10 @@ def run_arch(arch: str, args, table: dict, write) -> None:
             break
     for holding in args.holdings:
         cache = str(args.work / f"fit-cache-{arch}-{holding}")  # a fresh plan cache: every plan probed
+        so_far = args.out / f"rows-{arch}-{holding}.jsonl"
+        args.out.mkdir(parents=True, exist_ok=True)
         rows = in_own_process(
-            auto_rows, folder, holding, args.caps, args.effective_batch, args.probe_steps, args.steps, cache
+            auto_rows, folder, holding, args.caps, args.effective_batch, args.probe_steps, args.steps, cache, so_far
         )
         table["rows"] += [r | {"arch": arch} for r in rows]
         write()
