@@ -3,7 +3,8 @@ in one call, so the ratios hold even on a noisy machine (on a GPU each training 
 a fresh process of its own: see :func:`time_training_isolated`).
 
 ``whisper-tune bench train`` times training steps; ``whisper-tune bench transcribe`` times
-generation. Both use random weights of a named Whisper architecture (speed and memory do
+generation; ``whisper-tune bench fit`` prints the batch and checkpointing that ``auto``
+chooses within a memory size (``fit.py``). Both use random weights of a named Whisper architecture (speed and memory do
 not depend on the values) and write JSON plus a markdown table with the GPU, the library
 versions and the exact command.
 
@@ -23,7 +24,6 @@ import json
 import logging
 import multiprocessing
 import sys
-import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +31,10 @@ from pathlib import Path
 
 import torch
 
+from . import fit
 from .config import ModelConfig
 from .errors import UserError
+from .fit import Plan, random_batch, timed_steps
 from .modeling import ARCHITECTURES, architecture_config, lora_model, pick_device
 from .quantization import FP8, INT8, INT8_WO, NF4, NONE
 from .reporting import environment, peak_memory_gib
@@ -149,11 +151,6 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _row_model(row: TrainRow, folder: Path, device: torch.device):
     """(model, optimizer step) of a row: the recipe's notebook model with the Trainer's
     optimizer (AdamW, fp16 autocast), or exactly what ``whisper-tune train`` builds."""
@@ -175,45 +172,67 @@ def _row_model(row: TrainRow, folder: Path, device: torch.device):
     return model, step
 
 
-def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device) -> dict:
-    """Seconds per optimizer step and peak memory for one row (one warm-up step, untimed).
-    The step is ``training.OptimizerStep``, the one ``whisper-tune train`` runs."""
+def time_training(row: TrainRow, folder: Path, steps: int, device: torch.device, accum: int = 1) -> dict:
+    """Seconds per optimizer step and peak memory for one row (one warm-up step, untimed),
+    each step ``accum`` micro-batches of ``row.batch``. The step is
+    ``training.OptimizerStep``, the one ``whisper-tune train`` runs."""
     model, step = _row_model(row, folder, device)
-    generator = torch.Generator().manual_seed(0)  # the same batch for every row
-    batch = {
-        "input_features": torch.randn(row.batch, model.config.num_mel_bins, 3000, generator=generator),
-        "labels": torch.randint(0, 50000, (row.batch, LABEL_TOKENS), generator=generator),
-    }
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = random_batch(model.config, row.batch, LABEL_TOKENS, device)  # the same batch for every row
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times, first_peak = [], None
-    for i in range(steps + 1):
-        if i == 1 and device.type == "cuda":  # LLM.int8's first step allocates far more than later ones
-            first_peak = torch.cuda.max_memory_allocated(device) / 2**30
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        start = time.perf_counter()
-        outcome = step(iter([batch]), 1)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    step_s = sum(times[1:]) / steps
+    first, _ = timed_steps(step, batch, accum, 1, device)
+    first_peak = None
+    if device.type == "cuda":  # LLM.int8's first step allocates far more than later ones
+        first_peak = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    times, outcome = timed_steps(step, batch, accum, steps, device)
+    step_s = sum(times) / steps
     result = {
         "row": row.label,
         "mode": row.mode,
         "batch": row.batch,
+        "grad_accum": accum,
         "checkpointing": row.checkpointing,
         "step_s": step_s,
-        "samples_per_s": row.batch / step_s,
-        "first_step_s": times[0],
+        "samples_per_s": row.batch * accum / step_s,
+        "first_step_s": first[0],
         "loss": float(outcome.loss),
     } | peak_memory_gib(device)
     if first_peak is not None:  # peak_gpu_gib is then the steady peak after the first step
         result["first_step_peak_gpu_gib"] = first_peak
+        result["peak_reserved_gpu_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
     del model, step
     _release(device)
     return result
+
+
+def bench_fit(
+    arch: str,
+    memory: str | None,
+    overrides: list[str],
+    work: Path,
+    config: str | None = None,
+    label_tokens: int = LABEL_TOKENS,
+) -> Plan:
+    """The plan ``batch_size: auto`` and ``gradient_checkpointing: auto`` take for a recipe
+    (the reference one unless ``config`` names another) on random weights of ``arch``,
+    within ``memory`` ("16GiB": held with torch's per-process memory fraction) or the GPU's
+    free memory; ``overrides`` change the recipe (``model.quantization=none
+    train.compile=true train.effective_batch=32``). A CPU gets its plan without a model."""
+    from .config import load_train_config
+
+    device = pick_device()
+    folder = work / f"random-{arch}"
+    asked = ["train.batch_size=auto", "model.gradient_checkpointing=auto", *overrides, f"model.base={folder}"]
+    cfg = load_train_config(config or REFERENCE_RECIPE, asked + ([f"train.gpu_memory={memory}"] if memory else []))
+    if device.type != "cuda":
+        return fit.cpu_plan(fit.FitSpace.of(cfg))
+    if not (folder / "config.json").exists():
+        save_random(arch, folder)
+    fit.apply_memory_cap(device, cfg.train.gpu_memory)
+    model = lora_model(cfg.model, cfg.lora, device, compile=cfg.train.compile)
+    return fit.plan_for(cfg, model, device, label_tokens)
 
 
 def time_training_isolated(row: TrainRow, folder: Path, steps: int, device: torch.device) -> dict:

@@ -695,14 +695,20 @@ def args_api(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args) -> int:
-    """Time the reference recipe next to whisper-tune on this machine (random weights; a table in --out)."""
+    """Time the reference recipe next to whisper-tune on this machine (random weights; a table in --out),
+    or print the batch and checkpointing that auto chooses within a memory size (fit)."""
     import tempfile
 
     from . import bench
 
+    if args.overrides and args.what != "fit":
+        raise UserError(f"KEY=VALUE overrides ({args.overrides[0]}) are for bench fit, not bench {args.what}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         command = " ".join(["whisper-tune", *args.argv])
+        if args.what == "fit":
+            print(bench.bench_fit(args.arch, args.memory, args.overrides, work, args.config).line())
+            return 0
         if args.what == "train":
             bench.bench_train(args.arch, args.rows, args.steps, Path(args.out), work, command=command)
         else:
@@ -714,7 +720,14 @@ def cmd_bench(args) -> int:
 
 
 def args_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=("train", "transcribe"), help="training steps or generation")
+    p.add_argument(
+        "what",
+        choices=("train", "transcribe", "fit"),
+        help="training steps, generation, or the batch and checkpointing auto chooses (fit)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="fit: recipe values (model.quantization=none)")
+    p.add_argument("--memory", default=None, help="fit: plan within this much GPU memory (16GiB; default: all free)")
+    p.add_argument("--config", default=None, help="fit: the recipe (default: the reference recipe, large-v2 LLM.int8)")
     p.add_argument("--arch", default="large-v2", help="Whisper size with random weights (default: large-v2)")
     p.add_argument(
         "--rows",

@@ -41,6 +41,22 @@ def _at_least_zero(obj, section: str, *names: str) -> None:
             raise ValueError(f"{section}.{name} must be zero or more, got {value}")
 
 
+AUTO = "auto"  # batch_size / gradient_checkpointing: chosen by a measured probe (whisper_tune.fit)
+MEMORY_UNITS = {"gib": 2**30, "g": 2**30, "gb": 10**9, "mib": 2**20, "m": 2**20, "mb": 10**6}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes of a size such as ``16GiB``, ``12.5 GiB``, ``16GB`` or ``8000MiB`` (G and M alone
+    are binary, as nvidia-smi's GiB); ValueError, naming the forms, for anything else."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]+)\s*", str(text))
+    unit = MEMORY_UNITS.get(m.group(2).lower()) if m else None
+    if unit is None or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a memory size: write it as 16GiB, 12.5GiB, 16GB or 8000MiB")
+    return int(float(m.group(1)) * unit)
+
+
 def _shares(obj, section: str, *names: str) -> None:
     """Each named field is a share of samples in [0, 1): 1 would leave no sample of its own."""
     for name in names:
@@ -111,8 +127,9 @@ class ModelConfig:
     quantization: str = "int8-wo"
     int8_threshold: float = 6.0  # LLM.int8 outlier threshold; 0 = all-int8 matmuls (faster, less exact)
     # recompute activations: less memory, about 30 % slower; a number in (0, 1) recomputes
-    # that share of the layers (0.5: half the activation memory of none, half the extra time)
-    gradient_checkpointing: bool | float = True
+    # that share of the layers (0.5: half the activation memory of none, half the extra time);
+    # auto: the share that trains fastest within the GPU's memory, measured (whisper_tune.fit)
+    gradient_checkpointing: bool | float | str = True
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"
 
     def __post_init__(self):
@@ -120,10 +137,10 @@ class ModelConfig:
             raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.attn_implementation not in ATTENTION:
             raise ValueError(f"model.attn_implementation must be sdpa or eager, got {self.attn_implementation!r}")
-        if not 0 <= float(self.gradient_checkpointing) <= 1:
+        share = self.gradient_checkpointing
+        if share != AUTO and (isinstance(share, str) or not 0 <= float(share) <= 1):
             raise ValueError(
-                f"model.gradient_checkpointing must be true, false or a share of layers in [0, 1], "
-                f"got {self.gradient_checkpointing!r}"
+                f"model.gradient_checkpointing must be true, false, a share of layers in [0, 1] or auto, got {share!r}"
             )
 
 
@@ -176,8 +193,15 @@ class TrainSettings:
     output_dir: str = "runs/whisper-tune"  # the run folder: checkpoints, adapter, metrics, plot
     epochs: float = 3.0
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 8  # clips per device per step
-    grad_accum: int = 1  # micro-batches per optimizer step
+    # clips per device per micro-batch; auto: the largest batch (with the least recomputation,
+    # see model.gradient_checkpointing) that trains fastest in the GPU's memory, by a short
+    # measured probe cached per GPU and settings, accumulating to keep effective_batch
+    batch_size: int | str = 8
+    grad_accum: int = 1  # micro-batches per optimizer step (with batch_size auto: chosen, keep 1)
+    effective_batch: int | None = None  # with batch_size auto: clips per optimizer step, kept exact (null: 8)
+    # cap on this run's GPU memory ("16GiB"), held by torch, within which batch_size auto
+    # plans (null: the GPU's free memory when the run starts)
+    gpu_memory: str | None = None
     learning_rate: float = 1e-3
     warmup_steps: int = 50
     lr_schedule: str = "linear"  # after warm-up: linear (to zero, the recipe's) | cosine | constant
@@ -206,7 +230,8 @@ class TrainSettings:
             raise ValueError(f"train.lr_schedule must be linear, cosine or constant, got {self.lr_schedule!r}")
         if self.on_nan not in ("stop", "skip"):
             raise ValueError(f"train.on_nan must be stop or skip, got {self.on_nan!r}")
-        _positive(self, "train", "batch_size", "grad_accum", "save_every", "log_every", "keep_last", "learning_rate")
+        self._check_batch()
+        _positive(self, "train", "grad_accum", "save_every", "log_every", "keep_last", "learning_rate")
         _at_least_zero(self, "train", "warmup_steps", "weight_decay", "max_grad_norm", "num_workers")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -226,6 +251,30 @@ class TrainSettings:
                 raise ValueError(f"train.{name} = {getattr(self, name)!r} is absurd: at most {most:g}")
         if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {self.epochs}")
+        if self.gpu_memory is not None:
+            try:
+                parse_memory(self.gpu_memory)
+            except ValueError as e:
+                raise ValueError(f"train.gpu_memory: {e}") from None
+
+    def _check_batch(self) -> None:
+        """An int batch_size above zero, or auto with the effective batch it keeps."""
+        if self.batch_size == AUTO:
+            if self.grad_accum != 1:
+                raise ValueError(
+                    "train.grad_accum is chosen by train.batch_size=auto: set train.effective_batch "
+                    "(clips per optimizer step) instead"
+                )
+            if self.effective_batch is not None and not 0 < self.effective_batch <= MAX_ACCUM:
+                raise ValueError(f"train.effective_batch must be in [1, {MAX_ACCUM}], got {self.effective_batch}")
+            return
+        if isinstance(self.batch_size, str) or self.batch_size <= 0:
+            raise ValueError(f"train.batch_size must be a whole number above 0 or auto, got {self.batch_size!r}")
+        if self.effective_batch is not None:
+            raise ValueError(
+                "train.effective_batch is for train.batch_size=auto; with a fixed batch size the effective "
+                "batch is batch_size x grad_accum"
+            )
 
 
 @dataclass

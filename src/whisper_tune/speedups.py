@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from .config import ModelConfig
+from .config import AUTO, ModelConfig
 from .patches import WRITTEN_FOR, Patch, register, usable
 from .quantization import Holding, get_holding
 
@@ -166,8 +166,16 @@ def set_checkpointing(model, share: bool | float, reentrant: bool = False) -> No
     # renamed activation_checkpointing_enable in transformers 5.24
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable({"use_reentrant": reentrant})  # the checkpoint() keyword arguments, first in both names
+    checkpoint_share(model, share)
+
+
+def checkpoint_share(model, share: float) -> None:
+    """Recompute the first ``share`` of the encoder's and of the decoder's layers, and keep the
+    activations of the rest: the per-layer flag transformers' layers read on every call, so
+    the share can change between steps (``fit`` tries several on one model). Layers recompute
+    only once :func:`set_checkpointing` has installed the checkpoint function."""
     for layers in (model.model.encoder.layers, model.model.decoder.layers):
-        keep = round(share * len(layers))
+        keep = round(float(share) * len(layers))
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i < keep
 
@@ -200,7 +208,8 @@ def apply_speedups(model, cfg: ModelConfig, *, train: bool, compile: bool = Fals
 
     Always: lean attention (with ``attn_implementation: sdpa``). For training: half-precision
     norms where the holding allows them, checkpointing of ``cfg.gradient_checkpointing`` of
-    the layers (reentrant for bitsandbytes holdings), and, with ``compile``, per-layer
+    the layers (reentrant for bitsandbytes holdings; ``auto``: every layer until
+    ``fit`` sets the share), and, with ``compile``, per-layer
     ``torch.compile`` (CUDA only: on the CPU the compile costs more than it saves).
     """
     holding: Holding = get_holding(cfg.quantization)
@@ -211,8 +220,9 @@ def apply_speedups(model, cfg: ModelConfig, *, train: bool, compile: bool = Fals
         applied.append("lean_attention")
     if train and holding.half_norms and usable(PATCHES["half_norms"], inner) and use_half_norms(inner):
         applied.append("half_norms")
-    if train and float(cfg.gradient_checkpointing) > 0 and usable(PATCHES["checkpointing"], inner):
-        set_checkpointing(inner, cfg.gradient_checkpointing, reentrant=holding.reentrant_checkpointing)
+    share = 1.0 if cfg.gradient_checkpointing == AUTO else float(cfg.gradient_checkpointing)  # auto: fit sets it
+    if train and share > 0 and usable(PATCHES["checkpointing"], inner):
+        set_checkpointing(inner, share, reentrant=holding.reentrant_checkpointing)
         applied.append("checkpointing")
     on_gpu = next(inner.parameters()).device.type == "cuda"
     if train and compile and on_gpu and usable(PATCHES["compile"], inner):

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, fit
 from .augment import WaveAugment, set_spec_augment, spec_augment_config
 from .averaging import average_weights, last_checkpoints, write_averaged_record
 from .batch_order import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches: part of this module's API
@@ -53,7 +53,7 @@ from .modeling import (
 from .optimization import PendingSteps, build_optimizer, unwrap_ddp
 from .prepare import load_prepared, prepared_folder
 from .preserve import Preserver
-from .processor import resolve_language
+from .processor import MAX_LABEL_TOKENS, resolve_language
 from .quantization import NF4
 from .replay import check_replay, prepare_replay, replay_record
 from .reporting import MetricsLog, Throughput, environment, peak_memory_gib, plot_run
@@ -130,9 +130,9 @@ def _seed_everything(seed: int) -> None:
 
 def _oom_message(cfg: TrainConfig) -> str:
     return (
-        f"out of GPU memory at batch_size {cfg.train.batch_size}: lower train.batch_size (and raise "
-        f"train.grad_accum to keep the effective batch), set model.gradient_checkpointing=true, or use "
-        f"model.quantization={NF4}"
+        f"out of GPU memory at batch_size {cfg.train.batch_size}: set train.batch_size=auto (measures what "
+        f"fits), or lower train.batch_size (and raise train.grad_accum to keep the effective batch), set "
+        f"model.gradient_checkpointing=true, or use model.quantization={NF4}"
     )
 
 
@@ -303,6 +303,7 @@ class TrainingRun:
 
     def _build_model(self) -> None:
         cfg = self.cfg
+        fit.apply_memory_cap(self.device, cfg.train.gpu_memory)  # before anything is on the GPU
         self.processor = load_processor(cfg.model.base)
         self.model = lora_model(cfg.model, cfg.lora, self.device, compile=cfg.train.compile)
         set_spec_augment(self.model, cfg.augment)
@@ -328,6 +329,7 @@ class TrainingRun:
                 f"see {self.run.prepared('train') / 'rejected.jsonl'}"
             )
         self.durations = np.asarray(train_ds["duration"], dtype=np.float32)
+        cfg = self._fit(train_ds)
         if cfg.train.batch_size > len(train_ds):
             log.warning(
                 "train.batch_size %d is larger than the %d training clips: each step sees all of them at once",
@@ -362,6 +364,26 @@ class TrainingRun:
         )
         self.log_mel = LogMel.of(self.processor.feature_extractor)
         self.data = IndexedRows(train_ds.select_columns(["audio", "labels"]).with_format("numpy"))
+
+    def _fit(self, train_ds) -> TrainConfig:
+        """``batch_size``/``gradient_checkpointing: auto``: probe (or read the cached plan),
+        then train with the plan's numbers (``self.cfg`` holds them from here on; config.yaml
+        keeps what was asked, run.json what was chosen). The probe's labels are the training
+        data's longest, so the plan holds for every batch."""
+        self.fit_plan = None
+        if not fit.wants_plan(self.cfg):
+            return self.cfg
+        longest = max((len(labels) for labels in train_ds["labels"]), default=1)
+        if self.cfg.preserve.prompt_share:  # another clip's text before the transcript
+            longest *= 2
+        longest = min(longest, MAX_LABEL_TOKENS)
+        plan = fit.plan_for(self.cfg, self.model, self.device, label_tokens=longest)
+        self.fit_plan = fit.agreed(plan, self.world)
+        fit.use_plan(self.model, self.fit_plan)
+        if self.main_rank:
+            log.info("%s", self.fit_plan.line())
+        self.cfg = fit.resolved(self.cfg, self.fit_plan)
+        return self.cfg
 
     def _preserver(self, train_ds) -> Preserver | None:
         """The preserving switches (``preserve.*``, ``data.replay``) for the collator, or None."""
@@ -750,7 +772,9 @@ class TrainingRun:
             steady_samples_per_s=result.steady_samples_per_s,
             wall_s=result.wall_s,
             environment=environment(self.device),
-            extra=self.peaks | ({"replay": self.replayed} if self.replayed else {}),
+            extra=self.peaks
+            | ({"replay": self.replayed} if self.replayed else {})
+            | ({"fit": self.fit_plan.to_dict()} if self.fit_plan else {}),
         )
 
 
