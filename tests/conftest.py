@@ -192,6 +192,33 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def other_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A second LoRA adapter of the tiny base (other random weights, Hindi), with a report card."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from whisper_tune.config import ModelConfig
+    from whisper_tune.run import write_adapter_meta
+
+    torch.manual_seed(3)
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)
+    out = tmp_path_factory.mktemp("run2") / "best"
+    model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(tiny_model_dir).save_pretrained(out)
+    write_adapter_meta(out, ModelConfig(base=str(tiny_model_dir)), "hi", "transcribe")
+    (out / "card.json").write_text(json.dumps({"headline": "better on held-out clips; same on non-speech"}))
+    return out
+
+
 def make_cpp_tiny(out: Path, n_mels: int = 80, vocab: int = 51865, n_lang: int = 99, seed: int = 0) -> Path:
     """A tiny random Whisper that whisper.cpp can run (ffn = 4 x d_model; tiny-test's is 2 x),
     saved with its processor. Large random decoder embeddings make greedy decoding wander over

@@ -87,10 +87,12 @@ def load_engine(
     decoding=None,
     adapters: dict[str, str] | None = None,
     hotwords: str | None = None,
+    merge_busiest: bool = True,
 ):
     """The server's engine for ``--model``/``--adapter`` (``inference.open_engine``: a
     CTranslate2 folder runs on faster-whisper, anything else loads with the adapter merged;
-    ``adapters``, name -> folder: several on one base, switched by name).
+    ``adapters``, name -> folder: several on one base, switched by name, the busiest decoded
+    from a merged copy where memory allows unless ``merge_busiest`` is off).
     ``decoding`` (``DecodingOptions``) is the server's default decoding (None: that of
     ``whisper-tune transcribe``, so a request gives what it gives)."""
     from .inference import DecodingOptions, open_engine
@@ -98,7 +100,14 @@ def load_engine(
 
     decoding = decoding or DecodingOptions(**FILE_DECODING)
     return open_engine(
-        model, adapter, device=device, language=language, decoding=decoding, adapters=adapters, hotwords=hotwords
+        model,
+        adapter,
+        device=device,
+        language=language,
+        decoding=decoding,
+        adapters=adapters,
+        hotwords=hotwords,
+        merge_busiest=merge_busiest,
     )
 
 
