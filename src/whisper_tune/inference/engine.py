@@ -402,9 +402,8 @@ def open_engine(
     ``adapters`` (name -> folder, instead of ``adapter``): one adapter is merged as
     ``adapter`` is; several are held unmerged on one copy of their base (PEFT's
     ``load_adapter``), and :meth:`Engine.using` switches between them by name. Adapters
-    trained on different bases are refused; ``merge_busiest``: the adapter most requests ask
-    for is decoded from a merged copy when memory allows (``merged.py``). ``hotwords``:
-    faster-whisper's (a CTranslate2 model only)."""
+    trained on different bases are refused; ``merge_busiest``: the busiest of them decoded from
+    a merged copy (``merged.py``). ``hotwords``: faster-whisper's (a CTranslate2 model only)."""
     if hotwords and not (model and kind is None and is_ct2_model(model)):
         raise UserError(
             "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
