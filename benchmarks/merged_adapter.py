@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (default: the API's, with fallback)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.threads:
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
         for i in range(len(adapters), 2):
             adapters[f"random{i}"] = str(random_adapter(args.model, Path(tmp) / f"r{i}", args.rank, i, first))
         busy = next(iter(adapters))
-        decoding = DecodingOptions(**FILE_DECODING)  # the API's default
+        decoding = DecodingOptions.greedy() if args.greedy else DecodingOptions(**FILE_DECODING)  # the API's
         engines = {
             way: open_engine(args.model, adapters=adapters, device=cpu, decoding=decoding, merge_busiest=merge)
             for way, merge in (("unmerged", False), ("merged", True))
@@ -114,6 +115,7 @@ def main(argv=None) -> int:
             for way, engine in engines.items():
                 spent, texts[way] = round_seconds(engine, audios, busy)
                 seconds[way].append(spent)
+                print(f"{way}: {spent:.2f} s", flush=True)
     ratio = statistics.median(u / m for u, m in zip(seconds["unmerged"], seconds["merged"]))
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
@@ -123,6 +125,7 @@ def main(argv=None) -> int:
             name: path if not path.startswith(tempfile.gettempdir()) else f"random r={args.rank}"
             for name, path in adapters.items()
         },
+        "decoding": "greedy" if args.greedy else "the API's default (fallback temperatures)",
         "clips": len(audios),
         "audio_seconds": round(sum(len(a) for a in audios) / 16000, 1),
         "rounds": args.rounds,
@@ -146,7 +149,8 @@ def markdown(result: dict) -> str:
         [
             f"`{result['command']}`",
             "",
-            f"{result['clips']} clips ({result['audio_seconds']} s of audio), {result['rounds']} interleaved rounds; "
+            f"{result['clips']} clips ({result['audio_seconds']} s of audio), {result['decoding']} decoding, "
+            f"{result['rounds']} interleaved rounds; "
             f"load average {', '.join(f'{x:.1f}' for x in result['load_average'])} (a shared machine).",
             "",
             "| busiest adapter | median round (s) |",
