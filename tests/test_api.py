@@ -649,22 +649,35 @@ def test_stream_true_sends_openais_text_events(client, server, transcribed, clip
     assert response.status_code == 400 and response.json()["error"]["message"].startswith("stream=true is for trans")
 
 
-def test_stream_sends_the_first_words_before_the_last_window_is_decoded(tiny_adapter, clips, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def greedy_engine(tiny_adapter):
+    """The adapter merged, greedy: the batched long-form path without the random model's fallbacks."""
+    import torch
+
+    from whisper_tune.inference import DecodingOptions
+
+    return load_engine(adapter=str(tiny_adapter), device=torch.device("cpu"), decoding=DecodingOptions.greedy())
+
+
+def _long_file(clips: list[Path], path: Path, seconds: float = 75.0) -> Path:
+    """Speech clips with pauses, ``seconds`` long (three 30 s windows at 75 s), as a WAV file."""
+    import numpy as np
+    import soundfile as sf
+
+    speech = [load_audio(c) for c in clips]
+    pause = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([part for i in range(40) for part in (speech[i % 2], pause)])[: int(16000 * seconds)]
+    sf.write(str(path), audio, 16000)
+    return path
+
+
+def test_stream_sends_the_first_words_before_the_last_window_is_decoded(greedy_engine, clips, tmp_path, monkeypatch):
     """A long file streamed a window at a time (``batch_size=1``): the decoding of its last
     window waits until the official client has read a delta, which it can only have if deltas
     go out while decoding goes on; the deltas add up to the text the request gives unstreamed."""
-    import numpy as np
-    import soundfile as sf
-    import torch
+    from whisper_tune.inference import longform
 
-    from whisper_tune.inference import DecodingOptions, longform
-
-    engine = load_engine(adapter=str(tiny_adapter), device=torch.device("cpu"), decoding=DecodingOptions.greedy())
-    speech = [load_audio(c) for c in clips]
-    pause = np.zeros(8000, dtype=np.float32)
-    audio = np.concatenate([part for i in range(40) for part in (speech[i % 2], pause)])[: 16000 * 75]
-    long = tmp_path / "long.wav"
-    sf.write(str(long), audio, 16000)
+    engine, long = greedy_engine, _long_file(clips, tmp_path / "long.wav")
     last = longform.cut_windows(load_audio(long))[-1][0]
     assert last > 0  # several windows
     first_delta, waited, decode = threading.Event(), [], longform._decode
@@ -693,23 +706,15 @@ def test_stream_sends_the_first_words_before_the_last_window_is_decoded(tiny_ada
     assert "".join(e.delta for e in events[:-1]) == events[-1].text == whole
 
 
-def test_a_stream_whose_client_leaves_stops_decoding(tiny_adapter, clips, tmp_path, monkeypatch):
+def test_a_stream_whose_client_leaves_stops_decoding(greedy_engine, clips, tmp_path, monkeypatch):
     """The client reads one delta and closes the stream: the decoding stops at the next group
     of windows (the file's last window is never decoded) and the slot serves the next request."""
     import httpx
-    import numpy as np
-    import soundfile as sf
-    import torch
 
     from whisper_tune import api
-    from whisper_tune.inference import DecodingOptions, longform
+    from whisper_tune.inference import longform
 
-    engine = load_engine(adapter=str(tiny_adapter), device=torch.device("cpu"), decoding=DecodingOptions.greedy())
-    speech = [load_audio(c) for c in clips]
-    pause = np.zeros(8000, dtype=np.float32)
-    audio = np.concatenate([part for i in range(40) for part in (speech[i % 2], pause)])[: 16000 * 75]
-    long = tmp_path / "long.wav"
-    sf.write(str(long), audio, 16000)
+    engine, long = greedy_engine, _long_file(clips, tmp_path / "long.wav")
     spans = longform.cut_windows(load_audio(long))
     assert len(spans) == 3
     streams, decoded, decode, init = [], [], longform._decode, api.Stream.__init__
