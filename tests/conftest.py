@@ -167,9 +167,8 @@ def four_clips(small_corpus, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter (q/v/fc1, random non-zero weights) for the tiny model, laid out as a
+def random_adapter(model_dir: Path, out: Path, seed: int, language: str, **model_config) -> Path:
+    """A LoRA adapter (q/v/fc1, random non-zero weights) of ``model_dir``, laid out as a
     training run leaves it: PEFT files, processor and whisper_tune.json."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -178,17 +177,32 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     from whisper_tune.config import ModelConfig
     from whisper_tune.run import write_adapter_meta
 
-    torch.manual_seed(2)
-    base = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
+    torch.manual_seed(seed)
+    base = WhisperForConditionalGeneration.from_pretrained(model_dir)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False)
     model = get_peft_model(base, config)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.2)  # large enough that merged and base outputs differ clearly
-    out = tmp_path_factory.mktemp("run") / "adapter"
     model.save_pretrained(out)
-    WhisperProcessor.from_pretrained(tiny_model_dir).save_pretrained(out)
-    write_adapter_meta(out, ModelConfig(base=str(tiny_model_dir), quantization="int8"), "mr", "transcribe")
+    WhisperProcessor.from_pretrained(model_dir).save_pretrained(out)
+    write_adapter_meta(out, ModelConfig(base=str(model_dir), **model_config), language, "transcribe")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter for the tiny model (Marathi, trained on an 8-bit base), as a run leaves it."""
+    return random_adapter(tiny_model_dir, tmp_path_factory.mktemp("run") / "adapter", 2, "mr", quantization="int8")
+
+
+@pytest.fixture(scope="session")
+def other_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A second LoRA adapter of the tiny base (other random weights, Hindi), with a report card."""
+    import json
+
+    out = random_adapter(tiny_model_dir, tmp_path_factory.mktemp("run2") / "best", 3, "hi")
+    (out / "card.json").write_text(json.dumps({"headline": "better on held-out clips; same on non-speech"}))
     return out
 
 

@@ -541,33 +541,6 @@ def test_decodes_run_in_their_slots_and_a_full_queue_is_503_with_the_reason():
 # ---- several adapters on one base (issue 27 item 1) -----------------------------------
 
 
-@pytest.fixture(scope="module")
-def other_adapter(tiny_model_dir, tmp_path_factory) -> Path:
-    """A second LoRA adapter of the tiny base (other random weights), with a report card."""
-    import json
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from whisper_tune.config import ModelConfig
-    from whisper_tune.run import write_adapter_meta
-
-    torch.manual_seed(3)
-    base = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False)
-    model = get_peft_model(base, config)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.2)
-    out = tmp_path_factory.mktemp("run2") / "best"
-    model.save_pretrained(out)
-    WhisperProcessor.from_pretrained(tiny_model_dir).save_pretrained(out)
-    write_adapter_meta(out, ModelConfig(base=str(tiny_model_dir)), "hi", "transcribe")
-    (out / "card.json").write_text(json.dumps({"headline": "better on held-out clips; same on non-speech"}))
-    return out
-
-
 def _alone(adapter: Path):
     """One adapter held unmerged on its base, as the multi-adapter engine holds each; greedy
     (no fallback ramp: the random model would run every temperature of it)."""
@@ -674,3 +647,112 @@ def test_stream_true_sends_openais_text_events(client, server, transcribed, clip
             headers={"Authorization": f"Bearer {KEY}"},
         )
     assert response.status_code == 400 and response.json()["error"]["message"].startswith("stream=true is for trans")
+
+
+@pytest.fixture(scope="module")
+def greedy_engine(tiny_adapter):
+    """The adapter merged, greedy: the batched long-form path without the random model's fallbacks."""
+    import torch
+
+    from whisper_tune.inference import DecodingOptions
+
+    return load_engine(adapter=str(tiny_adapter), device=torch.device("cpu"), decoding=DecodingOptions.greedy())
+
+
+def _long_file(clips: list[Path], path: Path, seconds: float = 75.0) -> Path:
+    """Speech clips with pauses, ``seconds`` long (three 30 s windows at 75 s), as a WAV file."""
+    import numpy as np
+    import soundfile as sf
+
+    speech = [load_audio(c) for c in clips]
+    pause = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([part for i in range(40) for part in (speech[i % 2], pause)])[: int(16000 * seconds)]
+    sf.write(str(path), audio, 16000)
+    return path
+
+
+def test_stream_sends_the_first_words_before_the_last_window_is_decoded(greedy_engine, clips, tmp_path, monkeypatch):
+    """A long file streamed a window at a time (``batch_size=1``): the decoding of its last
+    window waits until the official client has read a delta, which it can only have if deltas
+    go out while decoding goes on; the deltas add up to the text the request gives unstreamed."""
+    from whisper_tune.inference import longform
+
+    engine, long = greedy_engine, _long_file(clips, tmp_path / "long.wav")
+    last = longform.cut_windows(load_audio(long))[-1][0]
+    assert last > 0  # several windows
+    first_delta, waited, decode = threading.Event(), [], longform._decode
+
+    def held(model, processor, audios, batch, *args):
+        if batch[0].start == last and not waited:
+            waited.append(first_delta.wait(timeout=60))
+        return decode(model, processor, audios, batch, *args)
+
+    monkeypatch.setattr(longform, "_decode", held)
+    live = LiveServer(build_app(engine, Limits(max_mb=5.0, max_seconds=120.0), model_id="tiny", batch_size=1))
+    events = []
+    try:
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=300)
+        with open(long, "rb") as f:
+            for event in client.audio.transcriptions.create(model="tiny", file=f, stream=True):
+                events.append(event)
+                first_delta.set()
+        with open(long, "rb") as f:
+            whole = client.audio.transcriptions.create(model="tiny", file=f).text
+    finally:
+        live.stop()
+    assert waited == [True]  # the last window was decoded after the client had its first words
+    assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1) and len(events) > 2
+    assert events[-1].type == "transcript.text.done"
+    assert "".join(e.delta for e in events[:-1]) == events[-1].text == whole
+
+
+def test_a_stream_whose_client_leaves_stops_decoding(greedy_engine, clips, tmp_path, monkeypatch):
+    """The client reads one delta and closes the stream: the decoding stops at the next group
+    of windows (the file's last window is never decoded) and the slot serves the next request."""
+    import httpx
+
+    from whisper_tune import api
+    from whisper_tune.inference import longform
+
+    engine, long = greedy_engine, _long_file(clips, tmp_path / "long.wav")
+    spans = longform.cut_windows(load_audio(long))
+    assert len(spans) == 3
+    streams, decoded, decode, init = [], [], longform._decode, api.Stream.__init__
+
+    def recorded(self, *args):
+        streams.append(self)
+        init(self, *args)
+
+    def held(model, processor, audios, batch, *args):
+        if batch[0].start == spans[1][0] and streams:  # the second group waits for the client to leave
+            assert streams[0].closed.wait(timeout=60)
+        decoded.append(batch[0].start)
+        return decode(model, processor, audios, batch, *args)
+
+    monkeypatch.setattr(api.Stream, "__init__", recorded)
+    monkeypatch.setattr(longform, "_decode", held)
+    live = LiveServer(build_app(engine, Limits(max_mb=5.0, max_seconds=120.0), model_id="tiny", batch_size=1))
+    try:
+        with open(long, "rb") as f:
+            body = f.read()
+        with httpx.stream(
+            "POST",
+            f"{live.url}/v1/audio/transcriptions",
+            data={"model": "tiny", "stream": "true"},
+            files={"file": ("long.wav", body)},
+            timeout=120,
+        ) as response:
+            first = next(line for line in response.iter_lines() if line.startswith("data:"))
+        assert '"transcript.text.delta"' in first
+        deadline = time.monotonic() + 120
+        while not streams[0].work.done() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        in_stream = list(decoded)
+        again = httpx.post(
+            f"{live.url}/v1/audio/transcriptions", data={"model": "tiny"}, files={"file": ("a.wav", body)}, timeout=300
+        )
+    finally:
+        live.stop()
+    assert streams[0].work.exception().status == api.CLIENT_GONE  # stopped by the listener...
+    assert spans[1][0] in in_stream and spans[2][0] not in in_stream  # ...before the last window
+    assert again.status_code == 200 and spans[2][0] in decoded  # the slot was free again

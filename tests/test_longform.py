@@ -155,3 +155,45 @@ def test_robust_transcription_prints_no_length_warning(model_and_processor, capf
     for _ in range(2):
         transcribe_audio(model, processor, _noise(3.0, 5), "mr", max_new_tokens=4, decoding=DecodingOptions.greedy())
     assert "max_length" not in capfd.readouterr().err
+
+
+def test_a_listener_hears_each_group_of_windows_before_the_next_is_decoded(model_and_processor, monkeypatch):
+    """``segments_as_decoded`` (the API's streaming): the batched loop reports each file's
+    segments in order, group by group, while later windows are still to decode, and the
+    segments are those of a call without a listener; a listener that raises stops the loop."""
+    model, processor = model_and_processor
+    audios = [_noise(95.0, 4), _noise(12.0, 5)]  # four windows, then one
+    run = {"batch_size": 2, "decoding": DecodingOptions.greedy(), "max_new_tokens": SHORT}
+    plain = longform.transcribe_batched(model, processor, audios, "mr", **run)
+    events, decode = [], longform._decode
+
+    def recording(*args, **kwargs):
+        events.append(("decode", [(w.file, w.start) for w in args[3]]))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(longform, "_decode", recording)
+    heard = [[], []]
+
+    def listener(file, segments):
+        events.append(("heard", file))
+        heard[file] += segments
+
+    with longform.segments_as_decoded(listener):
+        streamed = longform.transcribe_batched(model, processor, audios, "mr", **run)
+    assert streamed == plain and heard == [segments for segments, _ in plain]
+    assert all(segments for segments in heard)  # both files said something
+    first_heard = next(i for i, (what, _) in enumerate(events) if what == "heard")
+    last_decode = max(i for i, (what, _) in enumerate(events) if what == "decode")
+    assert first_heard < last_decode  # the first words went out while windows were still to decode
+    starts = [start for what, batch in events if what == "decode" for _, start in batch]
+    assert sorted(starts[:2]) == [0, longform.cut_windows(audios[0])[1][0]]  # the file's first two windows first
+
+    def leaving(file, segments):
+        raise ConnectionError("the client went away")
+
+    events.clear()
+    with longform.segments_as_decoded(leaving), pytest.raises(ConnectionError):
+        longform.transcribe_batched(model, processor, audios, "mr", **run)
+    third = longform.cut_windows(audios[0])[2][0]
+    decoded = [(file, start) for what, batch in events if what == "decode" for file, start in batch]
+    assert decoded and all(file == 0 and start < third for file, start in decoded)  # the first group only

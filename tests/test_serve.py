@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import free_port, write_tone
 
+from whisper_tune.run import adapter_ids, adapters_in
 from whisper_tune.serve import Comparer, run_report
 from whisper_tune.uploads import Limits, check_upload
 
@@ -24,7 +25,7 @@ ARTIFACTS = Path(os.environ.get("WHISPER_TUNE_ARTIFACTS", ROOT / "test-artifacts
 
 @pytest.fixture(scope="module")
 def comparer(tiny_adapter):
-    return Comparer(None, str(tiny_adapter), torch.device("cpu"))
+    return Comparer(None, {"mr-run": str(tiny_adapter)}, torch.device("cpu"))
 
 
 def test_one_model_serves_base_and_fine_tuned(comparer, tmp_path):
@@ -32,6 +33,8 @@ def test_one_model_serves_base_and_fine_tuned(comparer, tmp_path):
     n_params = sum(p.numel() for p in comparer.model.parameters())
     audio = check_upload(write_tone(tmp_path / "tone.wav", seconds=2.0), Limits())
     base, tuned = comparer.compare(audio)
+    assert list(tuned) == ["mr-run"]
+    tuned = tuned["mr-run"]
     assert base.language == tuned.language == "mr" and base.audio_seconds == pytest.approx(2.0)
     assert base.describe().startswith("[mr · ") and base.seconds > 0
     assert sum(p.numel() for p in comparer.model.parameters()) == n_params  # nothing loaded per request
@@ -147,7 +150,7 @@ def test_browser_uploads_a_clip_and_sees_both_transcripts(run_folder, tmp_path):
             page.get_by_role("button", name="Transcribe").click()
             expect = sync_api.expect
             expect(page.locator("#base-transcript textarea")).to_have_value(re.compile(r"^\[mr · "), timeout=90000)
-            expect(page.locator("#tuned-transcript textarea")).to_have_value(re.compile(r"^\[mr · "), timeout=90000)
+            expect(page.locator("#tuned-transcript-0 textarea")).to_have_value(re.compile(r"^\[mr · "), timeout=90000)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve-compare.png"), full_page=True)
             page.get_by_role("tab", name="Training run").click()
@@ -159,3 +162,74 @@ def test_browser_uploads_a_clip_and_sees_both_transcripts(run_folder, tmp_path):
         proc.wait(timeout=30)
         log.close()
     assert (ARTIFACTS / "serve-compare.png").stat().st_size > 10_000
+
+
+# ---- the adapters of a folder of runs, side by side (issue 27) -------------------------
+
+
+@pytest.fixture(scope="module")
+def runs_folder(tiny_adapter, other_adapter, tmp_path_factory) -> Path:
+    """A folder as training leaves several runs in it: ``mr`` (adapter/ only), ``hi`` (best/,
+    with a report card), an evaluation report beside them, and an adapter folder on its own."""
+    root = tmp_path_factory.mktemp("runs")
+    shutil.copytree(tiny_adapter, root / "mr" / "adapter")
+    shutil.copytree(other_adapter, root / "hi" / "best")
+    (root / "hi" / "adapter").mkdir()  # an unfinished final adapter: best/ is served
+    (root / "eval-before").mkdir()
+    (root / "eval-before" / "summary.json").write_text("{}")
+    shutil.copytree(tiny_adapter, root / "plain")
+    return root
+
+
+def test_adapters_in_names_each_run_of_a_folder(runs_folder, tmp_path):
+    from whisper_tune.errors import UserError
+    from whisper_tune.run import card_headline
+
+    specs = adapters_in(runs_folder)
+    assert specs == [
+        f"hi={runs_folder / 'hi' / 'best'}",
+        f"mr={runs_folder / 'mr' / 'adapter'}",
+        f"plain={runs_folder / 'plain'}",
+    ]
+    assert list(adapter_ids(specs)) == ["hi", "mr", "plain"]
+    assert card_headline(runs_folder / "hi" / "best") == "better on held-out clips; same on non-speech"
+    assert card_headline(runs_folder / "mr" / "adapter") is None
+    with pytest.raises(UserError, match="holds no run folder"):
+        adapters_in(tmp_path)
+    with pytest.raises(UserError, match="no such folder"):
+        adapters_in(tmp_path / "missing")
+
+
+def test_the_page_shows_the_base_beside_each_ticked_adapter(runs_folder, tmp_path):
+    """The compare tab's own handler, called as Gradio calls it: the base transcript and the
+    ticked adapters' (each as that adapter alone gives it), on one copy of the base."""
+    pytest.importorskip("gradio")
+    from whisper_tune.inference import DecodingOptions, open_engine
+    from whisper_tune.serve import build_app
+
+    greedy = DecodingOptions.greedy()  # the random model would run every fallback temperature
+    adapters = adapter_ids(adapters_in(runs_folder)[:2])  # hi, mr
+    comparer = Comparer(None, adapters, torch.device("cpu"), decoding=greedy)
+    assert comparer.engine.peft_names == {"hi": "default", "mr": "adapter1"}  # one base, two adapters
+    app = build_app(comparer, Limits())
+    (transcribe,) = [f.fn for f in app.fns.values() if f.name == "on_transcribe"]
+    clip = write_tone(tmp_path / "tone.wav", seconds=2.0)
+    audio = check_upload(clip, Limits())
+
+    def alone(adapter):
+        engine = open_engine(None, adapter, device=torch.device("cpu"), merge=False, decoding=greedy)
+        with engine.base_only():
+            base_text = engine.transcript(audio).text
+        return base_text, engine.transcript(audio).text
+
+    (base_hi, hi), (_, mr) = alone(adapters["hi"]), alone(adapters["mr"])
+    assert hi != mr  # the two adapters say different things
+    base, hi_box, mr_box = transcribe(str(clip), ["mr"])
+    assert base.split("\n", 1)[1] == base_hi
+    assert mr_box["visible"] and mr_box["value"].split("\n", 1)[1] == mr
+    assert not hi_box["visible"] and hi_box["value"] == ""  # not ticked: hidden
+    base, hi_box, mr_box = transcribe(str(clip), ["hi", "mr"])
+    assert (hi_box["value"].split("\n", 1)[1], mr_box["value"].split("\n", 1)[1]) == (hi, mr)
+    assert hi_box["value"].startswith("[hi · ") and base.startswith("[hi · ")  # the first adapter's language
+    assert comparer.headline("hi") == "report card: better on held-out clips; same on non-speech"
+    assert comparer.headline("mr").startswith("no report card")

@@ -14,14 +14,17 @@ Why it is built this way:
   + LoRA, merged on load), a merged transformers folder, or a CTranslate2 export run on
   faster-whisper. Decoding goes through the same ``inference.Engine`` as ``whisper-tune
   transcribe``, with the same defaults, so a request gives exactly what it gives.
-* Several adapters of one base (``--adapter NAME=PATH`` repeated) share one copy of the base,
+* Several adapters of one base (``--adapter NAME=PATH`` repeated, or ``--adapters-dir``: each
+  run of a folder, named for its run) share one copy of the base,
   held unmerged (``open_engine(adapters=...)``); a request's ``model`` names the adapter,
   and the switch happens inside the one-at-a-time queue, so requests for different adapters
   never see each other's weights. ``whisper-1`` and ``--alias`` names mean the first.
 * ``stream=true`` answers with OpenAI's server-sent events: a ``transcript.text.delta`` per
-  segment, then ``transcript.text.done``. They are sent once the file is decoded (the
-  decoders return a file's segments together), so streaming saves a client nothing in
-  latency; it is there so that clients written for OpenAI's streaming call work unchanged.
+  segment as soon as it is decoded (:class:`Stream`: the batched long-form loop reports
+  each group of ``--batch-size`` windows, so a long file's first words arrive while the rest
+  decodes), then ``transcript.text.done``. The text is that of the same request unstreamed.
+  A back-end that decodes a file whole (a prompt, several adapters, CTranslate2) sends its
+  deltas at the end.
 * One inference at a time: requests wait on an asyncio lock (bounded, 503 beyond
   ``max_queue`` waiting) and the model runs in a worker thread, so concurrent clients queue
   instead of running the GPU out of memory, and the event loop keeps answering meanwhile.
@@ -46,9 +49,9 @@ import asyncio
 import hmac
 import json
 import logging
-import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -57,6 +60,7 @@ import numpy as np
 
 from .errors import UserError
 from .inference import Engine, Segment, Transcript, get_writer
+from .run import SERVED_NAME, adapter_ids, adapters_in, card_headline, default_model_id
 from .uploads import Limits, UploadRejected, check_upload
 
 log = logging.getLogger(__name__)
@@ -83,10 +87,12 @@ def load_engine(
     decoding=None,
     adapters: dict[str, str] | None = None,
     hotwords: str | None = None,
+    merge_busiest: bool = True,
 ):
     """The server's engine for ``--model``/``--adapter`` (``inference.open_engine``: a
     CTranslate2 folder runs on faster-whisper, anything else loads with the adapter merged;
-    ``adapters``, name -> folder: several on one base, switched by name).
+    ``adapters``, name -> folder: several on one base, switched by name, the busiest decoded
+    from a merged copy where memory allows unless ``merge_busiest`` is off).
     ``decoding`` (``DecodingOptions``) is the server's default decoding (None: that of
     ``whisper-tune transcribe``, so a request gives what it gives)."""
     from .inference import DecodingOptions, open_engine
@@ -94,40 +100,15 @@ def load_engine(
 
     decoding = decoding or DecodingOptions(**FILE_DECODING)
     return open_engine(
-        model, adapter, device=device, language=language, decoding=decoding, adapters=adapters, hotwords=hotwords
+        model,
+        adapter,
+        device=device,
+        language=language,
+        decoding=decoding,
+        adapters=adapters,
+        hotwords=hotwords,
+        merge_busiest=merge_busiest,
     )
-
-
-def default_model_id(model: str | None, adapter: str | None) -> str:
-    """The id clients pass as ``model``: the served folder's name (``run/best`` -> ``run-best``
-    for the usual adapter names, so two runs' adapters do not both read ``best``)."""
-    path = Path(adapter or model or "whisper")
-    name = path.name or "whisper"
-    if name in ("best", "adapter", "final") and path.parent.name:
-        name = f"{path.parent.name}-{name}"
-    return name
-
-
-MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # what a served id may be
-
-
-def adapter_ids(specs: list[str], model: str | None = None, model_id: str | None = None) -> dict[str, str]:
-    """``--adapter`` values (``NAME=PATH`` or a plain ``PATH``) as id -> folder, in order (the
-    first is the default). A plain PATH's id is ``model_id`` if given, else the folder's name
-    (:func:`default_model_id`). Duplicate or malformed names are refused in one line."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or "/" in name or "\\" in name:
-            name, path = None, spec
-        if name is None:
-            name = model_id if model_id and len(specs) == 1 else default_model_id(model, path)
-        if not MODEL_ID.match(name):
-            raise UserError(f"--adapter {spec}: the name '{name}' must be letters, digits, '.', '_', '-' or ':'")
-        if name in out:
-            raise UserError(f"--adapter: two adapters are named '{name}'; give each its own with NAME=PATH")
-        out[name] = path
-    return out
 
 
 @dataclass(frozen=True)
@@ -145,15 +126,6 @@ def served_models(engine: Engine, model_id: str) -> list[ServedModel]:
     if not engine.adapters:
         return [ServedModel(model_id, None, engine.language)]
     return [ServedModel(a.name, a.name, a.language, card_headline(a.path)) for a in engine.adapters.values()]
-
-
-def card_headline(folder: str) -> str | None:
-    """The headline of the report card beside an adapter (``card.json``), or None."""
-    try:
-        headline = json.loads((Path(folder) / "card.json").read_text(encoding="utf-8")).get("headline")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return headline if isinstance(headline, str) else None
 
 
 class Models:
@@ -504,29 +476,15 @@ def _segment(index: int, segment: Segment, temperature: float) -> dict:
     }
 
 
-def stream_events(transcript: Transcript):
-    """OpenAI's streamed transcription as server-sent events: a ``transcript.text.delta`` per
-    segment (joined as ``Transcript.text`` joins them, so the deltas add up to the done
-    event's text), then ``transcript.text.done``."""
-    sent = False
-    for segment in transcript.segments:
-        if segment.text:
-            yield _event({"type": "transcript.text.delta", "delta": (" " if sent else "") + segment.text})
-            sent = True
-    yield _event({"type": "transcript.text.done", "text": transcript.text})
-
-
 def _event(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def render(transcript: Transcript, fmt: str, task: str, temperature: float, stream: bool = False):
+def render(transcript: Transcript, fmt: str, task: str, temperature: float):
     """The response for one response_format; srt/vtt/text come from the file writers, so the
     API and ``whisper-tune transcribe --format`` write the same bytes."""
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse
 
-    if stream:
-        return StreamingResponse(stream_events(transcript), media_type="text/event-stream")
     if fmt == "json":
         return JSONResponse({"text": transcript.text})
     if fmt == "verbose_json":
@@ -592,6 +550,98 @@ class Queue:
         acquire.add_done_callback(release)
 
 
+class Stream:
+    """One ``stream=true`` transcription: OpenAI's server-sent events, a
+    ``transcript.text.delta`` per segment sent as soon as the decoder has it, then
+    ``transcript.text.done``.
+
+    The engine runs in the inference queue as any request does, inside
+    ``inference.segments_as_decoded``: the batched long-form loop hands over each group of
+    windows' segments as it finishes them (a back-end that decodes a file whole hands over
+    nothing, and its segments go out at the end), and the event loop sends them while the rest
+    decodes. The deltas are joined as ``Transcript.text`` joins segments, so they add up to the
+    done event's text. Errors before the inference starts (a full queue, a client gone while
+    waiting) are answered as usual; after, as an ``error`` event, which the official client
+    raises. A client that goes away mid-stream stops the decoding at its next group of
+    windows, so the slot is not held for nobody."""
+
+    def __init__(self, queue: Queue, job, gone):
+        self.loop = asyncio.get_running_loop()
+        self.segments: asyncio.Queue = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.closed = threading.Event()  # set once the response is over: the listener stops the decoding
+        self.sent: list[str] = []
+        self.work = asyncio.ensure_future(queue.run(self._run, job, gone=gone))
+        self.work.add_done_callback(lambda f: f.cancelled() or f.exception())  # read here or in events
+
+    def _run(self, job) -> Transcript:
+        """In the worker thread: the job, with its segments reported as they are decoded."""
+        from .inference import segments_as_decoded
+
+        self.loop.call_soon_threadsafe(self.started.set)
+        with segments_as_decoded(self._heard):
+            return job()
+
+    def _heard(self, file: int, segments: list[Segment]) -> None:
+        if self.closed.is_set():
+            raise ApiError(CLIENT_GONE, "the client closed the stream", code="client_gone")
+        self.loop.call_soon_threadsafe(self.segments.put_nowait, segments)
+
+    async def begin(self) -> None:
+        """Return once the inference has started; raise what stopped it before then."""
+        started = asyncio.ensure_future(self.started.wait())
+        await asyncio.wait({started, self.work}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if self.work.done() and not self.started.is_set():
+            self.work.result()
+
+    async def events(self):
+        """The event stream (``StreamingResponse`` sends it; cancelled if the client leaves)."""
+        try:
+            while True:
+                heard = asyncio.ensure_future(self.segments.get())
+                await asyncio.wait({heard, self.work}, return_when=asyncio.FIRST_COMPLETED)
+                if not heard.done():
+                    heard.cancel()
+                    break
+                for event in self._deltas(heard.result()):
+                    yield event
+            while not self.segments.empty():
+                for event in self._deltas(self.segments.get_nowait()):
+                    yield event
+            transcript = self.work.result()
+            spoken = [s for s in transcript.segments if s.text]
+            if [s.text for s in spoken[: len(self.sent)]] == self.sent:
+                for event in self._deltas(spoken[len(self.sent) :]):  # what the back-end did not report
+                    yield event
+            else:
+                log.warning("streamed segments differ from the transcript's: the done event holds its text")
+            yield _event({"type": "transcript.text.done", "text": transcript.text})
+        except ApiError as e:
+            yield _event({"type": "error"} | e.body())
+        except Exception as e:  # noqa: BLE001 - the status went out with the first byte: say it in the stream
+            log.exception("whisper-tune api: streamed request failed")
+            error = ApiError(500, f"internal error: {type(e).__name__}", type="server_error")
+            yield _event({"type": "error"} | error.body())
+        finally:
+            self.closed.set()
+
+    def _deltas(self, segments: list[Segment]):
+        for segment in segments:
+            if segment.text:
+                yield _event({"type": "transcript.text.delta", "delta": (" " if self.sent else "") + segment.text})
+                self.sent.append(segment.text)
+
+
+async def stream_response(queue: Queue, job, gone):
+    """The ``StreamingResponse`` of a :class:`Stream`, once its inference has started."""
+    from fastapi.responses import StreamingResponse
+
+    stream = Stream(queue, job, gone)
+    await stream.begin()
+    return StreamingResponse(stream.events(), media_type="text/event-stream")
+
+
 def client_gone(request):
     """A coroutine function that returns once ``request``'s client has disconnected (the body
     is read by then, so ``receive`` has nothing else to say)."""
@@ -611,10 +661,12 @@ def build_app(
     max_queue: int = 32,
     decode_slots: int = DECODE_SLOTS,
     aliases: tuple[str, ...] = (),
+    batch_size: int = 16,
 ):
     """The FastAPI app around a loaded engine (tests build it directly and serve it): its
     adapters by name where it was opened with names (else its one model as ``model_id``),
-    with ``whisper-1`` and ``aliases`` for the first."""
+    with ``whisper-1`` and ``aliases`` for the first. ``batch_size``: the 30 s windows of a
+    file decoded together (``transcribe --batch-size``; a stream's deltas come a batch at a time)."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.routing import APIRouter
 
@@ -640,20 +692,21 @@ def build_app(
             audio = await decoding.run(decode_upload, upload, limits, gone=gone)
         finally:
             await form.close()
-        transcript = await queue.run(
-            partial(
-                engine.transcript,
-                audio,
-                adapter=options.model.adapter,
-                language=options.language,
-                task=task,
-                prompt=options.prompt,
-                decoding=options.decoding,
-            ),
-            gone=gone,
+        job = partial(
+            engine.transcript,
+            audio,
+            adapter=options.model.adapter,
+            language=options.language,
+            task=task,
+            prompt=options.prompt,
+            decoding=options.decoding,
+            batch_size=batch_size,
         )
+        if options.stream:
+            return await stream_response(queue, job, gone)
+        transcript = await queue.run(job, gone=gone)
         log.info("%s %.1f s of audio in %.2f s (%s)", task, transcript.duration, transcript.seconds, options.model.id)
-        return render(transcript, options.response_format, task, options.decoding.temperature[0], options.stream)
+        return render(transcript, options.response_format, task, options.decoding.temperature[0])
 
     @v1.post("/audio/transcriptions")
     async def transcriptions(request: Request):
@@ -701,29 +754,35 @@ def serve_api(
     decoding=None,
     aliases: tuple[str, ...] = (),
     hotwords: str | None = None,
+    adapters_dir: str | None = None,
+    batch_size: int = 16,
 ) -> None:
     """Load the model once, then serve until interrupted; ``decoding`` (``DecodingOptions``)
     is the default a request's fields start from. ``adapter``: one folder, or ``--adapter``
-    values (``NAME=PATH`` or ``PATH``), several sharing one base."""
+    values (``NAME=PATH`` or ``PATH``), several sharing one base; ``adapters_dir``: a folder
+    of run folders, each run's adapter named for its run (``run.adapters_in``)."""
     try:
         import uvicorn
         from fastapi import FastAPI  # noqa: F401
     except ImportError:
         raise UserError("the API server needs FastAPI and uvicorn: pip install 'whisper-tune[api]'") from None
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be 1 or more, not {batch_size}")
     specs = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    specs += adapters_in(adapters_dir) if adapters_dir else []
     if not model and not specs:
-        raise UserError("give --model (a merged or CTranslate2 folder, or a base) and/or --adapter")
+        raise UserError("give --model (a merged or CTranslate2 folder, or a base) and/or --adapter/--adapters-dir")
     if model_id and len(specs) > 1:
         raise UserError("--model-id names a single model: with several adapters, name each as --adapter NAME=PATH")
     adapters = adapter_ids(specs, model, model_id) if specs else None
     for alias in aliases:
         if adapters and alias in adapters:
             raise UserError(f"--alias {alias} is already the name of an adapter")
-        if not MODEL_ID.match(alias):
+        if not SERVED_NAME.match(alias):
             raise UserError(f"--alias {alias}: a name of letters, digits, '.', '_', '-' or ':'")
     engine = load_engine(model, None, language, decoding=decoding, adapters=adapters, hotwords=hotwords)
     model_id = model_id or default_model_id(model, None)
-    app = build_app(engine, limits or Limits(), api_key, model_id, aliases=tuple(aliases))
+    app = build_app(engine, limits or Limits(), api_key, model_id, aliases=tuple(aliases), batch_size=batch_size)
     if host not in LOOPBACK:
         print(
             f"whisper-tune api: listening on {host}: anyone who can reach this address can use it"

@@ -598,13 +598,14 @@ def cmd_serve(args) -> int:
 
     serve(
         args.model,
-        args.adapter,
+        args.adapter or None,
         args.run,
         host=args.host,
         port=args.port,
         limits=Limits(max_mb=args.max_upload_mb, max_seconds=args.max_seconds),
         language=args.language,
         decoding=_file_decoding(args),
+        adapters_dir=args.adapters_dir,
     )
     return 0
 
@@ -614,9 +615,15 @@ def args_serve(p: argparse.ArgumentParser) -> None:
 
     limits = Limits()
     p.add_argument("--model", default=None, help="base model: hub id or folder (default: the adapter's base)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--adapter", default=None, help="LoRA adapter folder to compare with the base")
-    which.add_argument("--run", default=None, help="a train output folder: its best adapter, curves and reports")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="[NAME=]PATH",
+        help="LoRA adapter folder to compare with the base; repeat (as NAME=PATH) to compare several on one base",
+    )
+    _add_adapters_dir_arg(p)
+    p.add_argument("--run", default=None, help="a train output folder: its best adapter, curves and reports")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--language", default=None, help="language to force (default: the adapter's; 'auto' detects)")
@@ -633,6 +640,15 @@ def args_serve(p: argparse.ArgumentParser) -> None:
         help=f"longest audio accepted (default: {limits.max_seconds:g})",
     )
     _add_decoding_args(p)
+
+
+def _add_adapters_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--adapters-dir",
+        default=None,
+        metavar="FOLDER",
+        help="a folder of run folders: each run's best adapter (else adapter/), named for its run, after any --adapter",
+    )
 
 
 def cmd_api(args) -> int:
@@ -652,6 +668,8 @@ def cmd_api(args) -> int:
         decoding=_file_decoding(args),
         aliases=tuple(args.alias or ()),
         hotwords=args.hotwords,
+        adapters_dir=args.adapters_dir,
+        batch_size=args.batch_size,
     )
     return 0
 
@@ -672,6 +690,7 @@ def args_api(p: argparse.ArgumentParser) -> None:
         help="LoRA adapter folder; repeat as NAME=PATH to serve several of one base (a request's model picks "
         "one; the first is the default). One adapter is merged on load; several stay unmerged on one base",
     )
+    _add_adapters_dir_arg(p)
     p.add_argument(
         "--alias",
         action="append",
@@ -690,6 +709,13 @@ def args_api(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default=None, help="default language (default: the adapter's; 'auto' detects)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="30 s windows of a file decoded together, as in transcribe (default: 16); smaller sends a stream's "
+        "first words sooner on a CPU",
+    )
     _add_hotwords_arg(p)
     _add_decoding_args(p)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,3 +296,77 @@ class RunDir:
             if (candidate / RECORD_FILE).is_file():
                 return cls(candidate)
         return None
+
+
+# ---- adapters by name (api and serve) --------------------------------------------------
+
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # what a served adapter's name may be
+CARD_JSON = "card.json"  # the report card's numbers and headline (report_card.py writes it)
+
+
+def default_model_id(model: str | None, adapter: str | None) -> str:
+    """The name a served model goes by: its folder's name (``run/best`` -> ``run-best`` for the
+    usual adapter names, so two runs' adapters do not both read ``best``)."""
+    path = Path(adapter or model or "whisper")
+    name = path.name or "whisper"
+    if name in ("best", "adapter", "final") and path.parent.name:
+        name = f"{path.parent.name}-{name}"
+    return name
+
+
+def adapter_ids(specs: list[str], model: str | None = None, model_id: str | None = None) -> dict[str, str]:
+    """``--adapter`` values (``NAME=PATH`` or a plain ``PATH``) as name -> folder, in order (the
+    first is the default). A plain PATH's name is ``model_id`` if given, else the folder's name
+    (:func:`default_model_id`). Duplicate or malformed names are refused in one line."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "/" in name or "\\" in name:
+            name, path = None, spec
+        if name is None:
+            name = model_id if model_id and len(specs) == 1 else default_model_id(model, path)
+        if not SERVED_NAME.match(name):
+            raise UserError(f"--adapter {spec}: the name '{name}' must be letters, digits, '.', '_', '-' or ':'")
+        if name in out:
+            raise UserError(f"--adapter: two adapters are named '{name}'; give each its own with NAME=PATH")
+        out[name] = path
+    return out
+
+
+def adapters_in(folder: str | Path) -> list[str]:
+    """``--adapters-dir``: a folder of run folders (or of adapter folders) as ``NAME=PATH``
+    specs for :func:`adapter_ids`, in name order: each run's serving adapter (``best/``, else
+    ``adapter/``), named for its run. Sub-folders that hold no adapter (evaluation reports, a
+    corpus) are not runs and are passed over; a folder with none is refused."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"--adapters-dir {root}: no such folder")
+    specs = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (sub / "adapter_config.json").is_file():
+            specs.append(f"{sub.name}={sub}")
+            continue
+        try:
+            specs.append(f"{sub.name}={RunDir(sub).serving_adapter()}")
+        except UserError:
+            continue
+    if not specs:
+        raise UserError(
+            f"--adapters-dir {root} holds no run folder (a sub-folder with best/ or adapter/) "
+            "and no adapter folder (adapter_config.json): give the folder your runs were trained into"
+        )
+    return specs
+
+
+def card_headline(adapter_dir: str | Path) -> str | None:
+    """The headline of the report card beside an adapter (``card.json``, which training copies
+    there) or in its run folder, or None."""
+    run = RunDir.of_adapter(adapter_dir)
+    for folder in (Path(adapter_dir), *([run.path] if run else [])):
+        try:
+            headline = _read_json(folder / CARD_JSON).get("headline")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(headline, str):
+            return headline
+    return None

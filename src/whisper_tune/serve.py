@@ -1,6 +1,7 @@
-"""A local web app (Gradio): hear a clip and read what the base model and the fine-tuned
-model make of it, side by side, and look at a training run: its curves, its before/after
-error rates and the clips its last evaluation got most wrong.
+"""A local web app (Gradio): hear a clip and read what the base model and each fine-tune
+make of it, side by side (one adapter, several by name, or every run of a folder, ticked on
+the page, each with its report card's headline), and look at a training run: its curves,
+its before/after error rates and the clips its last evaluation got most wrong.
 
 Safe by default: it binds to 127.0.0.1, refuses uploads over a size or duration limit with
 a message that says so, takes no server path from the browser (audio comes in as an upload
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .run import adapter_ids, adapters_in, card_headline
 from .uploads import Limits, UploadRejected, check_upload
 
 WORST_CLIPS = 5  # clips of the last evaluation shown with their audio
@@ -37,31 +39,61 @@ class Transcription:
 
 
 class Comparer:
-    """The base model with the adapter attached but unmerged, loaded once: the base
-    transcript runs with the adapter switched off, so both share one copy of the weights."""
+    """The base model with its adapters attached unmerged, loaded once (``open_engine`` with
+    ``merge=False``; several adapters share one copy of the base, as in ``whisper-tune api``):
+    the base transcript runs with the adapters switched off, each adapter's with it switched
+    on, so the page holds one model however many adapters it compares. The base decodes in
+    the engine's language (``--language``, else the first adapter's)."""
 
     def __init__(
-        self, base: str | None, adapter: str | None, device: torch.device, language: str | None = None, decoding=None
+        self,
+        base: str | None,
+        adapters: dict[str, str] | None,
+        device: torch.device,
+        language: str | None = None,
+        decoding=None,
     ):
         from .inference import open_engine
 
-        self.engine = open_engine(base, adapter, device=device, language=language, merge=False, decoding=decoding)
+        self.adapters = dict(adapters or {})  # name -> folder, in the order given
+        self.engine = open_engine(
+            base, device=device, language=language, merge=False, decoding=decoding, adapters=self.adapters or None
+        )
         self.model, self.processor = self.engine.model, self.engine.processor
-        self.base, self.adapter = self.engine.loaded.base, adapter
+        self.base = self.engine.loaded.base
         self.language, self.task = self.engine.language, self.engine.task
+        self.cards = {name: card_headline(path) for name, path in self.adapters.items()}
 
-    def transcribe(self, audio, fine_tuned: bool) -> Transcription:
-        from contextlib import nullcontext
-
-        switch = nullcontext() if fine_tuned or not self.adapter else self.engine.base_only()
-        with switch:
-            t = self.engine.transcript(audio)
+    def transcribe(self, audio, adapter: str | None = None) -> Transcription:
+        """The transcript of the adapter named ``adapter`` (None: the base, adapters off)."""
+        if adapter is None:
+            with self.engine.base_only():
+                t = self.engine.transcript(audio)
+        else:
+            t = self.engine.transcript(audio, adapter=adapter)
         return Transcription(t.text, t.language, t.seconds, t.duration)
 
-    def compare(self, audio) -> tuple[Transcription, Transcription | None]:
-        """(base, fine-tuned) transcripts of one clip; fine-tuned is None without an adapter."""
-        base = self.transcribe(audio, fine_tuned=False)
-        return base, (self.transcribe(audio, fine_tuned=True) if self.adapter else None)
+    def compare(self, audio, chosen: list[str] | None = None) -> tuple[Transcription, dict[str, Transcription]]:
+        """The base transcript of one clip and each chosen adapter's (None: every adapter), by name."""
+        chosen = list(self.adapters) if chosen is None else list(chosen)
+        unknown = [name for name in chosen if name not in self.adapters]
+        if unknown:
+            have = ", ".join(self.adapters) or "none"
+            raise UserError(f"no adapter named {', '.join(unknown)}: this page has {have}")
+        return self.transcribe(audio), {name: self.transcribe(audio, name) for name in chosen}
+
+    def headline(self, name: str) -> str:
+        """What the page says under an adapter's transcript: its report card's headline."""
+        card = self.cards.get(name)
+        return f"report card: {card}" if card else "no report card (evaluate --card writes one)"
+
+
+def page_texts(comparer: Comparer, path, chosen: list[str], limits: Limits) -> tuple[str, dict[str, str]]:
+    """What the compare tab shows for an upload: the base transcript and each chosen adapter's
+    (the upload checked against ``limits`` first; ``UploadRejected`` says why not)."""
+    audio = check_upload(path, limits)
+    base, tuned = comparer.compare(audio, chosen)
+    return base.describe(), {name: t.describe() for name, t in tuned.items()}
 
 
 # ---- a training run ------------------------------------------------------------------
@@ -133,39 +165,52 @@ def _clip_audio(prepared: Path, ids: list[str]) -> dict:
 
 
 def build_app(comparer: Comparer, limits: Limits, report: RunReport | None = None):
-    """The Gradio Blocks: a compare tab, and a run tab when a run folder was given."""
+    """The Gradio Blocks: a compare tab (the base beside each adapter ticked, one transcript
+    box per adapter, shown while ticked), and a run tab when a run folder was given."""
     import gradio as gr
 
     from .reporting import metrics_figure
 
-    tuned_name = Path(comparer.adapter).name if comparer.adapter else None
+    names = list(comparer.adapters)
 
-    def on_transcribe(path):
+    def on_transcribe(path, chosen):
+        if path is None:
+            raise gr.Error("upload or record a clip first")
         try:
-            audio = check_upload(path, limits)
-        except UploadRejected as e:
+            base, tuned = page_texts(comparer, path, chosen or [], limits)
+        except (UploadRejected, UserError) as e:
             raise gr.Error(str(e)) from None
-        base, tuned = comparer.compare(audio)
-        return base.describe(), tuned.describe() if tuned else "(no adapter given: --adapter or --run)"
+        return [base, *(gr.update(value=tuned.get(n, ""), visible=n in tuned) for n in names)]
+
+    def on_choose(chosen):
+        return [gr.update(visible=n in (chosen or [])) for n in names]
 
     with gr.Blocks(title="whisper-tune") as app:
         gr.Markdown(
             f"# whisper-tune\nBase: `{comparer.base}`"
-            + (f" · fine-tuned: `{comparer.adapter}`" if comparer.adapter else "")
+            + (f" · adapters: {', '.join(f'`{n}`' for n in names)}" if names else "")
             + f" · language: {comparer.language or 'detected'} · uploads up to {limits.max_mb:g} MB "
             f"and {limits.max_seconds:g} s"
         )
         with gr.Tab("Compare"):
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio")
+            choice = gr.CheckboxGroup(names, value=names[:1], label="Adapters beside the base", visible=bool(names))
             button = gr.Button("Transcribe", variant="primary")
             with gr.Row():
                 base_box = gr.Textbox(label="Base model", lines=6, elem_id="base-transcript")
-                tuned_box = gr.Textbox(
-                    label=f"Fine-tuned ({tuned_name})" if tuned_name else "Fine-tuned",
-                    lines=6,
-                    elem_id="tuned-transcript",
-                )
-            button.click(on_transcribe, inputs=audio, outputs=[base_box, tuned_box])
+                boxes = [
+                    gr.Textbox(
+                        label=f"Fine-tuned: {name}",
+                        info=comparer.headline(name),
+                        lines=6,
+                        visible=i == 0,
+                        elem_id=f"tuned-transcript-{i}",
+                    )
+                    for i, name in enumerate(names)
+                ]
+            button.click(on_transcribe, inputs=[audio, choice], outputs=[base_box, *boxes])
+            if boxes:
+                choice.change(on_choose, inputs=choice, outputs=boxes)
         if report is not None:
             with gr.Tab("Training run"):
                 gr.Markdown(f"Run folder: `{report.run_dir}`")
@@ -190,16 +235,19 @@ def build_app(comparer: Comparer, limits: Limits, report: RunReport | None = Non
 
 def serve(
     base: str | None,
-    adapter: str | None = None,
+    adapter: str | list[str] | None = None,
     run: str | None = None,
     host: str = "127.0.0.1",
     port: int = 7860,
     limits: Limits | None = None,
     language: str | None = None,
     decoding=None,
+    adapters_dir: str | None = None,
 ) -> None:
     """Load once, build the page, and serve until interrupted; ``decoding`` is a
-    ``inference.DecodingOptions`` (None: openai/whisper's defaults)."""
+    ``inference.DecodingOptions`` (None: openai/whisper's defaults). ``adapter``: one folder
+    or ``--adapter`` values (``NAME=PATH`` or ``PATH``); ``adapters_dir``: a folder of run
+    folders (``run.adapters_in``); ``run``: one run folder, with its report tab."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local app
@@ -209,13 +257,15 @@ def serve(
         raise UserError("the web app needs Gradio: pip install 'whisper-tune[serve]'") from None
     from .modeling import pick_device
 
-    if run and adapter:
-        raise UserError("give --adapter or --run, not both (a run folder names its adapter)")
+    specs = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    if run and (specs or adapters_dir):
+        raise UserError("give --run, or --adapter/--adapters-dir, not both (a run folder names its adapter)")
     report = run_report(run) if run else None
     if report is not None:
-        adapter = str(report.adapter)
+        specs = [str(report.adapter)]
+    specs += adapters_in(adapters_dir) if adapters_dir else []
     limits = limits or Limits()
-    comparer = Comparer(base, adapter, pick_device(), language, decoding)
+    comparer = Comparer(base, adapter_ids(specs, base) if specs else None, pick_device(), language, decoding)
     app = build_app(comparer, limits, report)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"whisper-tune: serving on {host}: anyone who can reach this address can use the app")

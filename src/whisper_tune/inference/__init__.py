@@ -13,6 +13,7 @@ Layers, imported only downward (tests/test_architecture.py holds it):
 
 from .engine import Adapter, CT2Engine, Engine, GGMLEngine, TransformersEngine, open_engine
 from .files import transcribe_files, write_transcripts
+from .longform import segments_as_decoded
 from .options import FALLBACK_TEMPERATURES, MAX_NEW_TOKENS, DecodingOptions, compression_ratio
 from .results import Segment, Transcript, expand_inputs, get_writer, output_names
 
@@ -32,6 +33,7 @@ __all__ = [
     "get_writer",
     "open_engine",
     "output_names",
+    "segments_as_decoded",
     "transcribe_files",
     "write_transcripts",
 ]

@@ -31,6 +31,7 @@ from .ct2 import greedy_text_ct2, is_ct2_model, load_ct2, transcribe_audio_ct2
 from .generate import decoding_session, detect_language, transcribe_audio
 from .greedy import decoder_for, prompt_ids, supports_fast_path
 from .longform import transcribe_batched
+from .merged import MergedCopy
 from .options import MAX_NEW_TOKENS, DecodingOptions
 from .results import Segment, Transcript
 
@@ -178,9 +179,13 @@ class TransformersEngine(Engine):
         self._clip_batch = 0  # see reserve
         self.device = next(model.parameters()).device
         self.peft_names: dict[str, str] = {}  # adapter name -> PEFT's, where several are loaded unmerged
+        self.held = model  # the model as loaded: the rule below reads it (``model`` may be a merged copy)
+        self.merged: MergedCopy | None = None  # the busiest adapter's merged copy, where one is kept
 
     def _activate(self, adapter: Adapter) -> None:
-        if self.peft_names:
+        if self.merged is not None:
+            self.model = self.merged.model_for(adapter.name)
+        elif self.peft_names:
             self.model.set_adapter(self.peft_names[adapter.name])
 
     def describe(self) -> str:
@@ -199,12 +204,13 @@ class TransformersEngine(Engine):
         fast decoder's static caches and CUDA graphs are sized for the start tokens alone and
         have no place for a per-file prefix. Several adapters held unmerged on one base
         (``open_engine(adapters=...)``) also take ``generate``: the fast decoder needs plain
-        linear layers."""
+        linear layers; so does the busiest adapter's merged copy (``merged.py``), so that its
+        answers are the unmerged ones."""
         if self.strategy == "sequential" or (prompt and prompt.strip()):
             return False
         if decoding.condition_on_previous_text and samples > N_SAMPLES:
             return False
-        plain = supports_fast_path(self.model) and decoding.beam_size == 1 and decoding.temperature[0] == 0.0
+        plain = supports_fast_path(self.held) and decoding.beam_size == 1 and decoding.temperature[0] == 0.0
         return self.strategy == "batched" or plain
 
     def fast_clips(self, language: str | None, decoding: DecodingOptions | None) -> bool:
@@ -212,7 +218,7 @@ class TransformersEngine(Engine):
         graphs): asked for, or a plain or merged model with the language known and greedy search."""
         if self.clips in ("fast", "fast-compiled"):
             return True
-        return self.clips == "auto" and language is not None and decoding is None and supports_fast_path(self.model)
+        return self.clips == "auto" and language is not None and decoding is None and supports_fast_path(self.held)
 
     # ---- files of any length --------------------------------------------------------
 
@@ -303,10 +309,14 @@ class TransformersEngine(Engine):
 
     @contextlib.contextmanager
     def base_only(self):
-        """The base model inside the block: the adapter switched off (an unmerged adapter only)."""
-        switch = getattr(self.model, "disable_adapter", None)
-        with switch() if switch else contextlib.nullcontext():
-            yield
+        """The base model inside the block: the adapters switched off (unmerged adapters only)."""
+        switch = getattr(self.held, "disable_adapter", None)
+        saved, self.model = self.model, self.held
+        try:
+            with switch() if switch else contextlib.nullcontext():
+                yield
+        finally:
+            self.model = saved
 
 
 class CT2Engine(Engine):
@@ -379,6 +389,7 @@ def open_engine(
     window: int | None = None,
     adapters: dict[str, str | Path] | None = None,
     hotwords: str | None = None,
+    merge_busiest: bool = False,
 ) -> Engine:
     """The engine for ``model`` (+ ``adapter``), the back-end chosen here once: an
     ``export-ct2`` folder runs on faster-whisper, a ggml file (``kind="ggml"``) on
@@ -391,8 +402,8 @@ def open_engine(
     ``adapters`` (name -> folder, instead of ``adapter``): one adapter is merged as
     ``adapter`` is; several are held unmerged on one copy of their base (PEFT's
     ``load_adapter``), and :meth:`Engine.using` switches between them by name. Adapters
-    trained on different bases are refused. ``hotwords``: faster-whisper's (a CTranslate2
-    model only)."""
+    trained on different bases are refused; ``merge_busiest``: the busiest of them decoded from
+    a merged copy (``merged.py``). ``hotwords``: faster-whisper's (a CTranslate2 model only)."""
     if hotwords and not (model and kind is None and is_ct2_model(model)):
         raise UserError(
             "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
@@ -401,7 +412,7 @@ def open_engine(
     if adapters and adapter:
         raise ValueError("give adapter or adapters, not both")
     if adapters and len(adapters) > 1:
-        return _open_adapters(model, adapters, device, language, task, decoding)
+        return _open_adapters(model, adapters, device, language, task, decoding, merge_busiest)
     named = next(iter(adapters)) if adapters else None  # one adapter by name: merged, as adapter is
     adapter = adapters[named] if named else adapter
     if kind is not None:
@@ -443,7 +454,7 @@ def open_engine(
     return engine
 
 
-def _open_adapters(model, adapters: dict, device, language, task, decoding) -> TransformersEngine:
+def _open_adapters(model, adapters: dict, device, language, task, decoding, merge_busiest) -> TransformersEngine:
     """Several adapters on one base, unmerged: the first loaded as ``load_for_inference``
     loads it, the others beside it with PEFT's ``load_adapter``."""
     from ..modeling import load_for_inference, pick_device
@@ -483,6 +494,7 @@ def _open_adapters(model, adapters: dict, device, language, task, decoding) -> T
         loaded=loaded,
     )
     engine.peft_names = peft_names
+    engine.merged = MergedCopy(loaded.model, peft_names) if merge_busiest else None
     for name, meta in metas.items():
         own = None if language == "auto" else language or meta.language
         engine.adapters[name] = Adapter(

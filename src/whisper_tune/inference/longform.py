@@ -39,7 +39,10 @@ path, while single-window files, where it changes nothing, stay batched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,6 +66,28 @@ PAUSE_DB = 10.0  # a frame within 10 dB of the quietest 5 % of frames is part of
 MAX_INITIAL_TIMESTAMP = 50  # openai's max_initial_timestamp, 1.0 s, where the model's config sets none
 MIN_TAIL_SECONDS = 1.0  # a window's unfinished tail shorter than this is not decoded again
 MAX_ROUNDS = 4  # rounds of tails after the first pass (each tail is shorter than its window)
+
+
+# Who hears of segments as they are decoded (``segments_as_decoded``), in this thread or task.
+_listener: ContextVar[Callable[[int, list[Segment]], None] | None] = ContextVar("segments_listener", default=None)
+
+
+@contextlib.contextmanager
+def segments_as_decoded(listener: Callable[[int, list[Segment]], None]):
+    """Inside the block, :func:`transcribe_batched` calls ``listener(file, segments)`` with each
+    file's segments, in time order, as soon as they are final (a group of windows and their
+    tails decoded), instead of only returning them all at the end: the API's ``stream=true``
+    sends a long file's first words while the rest is decoding. The windows are then decoded
+    in file order, ``batch_size`` at a time, with the same decoder width as without a listener,
+    so the segments are the same. An exception raised by ``listener`` stops the decoding (a
+    streaming client that went away). A context variable rather than a parameter: the
+    listener passes through ``Engine.transcript`` and the back-ends unchanged, and a back-end
+    that decodes a file whole (``generate``, CTranslate2) simply never calls it."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
 
 
 @dataclass(frozen=True)
@@ -131,30 +156,56 @@ def transcribe_batched(
     windows = [Window(i, s, e) for i, a in enumerate(audios) for s, e in cut_windows(a)]
     languages = _languages(model, processor, audios, windows, language, batch_size)
     rows = min(batch_size, len(windows))  # a decoder no wider than the work
+    listener = _listener.get()
     results: dict[Window, list] = {}
-    pending = windows
+    done = [0] * len(audios)  # per file: the samples whose segments the listener has had
+    # one pass over every window, tails after; for a listener, `rows` windows at a time in file
+    # order, each group's tails before the next group (same decoder width: the same tokens)
+    groups = [windows[i : i + rows] for i in range(0, len(windows), rows)] if listener else [windows]
     with torch.inference_mode():
-        for round_ in range(MAX_ROUNDS + 1):
-            tails = []
-            for lang in dict.fromkeys(languages[w.file] for w in pending):  # one prompt per batch
-                todo = [w for w in pending if languages[w.file] == lang]
-                for i in range(0, len(todo), rows):
-                    batch = todo[i : i + rows]
-                    decoded = _decode(model, processor, audios, batch, lang, task, rows, max_new_tokens)
-                    for window, d in zip(batch, decoded):
-                        last_round = round_ == MAX_ROUNDS
-                        segments, tail = _window_segments(
-                            model, processor, audios, window, d, lang, task, decoding, last_round
-                        )
-                        results[window] = segments
-                        tails += [tail] if tail else []
-            if not tails:
-                break
-            pending = tails
+        for group in groups:
+            _decode_rounds(model, processor, audios, group, languages, task, rows, decoding, max_new_tokens, results)
+            if listener:
+                done = _report(listener, group, results, done)
     per_file = [[] for _ in audios]
     for window in sorted(results, key=lambda w: (w.file, w.start)):
         per_file[window.file] += results[window]
     return [(segments, languages[i]) for i, segments in enumerate(per_file)]
+
+
+def _decode_rounds(model, processor, audios, windows, languages, task, rows, decoding, max_new_tokens, results):
+    """Decode ``windows``, then their unfinished tails, round after round, into ``results``
+    (window -> segments; a tail is a window of its own)."""
+    pending = windows
+    for round_ in range(MAX_ROUNDS + 1):
+        tails = []
+        for lang in dict.fromkeys(languages[w.file] for w in pending):  # one prompt per batch
+            todo = [w for w in pending if languages[w.file] == lang]
+            for i in range(0, len(todo), rows):
+                batch = todo[i : i + rows]
+                decoded = _decode(model, processor, audios, batch, lang, task, rows, max_new_tokens)
+                for window, d in zip(batch, decoded):
+                    last_round = round_ == MAX_ROUNDS
+                    segments, tail = _window_segments(
+                        model, processor, audios, window, d, lang, task, decoding, last_round
+                    )
+                    results[window] = segments
+                    tails += [tail] if tail else []
+        if not tails:
+            break
+        pending = tails
+
+
+def _report(listener, group: list[Window], results: dict, done: list[int]) -> list[int]:
+    """Give ``listener`` each file's segments that ``group`` made final (its windows and their
+    tails, in time order); returns how far each file has been reported."""
+    reached = list(done)
+    for window in group:
+        reached[window.file] = max(reached[window.file], window.end)
+    for file in sorted({w.file for w in group}):
+        new = sorted((w for w in results if w.file == file and done[file] <= w.start < reached[file]), key=_start)
+        listener(file, [s for w in new for s in results[w]])
+    return reached
 
 
 def _languages(model, processor, audios, windows, language, batch_size) -> list[str]:
@@ -220,6 +271,10 @@ def _window_segments(
         for start, stop, text in split_segments(tokens, ts_begin, tokenizer, (window.end - window.start) / SAMPLE_RATE)
     ]
     return segments, tail
+
+
+def _start(window: Window) -> int:
+    return window.start
 
 
 def resume_point(tokens: list[int], ts_begin: int) -> tuple[int, float] | None:
