@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..features import log_mel
 from ..modeling import input_dtype, quiet_generate
 from .ct2 import greedy_text_ct2, is_ct2_model, load_ct2, transcribe_audio_ct2
+from .fusion import fusion_kwargs
 from .generate import decoding_session, detect_language, transcribe_audio
 from .greedy import decoder_for, prompt_ids, supports_fast_path
 from .longform import transcribe_batched
@@ -199,8 +200,8 @@ class TransformersEngine(Engine):
         fast decoder's static caches and CUDA graphs are sized for the start tokens alone and
         have no place for a per-file prefix. Several adapters held unmerged on one base
         (``open_engine(adapters=...)``) also take ``generate``: the fast decoder needs plain
-        linear layers."""
-        if self.strategy == "sequential" or (prompt and prompt.strip()):
+        linear layers. A language model (``decoding.lm``) is fused inside ``generate`` only."""
+        if self.strategy == "sequential" or (prompt and prompt.strip()) or decoding.lm:
             return False
         if decoding.condition_on_previous_text and samples > N_SAMPLES:
             return False
@@ -209,7 +210,10 @@ class TransformersEngine(Engine):
 
     def fast_clips(self, language: str | None, decoding: DecodingOptions | None) -> bool:
         """Whether clips of at most 30 s go through the fast decoder (static caches, CUDA
-        graphs): asked for, or a plain or merged model with the language known and greedy search."""
+        graphs): asked for, or a plain or merged model with the language known and greedy search;
+        never with a language model to fuse (``generate`` runs it)."""
+        if decoding is not None and decoding.lm:
+            return False
         if self.clips in ("fast", "fast-compiled"):
             return True
         return self.clips == "auto" and language is not None and decoding is None and supports_fast_path(self.model)
@@ -278,6 +282,7 @@ class TransformersEngine(Engine):
             # a padded tensor back: transformers 5 fails to stack a batch's outputs once its
             # clips ended at different fallback temperatures (different lengths)
             kwargs |= {**decoding.generate_kwargs(), "return_dict_in_generate": False}
+            kwargs |= fusion_kwargs(decoding, self.model, self.processor.tokenizer)
             session = decoding_session(self.model, self.processor.tokenizer, self.device)
         with session:
             out = self.model.generate(input_features=features, language=language, task=task, **kwargs)
@@ -331,6 +336,7 @@ class CT2Engine(Engine):
 
     def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
         language, task, decoding = self._language(language), task or self.task, self._options(decoding)
+        refuse_lm(decoding, "faster-whisper")
         return [transcribe_audio_ct2(self.model, a, language, task, prompt, decoding, self.hotwords) for a in audios]
 
     def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
@@ -407,6 +413,7 @@ def open_engine(
     if kind is not None:
         check_runtime(kind, Path(model))
     if kind == "ggml":
+        refuse_lm(decoding, "whisper.cpp")
         return GGMLEngine(model, language, task or "transcribe", window or MAX_NEW_TOKENS, suppress)
     if model and is_ct2_model(model):
         if adapter or exact:
@@ -414,6 +421,7 @@ def open_engine(
         from ..processor import resolve_language
 
         forced = None if language in (None, "auto") else resolve_language(language)
+        refuse_lm(decoding, "faster-whisper")
         return CT2Engine(model, forced, task or "transcribe", decoding, suppress, hotwords=hotwords)
     from ..modeling import load_for_inference, pick_device
 
@@ -489,6 +497,15 @@ def _open_adapters(model, adapters: dict, device, language, task, decoding) -> T
             name, str(adapters[name]), resolve_language(own) if own else None, task or meta.task or "transcribe"
         )
     return engine
+
+
+def refuse_lm(decoding: DecodingOptions | None, runtime: str) -> None:
+    """One line for a language model asked of a back-end without shallow fusion."""
+    if decoding is not None and decoding.lm:
+        raise UserError(
+            f"--lm (shallow fusion) runs in the transformers engine, not on {runtime}: "
+            "give the transformers model (or the adapter) instead of the export"
+        )
 
 
 RUNTIMES = {  # export kind -> (what it is, module of its runtime, the runtime, how to install it)
