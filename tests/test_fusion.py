@@ -100,3 +100,12 @@ def test_options_and_cli_refuse_bad_fusion_settings_in_one_line(lm_file, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "add --lm FILE" in err[0] and "not a whisper-tune language model" in err[1]
     assert "not found" in err[2]
+
+
+def test_an_export_refuses_the_language_model_in_one_line():
+    from whisper_tune.inference.engine import refuse_lm
+
+    refuse_lm(DecodingOptions(), "faster-whisper")
+    with pytest.raises(UserError, match="--lm .* not on faster-whisper") as e:
+        refuse_lm(DecodingOptions(lm="lm.json"), "faster-whisper")
+    assert "\n" not in str(e.value)

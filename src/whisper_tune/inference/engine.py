@@ -330,6 +330,7 @@ class CT2Engine(Engine):
         hotwords: str | None = None,
     ):
         super().__init__(str(path), language, task, decoding)
+        refuse_lm(decoding, "faster-whisper")  # before the model loads
         self.model = load_ct2(path, compute_type)
         self.suppress = suppress  # non-speech tokens suppressed in decode_clips, as a source's generation config does
         self.hotwords = hotwords  # faster-whisper's: put before every window's previous text
@@ -413,7 +414,6 @@ def open_engine(
     if kind is not None:
         check_runtime(kind, Path(model))
     if kind == "ggml":
-        refuse_lm(decoding, "whisper.cpp")
         return GGMLEngine(model, language, task or "transcribe", window or MAX_NEW_TOKENS, suppress)
     if model and is_ct2_model(model):
         if adapter or exact:
@@ -421,7 +421,6 @@ def open_engine(
         from ..processor import resolve_language
 
         forced = None if language in (None, "auto") else resolve_language(language)
-        refuse_lm(decoding, "faster-whisper")
         return CT2Engine(model, forced, task or "transcribe", decoding, suppress, hotwords=hotwords)
     from ..modeling import load_for_inference, pick_device
 
