@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -121,6 +122,16 @@ def markdown(rows: list, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_name() -> str:
+    """The CPU's model name and core count (``platform.processor()`` is empty on Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "CPU"
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True)
@@ -143,7 +154,7 @@ def main() -> None:
     lm_path = out / "lm.json"
     order = {"order": args.order} if args.order else {}
     lm = build_lm_file(lm_path, load_tokenizer(args.base), data=DataConfig(source=args.data), split="train", **order)
-    machine = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{platform.processor() or 'CPU'}"
+    machine = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
     meta = {
         "command": "python benchmarks/fusion_study.py " + " ".join(__import__("sys").argv[1:]),
         "machine": machine,
