@@ -196,6 +196,12 @@ def cmd_evaluate(args) -> int:
     if args.decoding == "greedy" and given:
         raise UserError(f"--{given[0].replace('_', '-')} sets robust decoding: add --decoding robust")
     decoding = _decoding_options(args) if args.decoding == "robust" else None
+    if args.decoding == "greedy" and args.lm:  # greedy through generate, with the language model
+        from .inference import DecodingOptions
+
+        decoding = DecodingOptions.greedy().with_fields(**_lm_fields(args))
+    elif args.decoding == "greedy":
+        _lm_fields(args)  # a weight without --lm is refused
     summary, folder = evaluate(
         args.model,
         args.adapter,
@@ -268,8 +274,8 @@ def args_evaluate(p: argparse.ArgumentParser) -> None:
         "--decoding",
         default="greedy",
         choices=("greedy", "robust"),
-        help="greedy: the fast decoder, comparable with earlier reports (default); robust: temperature "
-        "fallback and thresholds, tuned by the decoding flags below",
+        help="greedy: the fast decoder, comparable with earlier reports (default; with --lm, greedy through "
+        "generate); robust: temperature fallback and thresholds, tuned by the decoding flags below",
     )
     _add_decoding_args(p)
 
@@ -304,6 +310,17 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         help="prompt each window with the previous window's text (default: off in transcribe, api and serve, so "
         "that windows of many files decode in batches and every command gives the same text; on in evaluate)",
     )
+    g.add_argument(
+        "--lm",
+        default=None,
+        metavar="FILE",
+        help="shallow fusion with an n-gram language model of your sentences (whisper-tune build-lm); "
+        "decodes with transformers' generate, not the fast decoder (off by default)",
+    )
+    g.add_argument(
+        "--lm-weight", type=float, default=None, help=f"the language model's weight (default: {d.lm_weight})"
+    )
+    g.add_argument("--lm-length-bonus", type=float, default=None, help="added per text token with --lm (default: 0)")
 
 
 OFF = "none"  # a threshold given as 'none' (None means the flag was not given)
@@ -329,12 +346,31 @@ DECODING_FLAGS = (
 )
 
 
+def _lm_fields(args) -> dict:
+    """The language-model flags as DecodingOptions fields; the file is read and checked here,
+    before any model loads."""
+    from .inference.fusion import load_lm
+
+    if args.lm is None:
+        for flag in ("lm_weight", "lm_length_bonus"):
+            if getattr(args, flag) is not None:
+                raise UserError(f"--{flag.replace('_', '-')} weighs a language model: add --lm FILE (build-lm)")
+        return {}
+    load_lm(args.lm)
+    fields = {"lm": args.lm}
+    for flag in ("lm_weight", "lm_length_bonus"):
+        if getattr(args, flag) is not None:
+            fields[flag] = getattr(args, flag)
+    return fields
+
+
 def _decoding_options(args, **defaults):
     """``DecodingOptions`` from the decoding flags, built once here (unset flags: ``defaults``,
     else DecodingOptions')."""
     from .inference import DecodingOptions
 
-    given = defaults | {n: getattr(args, n) for n in DECODING_FLAGS[3:] if getattr(args, n) is not None}
+    given = defaults | _lm_fields(args)
+    given |= {n: getattr(args, n) for n in DECODING_FLAGS[3:] if getattr(args, n) is not None}
     if args.beam_size is not None:
         given["beam_size"] = args.beam_size
     increment = args.temperature_increment_on_fallback
@@ -880,6 +916,47 @@ def args_import_ct2(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
 
 
+# ---- build-lm ------------------------------------------------------------------------
+
+
+def cmd_build_lm(args) -> int:
+    """Build an n-gram language model of a corpus split's sentences (or a text file) for --lm."""
+    from .processor import load_tokenizer
+    from .text_lm import build_lm_file, read_sentences
+
+    if bool(args.data) == bool(args.text):
+        raise UserError("build-lm reads --data DIR (with --split) or --text FILE (one sentence a line): give one")
+    texts = read_sentences(args.text) if args.text else None
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name, such as {out / 'lm.json'}")
+    check_writable(out.parent, "--out's folder")
+    tokenizer = load_tokenizer(args.model)
+    data = _data_config(args) if args.data else None
+    lm = build_lm_file(args.out, tokenizer, texts, data, args.split, args.order, args.text or "")
+    print(f"wrote a {lm.order}-gram model of {lm.sentences} sentences ({lm.source}) to {args.out}")
+    return 0
+
+
+def args_build_lm(p: argparse.ArgumentParser) -> None:
+    from .text_lm import DEFAULT_ORDER
+
+    _add_data_args(p, split_default="train", required=False)
+    p.add_argument(
+        "--text", default=None, metavar="FILE", help="a UTF-8 text file, one sentence a line (instead of --data)"
+    )
+    p.add_argument("--out", required=True, help="the model file to write (JSON), e.g. lm.json")
+    p.add_argument(
+        "--order", type=int, default=DEFAULT_ORDER, help=f"n-gram order in Whisper tokens (default: {DEFAULT_ORDER})"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the model whose tokenizer to use (default: the bundled multilingual one, shared by every "
+        "multilingual Whisper)",
+    )
+
+
 # ---- the table -----------------------------------------------------------------------
 
 
@@ -905,6 +982,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(cmd_bench, args_bench),
     "make-demo-data": Command(cmd_make_demo_data, args_make_demo_data),
     "make-processor": Command(cmd_make_processor, args_make_processor),
+    "build-lm": Command(cmd_build_lm, args_build_lm),
     "demo": Command(cmd_demo, args_demo),
     "import-ct2": Command(cmd_import_ct2, args_import_ct2),
 }

@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..features import log_mel
 from ..modeling import input_dtype, quiet_generate
 from .ct2 import greedy_text_ct2, is_ct2_model, load_ct2, transcribe_audio_ct2
+from .fusion import fusion_kwargs
 from .generate import decoding_session, detect_language, transcribe_audio
 from .greedy import decoder_for, prompt_ids, supports_fast_path
 from .longform import transcribe_batched
@@ -205,8 +206,9 @@ class TransformersEngine(Engine):
         have no place for a per-file prefix. Several adapters held unmerged on one base
         (``open_engine(adapters=...)``) also take ``generate``: the fast decoder needs plain
         linear layers; so does the busiest adapter's merged copy (``merged.py``), so that its
-        answers are the unmerged ones."""
-        if self.strategy == "sequential" or (prompt and prompt.strip()):
+        answers are the unmerged ones. A language model (``decoding.lm``) is fused inside
+        ``generate`` only."""
+        if self.strategy == "sequential" or (prompt and prompt.strip()) or decoding.lm:
             return False
         if decoding.condition_on_previous_text and samples > N_SAMPLES:
             return False
@@ -215,7 +217,10 @@ class TransformersEngine(Engine):
 
     def fast_clips(self, language: str | None, decoding: DecodingOptions | None) -> bool:
         """Whether clips of at most 30 s go through the fast decoder (static caches, CUDA
-        graphs): asked for, or a plain or merged model with the language known and greedy search."""
+        graphs): asked for, or a plain or merged model with the language known and greedy search;
+        never with a language model to fuse (``generate`` runs it)."""
+        if decoding is not None and decoding.lm:
+            return False
         if self.clips in ("fast", "fast-compiled"):
             return True
         return self.clips == "auto" and language is not None and decoding is None and supports_fast_path(self.held)
@@ -284,6 +289,7 @@ class TransformersEngine(Engine):
             # a padded tensor back: transformers 5 fails to stack a batch's outputs once its
             # clips ended at different fallback temperatures (different lengths)
             kwargs |= {**decoding.generate_kwargs(), "return_dict_in_generate": False}
+            kwargs |= fusion_kwargs(decoding, self.model, self.processor.tokenizer)
             session = decoding_session(self.model, self.processor.tokenizer, self.device)
         with session:
             out = self.model.generate(input_features=features, language=language, task=task, **kwargs)
@@ -335,12 +341,14 @@ class CT2Engine(Engine):
         hotwords: str | None = None,
     ):
         super().__init__(str(path), language, task, decoding)
+        refuse_lm(decoding, "faster-whisper")  # before the model loads
         self.model = load_ct2(path, compute_type)
         self.suppress = suppress  # non-speech tokens suppressed in decode_clips, as a source's generation config does
         self.hotwords = hotwords  # faster-whisper's: put before every window's previous text
 
     def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
         language, task, decoding = self._language(language), task or self.task, self._options(decoding)
+        refuse_lm(decoding, "faster-whisper")
         return [transcribe_audio_ct2(self.model, a, language, task, prompt, decoding, self.hotwords) for a in audios]
 
     def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
@@ -501,6 +509,15 @@ def _open_adapters(model, adapters: dict, device, language, task, decoding, merg
             name, str(adapters[name]), resolve_language(own) if own else None, task or meta.task or "transcribe"
         )
     return engine
+
+
+def refuse_lm(decoding: DecodingOptions | None, runtime: str) -> None:
+    """One line for a language model asked of a back-end without shallow fusion."""
+    if decoding is not None and decoding.lm:
+        raise UserError(
+            f"--lm (shallow fusion) runs in the transformers engine, not on {runtime}: "
+            "give the transformers model (or the adapter) instead of the export"
+        )
 
 
 RUNTIMES = {  # export kind -> (what it is, module of its runtime, the runtime, how to install it)

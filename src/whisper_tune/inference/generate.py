@@ -26,6 +26,7 @@ from ..audio import CHUNK_SECONDS, check_finite, duration
 from ..features import log_mel_whole
 from ..modeling import input_dtype, quiet_generate
 from ..patches import WRITTEN_FOR, Patch, register, usable
+from .fusion import fusion_kwargs
 from .options import FALLBACK_SEED, MAX_NEW_TOKENS, DecodingOptions, compression_ratio
 from .results import Segment
 
@@ -58,7 +59,7 @@ def transcribe_audio(
     device = next(model.parameters()).device
     if decoding.condition_on_previous_text:  # room for up to 224 previous tokens + 4 start tokens
         max_new_tokens = min(max_new_tokens, model.config.max_target_positions // 2 - 5)
-    options = decoding.generate_kwargs()
+    options = decoding.generate_kwargs() | fusion_kwargs(decoding, model, processor.tokenizer)
     if prompt and prompt.strip():
         options["prompt_ids"] = _prompt_ids(model, processor, prompt, max_new_tokens).to(device)
     features, mask = log_mel_whole(processor.feature_extractor, audio, device)

@@ -131,8 +131,9 @@ def _pause_middle(samples: np.ndarray) -> int:
 
 
 def supports(model, decoding: DecodingOptions) -> bool:
-    """Whether this engine applies: a plain (merged) model and greedy decoding."""
-    return supports_fast_path(model) and decoding.beam_size == 1 and decoding.temperature[0] == 0.0
+    """Whether this engine applies: a plain (merged) model and greedy decoding, no language model."""
+    plain = decoding.beam_size == 1 and decoding.temperature[0] == 0.0 and not decoding.lm
+    return supports_fast_path(model) and plain
 
 
 def transcribe_batched(

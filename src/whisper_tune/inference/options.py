@@ -22,6 +22,8 @@ Why it is built this way:
   gives the same text every time it is sent, and the caller's random state is untouched.
 * Beam search applies at temperature 0 only (sampling at a fallback temperature is one
   sample, as transformers does): ``best_of`` is not offered, so both engines draw one sample.
+* ``lm`` (an n-gram file of ``build-lm``) adds shallow fusion (``inference.fusion``): it is
+  a path here, loaded by the engine that decodes, so options stay small and comparable.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..errors import UserError
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai: --temperature 0, increment 0.2
 FALLBACK_SEED = 0  # sampling at fallback temperatures is reproducible per call
 MAX_NEW_TOKENS = 224  # openai's sample_len: tokens per 30 s window, half the decoder's 448 positions
+LM_WEIGHT = 0.3  # shallow fusion's weight when --lm is given without --lm-weight (docs/evaluation.md: the study)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class DecodingOptions:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     condition_on_previous_text: bool = True
+    lm: str | None = None  # an n-gram language model file (build-lm) fused into decoding; None: none
+    lm_weight: float = LM_WEIGHT  # its weight (0: the scores untouched)
+    lm_length_bonus: float = 0.0  # added per text token, against the shorter text an LM favours
 
     def __post_init__(self):
         temps = tuple(
@@ -75,6 +81,12 @@ class DecodingOptions:
                 "the no-speech threshold drops a window only when its log-probability is also low: "
                 "give a log-probability threshold"
             )
+        if self.lm is not None:
+            object.__setattr__(self, "lm", str(self.lm))
+        if not (isinstance(self.lm_weight, (int, float)) and 0 <= self.lm_weight < float("inf")):
+            raise UserError(f"the language model weight must be a number from 0 up, not {self.lm_weight!r}")
+        if not (isinstance(self.lm_length_bonus, (int, float)) and abs(self.lm_length_bonus) < float("inf")):
+            raise UserError(f"the length bonus must be a finite number, not {self.lm_length_bonus!r}")
 
     @classmethod
     def from_temperature(cls, temperature: float = 0.0, increment: float | None = 0.2, **fields) -> DecodingOptions:
@@ -103,7 +115,17 @@ class DecodingOptions:
 
     @property
     def name(self) -> str:
-        return "greedy" if self == DecodingOptions.greedy() else "robust"
+        plain = replace(self, lm=None, lm_weight=LM_WEIGHT, lm_length_bonus=0.0)
+        if plain == DecodingOptions.greedy():
+            search = "greedy"
+        else:
+            search = f"beam {self.beam_size}" if plain == DecodingOptions.beam(self.beam_size) else "robust"
+        return search + ("+lm" if self.lm else "")
+
+    @classmethod
+    def beam(cls, size: int = 5) -> DecodingOptions:
+        """Plain beam search: greedy's settings with ``size`` beams."""
+        return replace(cls.greedy(), beam_size=size)
 
     def describe(self) -> dict:
         """For a report's summary: which decoding made these numbers."""
