@@ -84,7 +84,10 @@ def table(rows: list[dict], zero: dict) -> str:
     for name in dict.fromkeys(r["name"] for r in done):
         group = [r for r in done if r["name"] == name]
         cells = [_cell([r["steady_samples_per_s"] for r in group]), _cell([r["train_wall_s"] / 60 for r in group])]
-        cells += [f"{_cell([r['eval'][e]['wer'] for r in group])} / {_cell([r['eval'][e]['cer'] for r in group])}" for e in evals]
+        cells += [
+            f"{_cell([r['eval'][e]['wer'] for r in group])} / {_cell([r['eval'][e]['cer'] for r in group])}"
+            for e in evals
+        ]
         cells.append(" / ".join(_cell([r["eval"][f"test/{w}"]["clips_per_s"] for r in group]) for w in WINDOWS))
         cells += [_cell([_card_value(r["card"], line, "tuned") for r in group]) for line, _ in CARD_COLUMNS]
         lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
@@ -104,7 +107,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = ["--model", args.base]
-    zero = {f"{s}/{w}": scored(base, args.data, s, w, out / "zero-shot", out / "zero-shot.log") for s in SPLITS for w in WINDOWS}
+    zero = {
+        f"{s}/{w}": scored(base, args.data, s, w, out / "zero-shot", out / "zero-shot.log")
+        for s in SPLITS
+        for w in WINDOWS
+    }
     print(f"zero-shot: {zero}", flush=True)
     rows: list[dict] = []
     for seed in args.seeds:  # seed by seed, the windows side by side: a slower machine hour falls on both
@@ -115,7 +122,9 @@ def main() -> None:
                 rows.append({"name": name, "seed": seed, "error": str(e)})
             (out / "encoder-window.json").write_text(json.dumps({"zero_shot": zero, "rows": rows}, indent=2))
             (out / "encoder-window.md").write_text(table(rows, zero))
-            print(f"{name} (seed {seed}): {'failed: ' + rows[-1]['error'] if 'error' in rows[-1] else 'done'}", flush=True)
+            print(
+                f"{name} (seed {seed}): {'failed: ' + rows[-1]['error'] if 'error' in rows[-1] else 'done'}", flush=True
+            )
     print(table(rows, zero))
 
 

@@ -105,7 +105,10 @@ def _dispatching_forward():
     short = merge_with_config_defaults(capture_outputs(short_window_forward))
 
     def forward(self, input_features, attention_mask=None, **kwargs):
-        if input_features.shape[-1] == self.embed_positions.num_embeddings * self.conv1.stride[0] * self.conv2.stride[0]:
+        if (
+            input_features.shape[-1]
+            == self.embed_positions.num_embeddings * self.conv1.stride[0] * self.conv2.stride[0]
+        ):
             return type(self).forward(self, input_features, attention_mask, **kwargs)  # transformers' own
         return short(self, input_features, attention_mask, **kwargs)
 

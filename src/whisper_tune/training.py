@@ -37,9 +37,9 @@ from .augment import WaveAugment, set_spec_augment, spec_augment_config
 from .averaging import average_weights, last_checkpoints
 from .batch_order import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches: part of this module's API
 from .config import TrainConfig, to_dict
+from .encoder_window import use_encoder_window
 from .errors import UserError
 from .evaluation import decode_dataset
-from .encoder_window import use_encoder_window
 from .features import IndexedRows, SpeechCollator, batch_to
 from .inference import TransformersEngine
 from .logmel import LogMel
