@@ -36,10 +36,11 @@ WINDOWS = ("full", "longest")  # evaluate --encoder-window
 SPLITS = ("test", "unseen")
 
 
-def scored(model_args: list[str], data: str, split: str, window: str, out: Path, log: Path) -> dict:
-    """WER, CER and clips/s of ``evaluate`` on ``split`` in ``window``."""
+def scored(model_args: list[str], data: str, split: str, window: str, out: Path, log: Path, samples=None) -> dict:
+    """WER, CER and clips/s of ``evaluate`` on ``split`` in ``window`` (``samples``: the first clips only)."""
     folder = out / f"eval-{split}-{window}"
-    scores = evaluate([*model_args, "--encoder-window", window], data, split, folder, log)
+    limit = ["--max-samples", str(samples)] if samples else []
+    scores = evaluate([*model_args, "--encoder-window", window, *limit], data, split, folder, log)
     summary = json.loads((folder / "summary.json").read_text())
     return scores | {"clips_per_s": round(summary["clips_per_s"], 2)}
 
@@ -65,7 +66,11 @@ def run_row(name: str, overrides: list[str], seed: int, args) -> dict:
         "best_step": (record.get("best") or {}).get("step"),
         "card": json.loads((run / "card.json").read_text()),
         "adapter": str(adapter),
-        "eval": {f"{s}/{w}": scored(model_args, args.data, s, w, folder, log) for s in SPLITS for w in WINDOWS},
+        "eval": {
+            f"{s}/{w}": scored(model_args, args.data, s, w, folder, log, args.eval_samples)
+            for s in SPLITS
+            for w in WINDOWS
+        },
         "wall_s": round(time.time() - start),
     }
 
@@ -102,13 +107,14 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", nargs="*", default=None, help="these rows (default: all)")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
+    ap.add_argument("--eval-samples", type=int, default=None, help="clips per evaluation (default: all)")
     ap.add_argument("--extra", nargs="*", default=[], help="overrides for every row (a dry run: train.max_steps=2)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = ["--model", args.base]
     zero = {
-        f"{s}/{w}": scored(base, args.data, s, w, out / "zero-shot", out / "zero-shot.log")
+        f"{s}/{w}": scored(base, args.data, s, w, out / "zero-shot", out / "zero-shot.log", args.eval_samples)
         for s in SPLITS
         for w in WINDOWS
     }
