@@ -8,6 +8,7 @@ encoder with a positional table of that many positions (whisper.cpp's audio_ctx)
 off, and 30 s inputs with it on, give bit-identical results to the unpatched model."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -216,3 +217,56 @@ def test_decoder_cache_keeps_windows_within_one_30s_window(model):
         full = decoder_for(model, 2, 12, torch.float32)  # 30 s: alone
         assert list(model.__dict__["_whisper_tune_decoders"].values()) == [full]
         assert full.k_cross.shape[3] == model.config.max_source_positions
+
+
+def test_training_and_its_evaluation_run_in_short_windows(tiny_model_dir, small_corpus, tmp_path, monkeypatch):
+    """A run with model.encoder_window=longest: every encoder input of its training steps and
+    of its evaluation on the eval split is shorter than 30 s, and the run finishes scored."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from whisper_tune.config import load_train_config
+    from whisper_tune.training import train
+
+    seen = []
+    forward = WhisperEncoder.forward
+
+    def recording(self, input_features, *args, **kwargs):
+        seen.append(input_features.shape[-1])
+        return forward(self, input_features, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperEncoder, "forward", recording)  # 30 s inputs reach transformers' own
+    monkeypatch.setattr("whisper_tune.encoder_window.short_window_forward", _recording_short(seen))
+    overrides = {
+        "model.base": tiny_model_dir,
+        "model.quantization": "none",
+        "model.gradient_checkpointing": "false",
+        "model.encoder_window": "longest",
+        "data.source": small_corpus,
+        "data.train_split": "train",
+        "data.eval_split": "test",
+        "train.output_dir": tmp_path / "run",
+        "train.batch_size": 2,
+        "train.max_steps": 2,
+        "train.num_workers": 0,
+        "eval.every": 1,
+        "eval.max_samples": 2,
+        "eval.max_new_tokens": 4,
+        "lora.r": 4,
+    }
+    result = train(load_train_config(None, [f"{k}={v}" for k, v in overrides.items()]), progress=False)
+    assert result.steps == 2
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_wer" in r for r in evals)
+    assert seen and max(seen) < N_FRAMES and all(f % STEP_FRAMES == 0 for f in seen)
+
+
+def _recording_short(seen: list):
+    from whisper_tune import encoder_window
+
+    short = encoder_window.short_window_forward
+
+    def record(self, input_features, *args, **kwargs):
+        seen.append(input_features.shape[-1])
+        return short(self, input_features, *args, **kwargs)
+
+    return record
