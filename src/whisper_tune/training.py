@@ -307,7 +307,8 @@ class TrainingRun:
         self.processor = load_processor(cfg.model.base)
         self.model = lora_model(cfg.model, cfg.lora, self.device, compile=cfg.train.compile)
         set_spec_augment(self.model, cfg.augment)
-        self.encoder_window = use_encoder_window(self.model, cfg.model.encoder_window)  # "full" where the patch cannot go
+        # "full" where the patch cannot go (this transformers lacks the internals): one warning
+        self.encoder_window = use_encoder_window(self.model, cfg.model.encoder_window)
         check_processor(self.model.config, self.processor, cfg.model.base)
         self.language = resolve_language(cfg.data.language)
         set_generation_language(self.model, self.processor.tokenizer, self.language, cfg.data.task)

@@ -409,18 +409,7 @@ def open_engine(
     trained on different bases are refused. ``hotwords``: faster-whisper's (a CTranslate2
     model only). ``encoder_window`` "longest": clips decoded in their batch's longest clip
     instead of 30 s windows (``encoder_window.py``; a transformers model only)."""
-    if hotwords and not (model and kind is None and is_ct2_model(model)):
-        raise UserError(
-            "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
-            f"not {model or adapter or 'this model'}"
-        )
-    if adapters and adapter:
-        raise ValueError("give adapter or adapters, not both")
-    if encoder_window != "full" and (kind is not None or (model and is_ct2_model(model)) or adapters):
-        raise UserError(
-            f"--encoder-window {encoder_window} is for a transformers model and one adapter: "
-            "drop it for an export or several adapters"
-        )
+    _check_engine_options(model, adapter, kind, adapters, hotwords, encoder_window)
     if adapters and len(adapters) > 1:
         return _open_adapters(model, adapters, device, language, task, decoding)
     named = next(iter(adapters)) if adapters else None  # one adapter by name: merged, as adapter is
@@ -463,6 +452,23 @@ def open_engine(
     if named:
         engine.adapters = {named: Adapter(named, str(adapter), engine.language, engine.task)}
     return engine
+
+
+def _check_engine_options(model, adapter, kind, adapters, hotwords, encoder_window) -> None:
+    """Options that only one kind of engine takes, refused in one line elsewhere."""
+    export = bool(model) and kind is None and is_ct2_model(model)
+    if hotwords and not export:
+        raise UserError(
+            "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
+            f"not {model or adapter or 'this model'}"
+        )
+    if adapters and adapter:
+        raise ValueError("give adapter or adapters, not both")
+    if encoder_window != "full" and (kind is not None or export or adapters):
+        raise UserError(
+            f"--encoder-window {encoder_window} is for a transformers model and one adapter: "
+            "drop it for an export or several adapters"
+        )
 
 
 def _open_adapters(model, adapters: dict, device, language, task, decoding) -> TransformersEngine:
