@@ -11,6 +11,8 @@
 #   .gpuw3/  wpart.02 + cv61-sample/
 #   .gpuw4/  corpus/mr (whisper-tune make-demo-data)
 # There:  bash benchmarks/gpu_card.sh [gpu_card_study.py arguments, e.g. --only "switches off (the GPU demo)"]
+# Another study on the same setup: STUDY=gpu_encoder_window.py bash benchmarks/gpu_card.sh [its arguments]
+# (issue 28 item 5, short encoder windows; its results go to $OUT/encoder-window).
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 W=/tmp/w
@@ -27,4 +29,6 @@ mkdir -p "$OUT"
 sha256sum /tmp/whisper-base/model.safetensors > "$OUT/weights.sha256"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" > "$OUT/versions.txt"
-python3 benchmarks/gpu_card_study.py --base /tmp/whisper-base --data "$W/corpus/mr" --out "$OUT/card-study" "$@"
+STUDY=${STUDY:-gpu_card_study.py}
+case $STUDY in gpu_card_study.py) RESULTS=card-study ;; gpu_encoder_window.py) RESULTS=encoder-window ;; *) RESULTS=${STUDY%.py} ;; esac
+python3 "benchmarks/$STUDY" --base /tmp/whisper-base --data "$W/corpus/mr" --out "$OUT/$RESULTS" "$@"

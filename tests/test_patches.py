@@ -7,6 +7,7 @@ import logging
 import pytest
 
 import whisper_tune.augment  # noqa: F401 - registers its row
+import whisper_tune.encoder_window  # noqa: F401 - registers its row
 import whisper_tune.inference.generate  # noqa: F401 - registers its row
 import whisper_tune.modeling  # noqa: F401 - registers its row
 import whisper_tune.speedups  # noqa: F401 - registers its rows
@@ -21,6 +22,7 @@ EXPECTED = {
     "window_scores",
     "spec_augment_masks",
     "own_generation_config",
+    "short_encoder_window",
 }
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import EVALUATE_MAX_NEW_TOKENS, TASKS, DataConfig, EvalSettings, ModelConfig, field_notes
+from .config import ENCODER_WINDOWS, EVALUATE_MAX_NEW_TOKENS, TASKS, DataConfig, EvalSettings, ModelConfig, field_notes
 from .errors import UserError
 from .writable import check_writable
 
@@ -213,6 +213,7 @@ def cmd_evaluate(args) -> int:
         max_new_tokens=args.max_new_tokens,
         max_samples=args.max_samples,
         decoding=decoding,
+        encoder_window=args.encoder_window,
     )
     print(
         f"{summary.model['mode']} on {args.split} ({summary.n} clips, {summary.clips_per_s:.2f} clips/s, "
@@ -270,6 +271,14 @@ def args_evaluate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-samples", type=int, default=None, help=notes["max_samples"])
     p.add_argument("--out", default=None, help="report folder (default: eval-ADAPTER-SPLIT beside the adapter)")
+    p.add_argument(
+        "--encoder-window",
+        default="full",
+        choices=ENCODER_WINDOWS,
+        help="full: every clip in a 30 s window, as Whisper was trained (default); longest: each batch in "
+        "its longest clip, whole seconds (for a fine-tune trained with model.encoder_window=longest; the "
+        "card keeps 30 s windows)",
+    )
     p.add_argument(
         "--decoding",
         default="greedy",

@@ -107,6 +107,7 @@ class DataConfig:
 QUANTIZATIONS = ("int8", "int8-wo", "fp8", "nf4", "none")
 WHISPER_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # what LoRA can wrap in Whisper
 ATTENTION = ("sdpa", "eager")
+ENCODER_WINDOWS = ("full", "longest")  # 30 s windows always | the batch's longest clip (encoder_window.py)
 LR_SCHEDULES = ("linear", "cosine", "constant")  # after the warm-up: to zero in a line, in a half cosine, flat
 LORA_PRESETS = {
     "qv": ["q_proj", "v_proj"],  # the reference recipe
@@ -131,8 +132,16 @@ class ModelConfig:
     # auto: the share that trains fastest within the GPU's memory, measured (whisper_tune.fit)
     gradient_checkpointing: bool | float | str = True
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"
+    # full: every clip padded to Whisper's 30 s window | longest: the encoder sees the batch's
+    # longest clip in whole seconds (positional embeddings sliced, as whisper.cpp's audio_ctx):
+    # on 2-6 s clips most of the encoder's work; long-form transcription keeps 30 s windows
+    encoder_window: str = "full"
 
     def __post_init__(self):
+        if self.encoder_window not in ENCODER_WINDOWS:
+            raise ValueError(
+                f"model.encoder_window must be one of {', '.join(ENCODER_WINDOWS)}, got {self.encoder_window!r}"
+            )
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.attn_implementation not in ATTENTION:

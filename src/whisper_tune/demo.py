@@ -200,7 +200,9 @@ def run_demo(
     cfg = load_train_config("demo", cfg_overrides)
     train_info = _fine_tune(cfg, report, progress)
     adapter = RunDir(run_dir).serving_adapter()  # best/ (the best dev score) where the run evaluated, else adapter/
-    after = {split: score(None, str(adapter), split, out / f"eval-after-{split}") for split in SPLITS}
+    # the fine-tune in the windows it was trained with (the card below decodes 30 s windows)
+    window = cfg.model.encoder_window
+    after = {split: score(None, str(adapter), split, out / f"eval-after-{split}", window) for split in SPLITS}
     report("fine-tuned: " + _say(after))
     worse = [SPLITS[k] for k in SPLITS if after[k].wer > before[k].wer]
     if worse:
@@ -232,7 +234,7 @@ def _scorer(data, eval_samples: int, progress: bool):
 
     from .evaluation import evaluate
 
-    def score(model, adapter, split: str, out_dir: Path):
+    def score(model, adapter, split: str, out_dir: Path, window: str = "full"):
         summary, _ = evaluate(
             model,
             adapter,
@@ -242,6 +244,7 @@ def _scorer(data, eval_samples: int, progress: bool):
             max_samples=eval_samples,
             out_dir=out_dir,
             progress=progress,
+            encoder_window=window,
         )
         return summary
 

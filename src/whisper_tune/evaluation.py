@@ -246,17 +246,22 @@ def evaluate(
     max_samples: int | None = None,
     progress: bool = True,
     decoding=None,
+    encoder_window: str = "full",
 ) -> tuple[EvalSummary, Path]:
     """Measure WER/CER of base (+ adapter) on ``split`` of ``data`` (a ``DataConfig``); writes
     ``summary.json`` and ``clips.jsonl`` into ``out_dir`` (the prepared split is cached in
     ``out_dir/prepared``). Without ``adapter`` this is the zero-shot baseline. ``decoding``
     (``DecodingOptions``) replaces the default fast greedy search, whose numbers stay
-    comparable with every earlier report; the summary records which one ran."""
+    comparable with every earlier report; the summary records which one ran.
+    ``encoder_window`` "longest": each batch in its longest clip instead of 30 s windows
+    (``encoder_window.py``), as a model trained with ``model.encoder_window: longest``."""
     from .inference import open_engine
     from .modeling import pick_device
 
     device = pick_device()
-    engine = open_engine(base, adapter, device=device, exact=exact, language=data.language, task=data.task)
+    engine = open_engine(
+        base, adapter, device=device, exact=exact, language=data.language, task=data.task, encoder_window=encoder_window
+    )
     loaded = engine.loaded
     _, result = score_split(
         engine, data, split, Path(out_dir), batch_size, max_new_tokens, max_samples, progress, decoding
@@ -273,6 +278,7 @@ def evaluate(
         "data": data.source,
         "split": split,
         "device": str(device),
+        "encoder_window": getattr(engine, "encoder_window", "full"),
     }
     summary, clips = summarize(result, info, decoding)
     return summary, write_eval_report(out, asdict(summary), clips)

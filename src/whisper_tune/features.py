@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .encoder_window import window_frames
 from .logmel import LogMel, frame_mask, pad_audio
 from .preserve import prompted_rows
 from .processor import require_language_token
@@ -40,12 +41,16 @@ def label_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text).input_ids
 
 
-def log_mel(feature_extractor, audios: Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
+def log_mel(
+    feature_extractor, audios: Sequence[np.ndarray], device: str | torch.device = "cpu", window: str = "full"
+) -> torch.Tensor:
     """Whisper log-mel features [batch, n_mels, 3000] of 16 kHz mono clips (padded to 30 s),
     computed on ``device`` (``logmel.LogMel``: the extractor's recipe and filters). Always
-    fp32, also inside a caller's autocast."""
+    fp32, also inside a caller's autocast. ``window`` "longest": only the frames of the
+    longest clip, in whole seconds (``encoder_window``)."""
     audio, _ = pad_audio(audios)
-    return LogMel.of(feature_extractor)(to_device(audio, torch.device(device)))
+    frames = window_frames(audio.shape[1], window)
+    return LogMel.of(feature_extractor)(to_device(audio, torch.device(device)), frames=frames)
 
 
 def log_mel_whole(
@@ -66,14 +71,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def batch_to(batch: dict, log_mel_of: LogMel, device: torch.device) -> dict:
+def batch_to(batch: dict, log_mel_of: LogMel, device: torch.device, window: str = "full") -> dict:
     """A collated training batch on ``device``, without waiting for it: copies are
-    non-blocking (the DataLoader pinned the batch), audio becomes log-mel there. The frame
-    attention mask stays on the host, where SpecAugment draws its masks
-    (``augment.set_spec_augment``)."""
+    non-blocking (the DataLoader pinned the batch), audio becomes log-mel there (cut to
+    ``window``, as the collator cut its frame mask). The frame attention mask stays on the
+    host, where SpecAugment draws its masks (``augment.set_spec_augment``)."""
     out = {k: v if k == "attention_mask" else v.to(device, non_blocking=True) for k, v in batch.items() if k != "audio"}
     if "audio" in batch:
-        out["input_features"] = log_mel_of(batch["audio"].to(device, non_blocking=True))
+        frames = window_frames(batch["audio"].shape[1], window)
+        out["input_features"] = log_mel_of(batch["audio"].to(device, non_blocking=True), frames=frames)
     return out
 
 
@@ -122,6 +128,8 @@ class SpeechCollator:
     longest clip, instead of ``"input_features"``: :func:`batch_to` computes the log-mel on
     the device, so the workers only pad audio. Otherwise the workers compute the log-mel
     (on the CPU, where the training step would compute it anyway, it then overlaps the step).
+    ``window`` "longest" (``model.encoder_window``) cuts the features and the frame mask to
+    the batch's longest clip in whole seconds (``encoder_window.window_frames``).
     """
 
     feature_extractor: object
@@ -130,6 +138,7 @@ class SpeechCollator:
     attention_mask: bool = False
     audio_only: bool = False
     preserve: object = None  # a whisper_tune.preserve.Preserver, or None (every switch off)
+    window: str = "full"  # encoder window: "full" (30 s) or "longest" (the batch's longest clip)
 
     def __post_init__(self):
         self.log_mel = LogMel.of(self.feature_extractor)
@@ -141,9 +150,10 @@ class SpeechCollator:
         if self.augment is not None:
             audios = [self.augment(a, e["index"], e["epoch"]) for a, e in zip(audios, examples)]
         audio, lengths = pad_audio(audios)
-        batch = {"audio": audio} if self.audio_only else {"input_features": self.log_mel(audio)}
+        frames = window_frames(audio.shape[1], self.window)
+        batch = {"audio": audio} if self.audio_only else {"input_features": self.log_mel(audio, frames=frames)}
         if self.attention_mask:
-            batch["attention_mask"] = frame_mask(lengths)
+            batch["attention_mask"] = frame_mask(lengths, frames)
         if self.preserve is None:
             return batch | {"labels": self._labels([e["labels"] for e in examples])}
         return batch | self._preserved(self.preserve.targets(examples, audios))

@@ -59,21 +59,29 @@ class LogMel:
             self._on[device] = (self.filters.to(device), torch.hann_window(N_FFT, device=device))
         return self._on[device]
 
-    def __call__(self, audio: torch.Tensor, whole: bool = False) -> torch.Tensor:
+    def __call__(self, audio: torch.Tensor, whole: bool = False, frames: int = N_FRAMES) -> torch.Tensor:
         """Features [batch, n_mels, 3000] of ``audio`` [batch, samples] (fp32, zero-padded:
         padding with zeros up to 30 s changes nothing). With ``whole``, a clip longer than
-        30 s keeps all its frames (samples // 160) instead of being cut to 30 s."""
+        30 s keeps all its frames (samples // 160) instead of being cut to 30 s. With
+        ``frames`` below 3000 (``encoder_window``): the first ``frames`` frames of those
+        features, computed from the audio up to the last of them (plus one FFT window of
+        zeros, so no frame sees the STFT's reflection at the end); the floor is the same,
+        since frames beyond a clip's audio hold the log-mel minimum."""
         if audio.dim() != 2:
             raise ValueError(f"audio must be [batch, samples], got shape {tuple(audio.shape)}")
+        if not 0 < frames <= N_FRAMES or (whole and frames != N_FRAMES):
+            raise ValueError(f"frames must be in 1..{N_FRAMES} (and {N_FRAMES} with whole), got {frames}")
         filters, window = self._constants(audio.device)
+        samples = N_SAMPLES if frames == N_FRAMES else frames * HOP_LENGTH + N_FFT
         with torch.autocast(audio.device.type, enabled=False):
             audio = audio.float()
             if not (whole and audio.shape[1] > N_SAMPLES):
-                audio = torch.nn.functional.pad(audio[:, :N_SAMPLES], (0, N_SAMPLES - min(audio.shape[1], N_SAMPLES)))
+                audio = torch.nn.functional.pad(audio[:, :samples], (0, samples - min(audio.shape[1], samples)))
             if self.dither:
                 audio = audio + self.dither * torch.randn_like(audio)
             stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
-            power = (stft[..., :-1].abs() ** 2).contiguous()  # contiguous: the strided matmul is 8x slower on CPUs
+            stft = stft[..., :frames] if frames < N_FRAMES else stft[..., :-1]
+            power = (stft.abs() ** 2).contiguous()  # contiguous: the strided matmul is 8x slower on CPUs
             mel = torch.clamp(filters @ power, min=1e-10).log10()
             floor = mel.amax(dim=(1, 2), keepdim=True) - DYNAMIC_RANGE
             return (torch.maximum(mel, floor) + 4.0) / 4.0

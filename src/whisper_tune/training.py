@@ -37,6 +37,7 @@ from .augment import WaveAugment, set_spec_augment, spec_augment_config
 from .averaging import average_weights, last_checkpoints, write_averaged_record
 from .batch_order import EpochBatches, epoch_batches  # noqa: F401 - epoch_batches: part of this module's API
 from .config import TrainConfig, to_dict
+from .encoder_window import use_encoder_window
 from .errors import UserError
 from .evaluation import decode_dataset
 from .features import IndexedRows, SpeechCollator, batch_to
@@ -307,6 +308,8 @@ class TrainingRun:
         self.processor = load_processor(cfg.model.base)
         self.model = lora_model(cfg.model, cfg.lora, self.device, compile=cfg.train.compile)
         set_spec_augment(self.model, cfg.augment)
+        # "full" where the patch cannot go (this transformers lacks the internals): one warning
+        self.encoder_window = use_encoder_window(self.model, cfg.model.encoder_window)
         check_processor(self.model.config, self.processor, cfg.model.base)
         self.language = resolve_language(cfg.data.language)
         set_generation_language(self.model, self.processor.tokenizer, self.language, cfg.data.task)
@@ -361,6 +364,7 @@ class TrainingRun:
             attention_mask=spec_augment_config(cfg.augment)["apply_spec_augment"],
             audio_only=self.device.type != "cpu",  # log-mel on the GPU, next to the model (batch_to)
             preserve=self._preserver(train_ds),
+            window=self.encoder_window,
         )
         self.log_mel = LogMel.of(self.processor.feature_extractor)
         self.data = IndexedRows(train_ds.select_columns(["audio", "labels"]).with_format("numpy"))
@@ -514,7 +518,7 @@ class TrainingRun:
         """The rest of the current epoch. Nothing here waits for the device: the step's loss
         and skip flag wait in ``self.pending`` until :meth:`_after_step` reads them."""
         self.rate.leave_out_next_step()  # the loader's start
-        batches = (batch_to(batch, self.log_mel, self.device) for batch in self._loader())
+        batches = (batch_to(batch, self.log_mel, self.device, self.encoder_window) for batch in self._loader())
         while self.pos.step < self.target and self.pos.micro_done < self.micro_per_epoch and self.early_stop_at is None:
             n_micro = min(self.cfg.train.grad_accum, self.micro_per_epoch - self.pos.micro_done)
             outcome = self.step_fn(batches, n_micro)
@@ -609,7 +613,12 @@ class TrainingRun:
         """WER/CER on the eval split; a new best adapter is saved to ``best/``."""
         cfg = self.cfg
         engine = TransformersEngine(
-            unwrap_ddp(self.model), self.processor, self.language, cfg.data.task, amp=self.step_fn.amp
+            unwrap_ddp(self.model),
+            self.processor,
+            self.language,
+            cfg.data.task,
+            amp=self.step_fn.amp,
+            encoder_window=self.encoder_window,
         )
         result = decode_dataset(
             engine, self.eval_ds, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.max_samples

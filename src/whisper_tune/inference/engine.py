@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from ..audio import N_SAMPLES, duration
+from ..encoder_window import use_encoder_window
 from ..errors import UserError
 from ..features import log_mel
+from ..logmel import N_FRAMES
 from ..modeling import input_dtype, quiet_generate
 from .ct2 import greedy_text_ct2, is_ct2_model, load_ct2, transcribe_audio_ct2
 from .fusion import fusion_kwargs
@@ -168,6 +170,7 @@ class TransformersEngine(Engine):
         clips: str = "auto",
         max_new_tokens: int = MAX_NEW_TOKENS,
         loaded=None,
+        encoder_window: str = "full",
     ):
         super().__init__(name, language, task, decoding)
         if strategy not in STRATEGIES:
@@ -182,6 +185,9 @@ class TransformersEngine(Engine):
         self.peft_names: dict[str, str] = {}  # adapter name -> PEFT's, where several are loaded unmerged
         self.held = model  # the model as loaded: the rule below reads it (``model`` may be a merged copy)
         self.merged: MergedCopy | None = None  # the busiest adapter's merged copy, where one is kept
+        # clips of at most 30 s (decode_clips) in the batch's longest clip ("longest") or in
+        # 30 s windows; files of any length (transcribe) always take 30 s windows
+        self.encoder_window = use_encoder_window(model, encoder_window)
 
     def _activate(self, adapter: Adapter) -> None:
         if self.merged is not None:
@@ -262,7 +268,7 @@ class TransformersEngine(Engine):
     # ---- clips of at most 30 s ------------------------------------------------------
 
     def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
-        features = log_mel(self.processor.feature_extractor, audios, device=self.device)
+        features = log_mel(self.processor.feature_extractor, audios, device=self.device, window=self.encoder_window)
         features = features.to(device=self.device, dtype=input_dtype(self.model))
         autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
         with torch.inference_mode(), autocast, quiet_generate():
@@ -279,7 +285,10 @@ class TransformersEngine(Engine):
         # one decoder shape per engine and batch size (cached on the model; the last batch
         # of a dataset is padded into it)
         width = max(batch, self._clip_batch)
-        decoder = decoder_for(self.model, width, len(prompt) + max_new_tokens, dtype, compile_encoder=compiled)
+        positions = features.shape[-1] // 2  # the encoder's convolutions halve the frames
+        decoder = decoder_for(
+            self.model, width, len(prompt) + max_new_tokens, dtype, compile_encoder=compiled, positions=positions
+        )
         return decoder(features, prompt, max_new_tokens, min_new_tokens)
 
     def _generate(self, features, language, task, max_new_tokens, min_new_tokens, decoding):
@@ -291,8 +300,13 @@ class TransformersEngine(Engine):
             kwargs |= {**decoding.generate_kwargs(), "return_dict_in_generate": False}
             kwargs |= fusion_kwargs(decoding, self.model, self.processor.tokenizer)
             session = decoding_session(self.model, self.processor.tokenizer, self.device)
+        if features.shape[-1] < N_FRAMES:
+            # generate pads short features back to 30 s; given the encoder's output it cannot
+            kwargs["encoder_outputs"] = self.model.get_encoder()(features)
+        else:
+            kwargs["input_features"] = features
         with session:
-            out = self.model.generate(input_features=features, language=language, task=task, **kwargs)
+            out = self.model.generate(language=language, task=task, **kwargs)
         return out if torch.is_tensor(out) else out["sequences"]
 
     def reserve(self, batch: int) -> None:
@@ -398,6 +412,7 @@ def open_engine(
     adapters: dict[str, str | Path] | None = None,
     hotwords: str | None = None,
     merge_busiest: bool = False,
+    encoder_window: str = "full",
 ) -> Engine:
     """The engine for ``model`` (+ ``adapter``), the back-end chosen here once: an
     ``export-ct2`` folder runs on faster-whisper, a ggml file (``kind="ggml"``) on
@@ -411,14 +426,10 @@ def open_engine(
     ``adapter`` is; several are held unmerged on one copy of their base (PEFT's
     ``load_adapter``), and :meth:`Engine.using` switches between them by name. Adapters
     trained on different bases are refused; ``merge_busiest``: the busiest of them decoded from
-    a merged copy (``merged.py``). ``hotwords``: faster-whisper's (a CTranslate2 model only)."""
-    if hotwords and not (model and kind is None and is_ct2_model(model)):
-        raise UserError(
-            "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
-            f"not {model or adapter or 'this model'}"
-        )
-    if adapters and adapter:
-        raise ValueError("give adapter or adapters, not both")
+    a merged copy (``merged.py``). ``hotwords``: faster-whisper's (a CTranslate2 model only).
+    ``encoder_window`` "longest": clips decoded in their batch's longest clip instead of 30 s
+    windows (``encoder_window.py``; a transformers model only)."""
+    _check_engine_options(model, adapter, kind, adapters, hotwords, encoder_window)
     if adapters and len(adapters) > 1:
         return _open_adapters(model, adapters, device, language, task, decoding, merge_busiest)
     named = next(iter(adapters)) if adapters else None  # one adapter by name: merged, as adapter is
@@ -456,10 +467,28 @@ def open_engine(
         strategy=strategy,
         clips=clips,
         loaded=loaded,
+        encoder_window=encoder_window,
     )
     if named:
         engine.adapters = {named: Adapter(named, str(adapter), engine.language, engine.task)}
     return engine
+
+
+def _check_engine_options(model, adapter, kind, adapters, hotwords, encoder_window) -> None:
+    """Options that only one kind of engine takes, refused in one line elsewhere."""
+    export = bool(model) and kind is None and is_ct2_model(model)
+    if hotwords and not export:
+        raise UserError(
+            "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
+            f"not {model or adapter or 'this model'}"
+        )
+    if adapters and adapter:
+        raise ValueError("give adapter or adapters, not both")
+    if encoder_window != "full" and (kind is not None or export or adapters):
+        raise UserError(
+            f"--encoder-window {encoder_window} is for a transformers model and one adapter: "
+            "drop it for an export or several adapters"
+        )
 
 
 def _open_adapters(model, adapters: dict, device, language, task, decoding, merge_busiest) -> TransformersEngine:

@@ -31,7 +31,7 @@ position: the window scores robust decoding compares with its thresholds.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -47,6 +47,7 @@ class DecodeSpec:
     batch: int
     max_len: int
     timestamps: bool = False  # time-stamp rules and window scores (long-form decoding)
+    positions: int | None = None  # encoder positions of the window (None: the model's 1500, 30 s)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class GreedyDecoder:
         self.eos = gc.eos_token_id if isinstance(gc.eos_token_id, int) else gc.eos_token_id[0]
         vocab = cfg.vocab_size
         shape = (layers, b, self.heads, spec.max_len, self.head_dim)
-        cross = (layers, b, self.heads, cfg.max_source_positions, self.head_dim)
+        cross = (layers, b, self.heads, spec.positions or cfg.max_source_positions, self.head_dim)
         kw = {"device": self.device, "dtype": dtype}
         self.k_self, self.v_self = torch.zeros(shape, **kw), torch.zeros(shape, **kw)
         self.k_cross, self.v_cross = torch.zeros(cross, **kw), torch.zeros(cross, **kw)
@@ -304,13 +305,32 @@ def decoder_for(
     timestamps: bool = False,
     max_initial: int | None = None,
     compile_encoder: bool = False,
+    positions: int | None = None,
 ) -> GreedyDecoder:
-    """A cached decoder for this model and shape (graphs and caches are built once)."""
+    """A cached decoder for this model and shape (graphs and caches are built once).
+
+    One shape at a time (the caches of large-v2 at batch 64 take 20 GB), except short
+    encoder windows (``positions``, ``encoder_window.py``): decoders that differ only in
+    their window are kept while their windows add up to at most one 30 s window, so a
+    corpus's few window lengths are built once each, in no more memory than one 30 s decoder."""
     cache = model.__dict__.setdefault("_whisper_tune_decoders", {})
-    key = (DecodeSpec(batch, max_len, timestamps), dtype, max_initial, compile_encoder)
+    full = model.config.max_source_positions
+    positions = None if positions in (None, full) else positions
+    key = (DecodeSpec(batch, max_len, timestamps, positions), dtype, max_initial, compile_encoder)
     if key not in cache:
-        cache.clear()  # one shape at a time: the caches of large-v2 at batch 64 take 20 GB
+        _make_room(cache, key, full)
         cache[key] = GreedyDecoder(
             model, key[0], dtype, max_initial_timestamp_index=max_initial, compile_encoder=compile_encoder
         )
     return cache[key]
+
+
+def _make_room(cache: dict, key: tuple, full: int) -> None:
+    """Drop cached decoders until ``key``'s fits: another shape (batch, length, dtype, ...)
+    clears the cache; windows of one shape stay while they add up to ``full`` positions."""
+    spec = key[0]
+    same = {k for k in cache if (replace(k[0], positions=None), *k[1:]) == (replace(spec, positions=None), *key[1:])}
+    for k in [k for k in cache if k not in same]:
+        del cache[k]
+    while cache and sum(k[0].positions or full for k in cache) + (spec.positions or full) > full:
+        del cache[next(iter(cache))]  # the oldest first
