@@ -463,7 +463,7 @@ class SlowEngine(Engine):
         super().__init__("slow", None, "transcribe")
         self.seconds, self.calls = seconds, 0
 
-    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16, **options):
         self.calls += 1
         time.sleep(self.seconds)
         return [([], "en") for _ in audios]

@@ -368,7 +368,39 @@ def _engine(args, decoding):
         task=args.task,
         decoding=decoding,
         hotwords=getattr(args, "hotwords", None),
+        vad=_vad_options(args),
     )
+
+
+def _add_vad_args(p: argparse.ArgumentParser, default: bool, longer_than: float = 0.0) -> None:
+    """faster-whisper's ``vad_filter`` and ``vad_parameters`` (inference/vad.py)."""
+    when = f"files longer than {longer_than:g} s" if longer_than else "every file"
+    p.add_argument(
+        "--vad",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help=f"decode only the speech Silero VAD finds, times kept on the file's timeline (default: "
+        f"{'on for ' + when if default else 'off'})",
+    )
+    p.add_argument(
+        "--vad-parameters",
+        default=None,
+        metavar="K=V,...",
+        help="faster-whisper's vad_parameters, as threshold=0.5,min_silence_duration_ms=2000,speech_pad_ms=400 "
+        "(also min_speech_duration_ms, max_speech_duration_s; or a JSON object)",
+    )
+    p.set_defaults(vad_longer_than=longer_than)
+
+
+def _vad_options(args):
+    """The engine's ``VadOptions`` from ``--vad``/``--vad-parameters`` (None: off)."""
+    from .inference import VadOptions
+
+    if not getattr(args, "vad", False):
+        if getattr(args, "vad_parameters", None):
+            raise UserError("--vad-parameters tunes the speech filter: add --vad")
+        return None
+    return VadOptions.parse(args.vad_parameters, longer_than_s=args.vad_longer_than)
 
 
 def _add_hotwords_arg(p: argparse.ArgumentParser) -> None:
@@ -397,9 +429,17 @@ def cmd_transcribe(args) -> int:
         return 2
     if args.out:
         check_writable(args.out, "--out")  # before the model loads
+    _vad_options(args)  # a bad --vad-parameters fails before the model loads
     engine = _engine(args, decoding)
     print(f"engine: {engine.describe()}", file=sys.stderr)
-    items = transcribe_files(engine, files, decoding=decoding, batch_size=args.batch_size, prompt=args.initial_prompt)
+    items = transcribe_files(
+        engine,
+        files,
+        decoding=decoding,
+        batch_size=args.batch_size,
+        prompt=args.initial_prompt,
+        word_timestamps=args.word_timestamps,
+    )
     # tqdm.write keeps each line whole while the progress bar is drawn
     failed = write_transcripts(
         items,
@@ -441,6 +481,12 @@ def args_transcribe(p: argparse.ArgumentParser) -> None:
         help="text before the first window, as if it had been said just before (openai/whisper's: spellings, "
         "names, style); prompted files decode window after window, not in batches",
     )
+    p.add_argument(
+        "--word-timestamps",
+        action="store_true",
+        help="time each word (cross-attention alignment; json gets words, srt a cue per word, vtt timed words)",
+    )
+    _add_vad_args(p, default=False)
     _add_hotwords_arg(p)
     _add_decoding_args(p)
 
@@ -649,6 +695,7 @@ def cmd_api(args) -> int:
         decoding=_file_decoding(args),
         aliases=tuple(args.alias or ()),
         hotwords=args.hotwords,
+        vad=_vad_options(args),
     )
     return 0
 
@@ -687,6 +734,9 @@ def args_api(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default=None, help="default language (default: the adapter's; 'auto' detects)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default: 600)")
+    from .inference.vad import API_VAD_SECONDS
+
+    _add_vad_args(p, default=True, longer_than=API_VAD_SECONDS)
     _add_hotwords_arg(p)
     _add_decoding_args(p)
 
