@@ -854,6 +854,36 @@ def args_make_demo_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def cmd_align_heads(args) -> int:
+    """Choose a fine-tune's alignment heads (word time stamps) again on held-out demo clips."""
+    from .align_heads import choose_heads, reference_clips, write_heads
+    from .inference import open_engine
+
+    clips = reference_clips(args.data, args.split, args.clips)  # a bad corpus fails before the model loads
+    engine = open_engine(args.model, args.adapter)  # merged, as transcribe decodes
+    if engine.kind != "transformers" or not engine.language:
+        raise UserError("align-heads needs a transformers adapter that records its language (whisper_tune.json)")
+    choice = choose_heads(engine.model, engine.processor, clips, engine.language, args.adapter, args.split)
+    print(
+        f"median word-start error on {choice.clips} {args.split} clips ({choice.words} words): "
+        f"{choice.previous_error_s * 1000:.1f} ms with the model's {len(choice.previous_heads)} heads, "
+        f"{choice.median_error_s * 1000:.1f} ms with the {len(choice.alignment_heads)} chosen"
+    )
+    if choice.median_error_s < choice.previous_error_s or args.force:
+        print(f"wrote {write_heads(choice, args.adapter)}")
+    else:
+        print("kept the model's heads: the chosen ones do not align better (--force writes them anyway)")
+    return 0
+
+
+def args_align_heads(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p, "base model (default: the adapter's base)", adapter_required=True)
+    p.add_argument("--data", required=True, help="a demo corpus folder (make-demo-data): its clips are spoken again")
+    p.add_argument("--split", default="dev", help="held-out split to choose on (default: dev)")
+    p.add_argument("--clips", type=int, default=40, help="how many of its clips (default: 40)")
+    p.add_argument("--force", action="store_true", help="write the chosen heads even where they are not better")
+
+
 def cmd_make_processor(args) -> int:
     """Write a Whisper processor (tokenizer + feature extractor) built offline."""
     from .processor import build_processor
@@ -913,6 +943,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(cmd_bench, args_bench),
     "make-demo-data": Command(cmd_make_demo_data, args_make_demo_data),
     "make-processor": Command(cmd_make_processor, args_make_processor),
+    "align-heads": Command(cmd_align_heads, args_align_heads),
     "demo": Command(cmd_demo, args_demo),
     "import-ct2": Command(cmd_import_ct2, args_import_ct2),
 }

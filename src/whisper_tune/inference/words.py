@@ -203,31 +203,41 @@ def add_words(
     """``segments`` of the 16 kHz ``audio`` with their :class:`Word` s, each word inside its
     segment and the words in order."""
     tokenizer = processor.tokenizer
-    heads = heads or alignment_heads(model)
+    texts = [tokenizer.encode(" " + s.text.strip(), add_special_tokens=False) for s in segments]
+    texts = [t if s.text.strip() else [] for t, s in zip(texts, segments)]
+    groups = _groups(segments, len(audio))
+    clips = [audio[g.start : g.end] for g in groups]
+    tokens = [[t for i in g.segments for t in texts[i]] for g in groups]
+    words: dict[int, tuple[Word, ...]] = {}
+    aligned = forced_alignment(model, processor, clips, tokens, language, task, heads or alignment_heads(model))
+    for g, (weights, probs) in zip(groups, aligned):
+        starts = token_starts(weights) + g.start / SAMPLE_RATE
+        words |= _segment_words(segments, g, texts, starts, probs, tokenizer, language)
+    return [replace(s, words=words.get(i, ())) for i, s in enumerate(segments)]
+
+
+def forced_alignment(model, processor, clips, tokens, language: str, task: str, heads=None):
+    """Per clip (16 kHz, at most 30 s) and its text ``tokens``: the cross-attention of ``heads``
+    (None: every head) [heads, tokens + 1, frames], a row per text token and one for the end
+    of text, each the row of the position that predicts it, and each token's probability."""
+    tokenizer = processor.tokenizer
     prefix = prompt_ids(model, tokenizer, language, task)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    texts = [
-        tokenizer.encode(" " + s.text.strip(), add_special_tokens=False) if s.text.strip() else [] for s in segments
-    ]
-    groups = _groups(segments, len(audio))
-    words: dict[int, tuple[Word, ...]] = {}
     device = next(model.parameters()).device
-    for b in range(0, len(groups), ALIGN_BATCH):
-        batch = groups[b : b + ALIGN_BATCH]
-        clips = [audio[g.start : g.end] for g in batch]
-        features = log_mel(processor.feature_extractor, clips, device).to(device, input_dtype(model))
-        sequences = [prefix + [t for i in g.segments for t in texts[i]] + [eot] for g in batch]
+    out = []
+    for b in range(0, len(clips), ALIGN_BATCH):
+        batch = clips[b : b + ALIGN_BATCH]
+        features = log_mel(processor.feature_extractor, batch, device).to(device, input_dtype(model))
+        sequences = [prefix + list(t) + [eot] for t in tokens[b : b + ALIGN_BATCH]]
         width = max(map(len, sequences))
         ids = torch.tensor([s + [eot] * (width - len(s)) for s in sequences], device=device)
-        frames = [max(1, len(c) // (2 * 160)) for c in clips]  # 160 samples per mel frame, 2 per encoder frame
+        frames = [max(1, len(c) // (2 * 160)) for c in batch]  # 160 samples per mel frame, 2 per encoder frame
         weights, logprobs = cross_attention(model, features, ids, frames, heads)
-        for k, g in enumerate(batch):
-            n = len(sequences[k]) - len(prefix)  # text tokens + end of text
-            rows = weights[k][:, len(prefix) - 1 : len(prefix) - 1 + n]
-            starts = token_starts(rows) + g.start / SAMPLE_RATE
-            probs = logprobs[k, len(prefix) - 1 : len(sequences[k]) - 1].gather(-1, ids[k, len(prefix) :, None].cpu())
-            words |= _segment_words(segments, g, texts, starts, probs.exp().flatten().numpy(), tokenizer, language)
-    return [replace(s, words=words.get(i, ())) for i, s in enumerate(segments)]
+        for k, sequence in enumerate(sequences):
+            first, last = len(prefix) - 1, len(sequence) - 1  # positions predicting the text and the end
+            picked = logprobs[k, first : last - 1].gather(-1, ids[k, first + 1 : last, None].cpu())
+            out.append((weights[k][:, first:last], picked.exp().flatten().numpy()))
+    return out
 
 
 def _segment_words(segments, group: _Group, texts, starts, probs, tokenizer, language) -> dict:
