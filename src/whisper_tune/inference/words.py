@@ -246,9 +246,9 @@ def _segment_words(segments, group: _Group, texts, starts, probs, tokenizer, lan
     for i in group.segments:
         s, found = segments[i], []
         for word, n in split_words(tokenizer, texts[i], language):
-            begin = min(max(float(starts[at]), s.start), s.end)
-            end = min(max(float(starts[at + n]), begin), s.end)
-            found.append(Word(round(begin, 3), round(end, 3), word, round(float(probs[at : at + n].mean()), 4)))
+            begin = min(max(round(float(starts[at]), 3), s.start), s.end)
+            end = min(max(round(float(starts[at + n]), 3), begin), s.end)
+            found.append(Word(begin, end, word, round(float(probs[at : at + n].mean()), 4)))
             at += n
         out[i] = tuple(w for w in found if w.word)
     return out
