@@ -116,7 +116,9 @@ def test_parameters_parse_with_faster_whispers_names():
     assert VadOptions.parse("threshold=0.4, min_silence_duration_ms=500") == VadOptions(
         threshold=0.4, min_silence_duration_ms=500
     )
-    assert VadOptions.parse('{"speech_pad_ms": 200}', longer_than_s=30) == VadOptions(speech_pad_ms=200, longer_than_s=30)
+    assert VadOptions.parse('{"speech_pad_ms": 200}', longer_than_s=30) == VadOptions(
+        speech_pad_ms=200, longer_than_s=30
+    )
     for bad, says in (
         ("treshold=0.4", "unknown vad parameter 'treshold'"),
         ("threshold", "not KEY=VALUE"),
