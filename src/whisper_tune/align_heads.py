@@ -10,9 +10,10 @@ folder (``alignment_heads.json``), which ``words.alignment_heads`` reads from th
 The measure: the reference text of held-out clips of the demo corpus, aligned to their audio
 (forced alignment: the text is known, so recognition errors do not enter), each word's start
 compared with espeak-ng's own word event (``speech_timing.py``); the median absolute error
-in seconds over all words but each clip's first (which starts at 0 s on both sides). The choice: each head's error alone, heads ranked by it, and the
-number of best-ranked heads (1 to :data:`MAX_HEADS`) whose combination has the lowest error.
-It is chosen on one split (``dev``) and should be reported on another (``unseen``).
+in seconds over all words but each clip's first (which starts at 0 s on both sides). The
+choice: each head's error alone, heads ranked by it, and the number of best-ranked heads
+(1 to :data:`MAX_HEADS`) whose combination has the lowest error. It is chosen on one split
+(``dev``) and should be reported on another (``unseen``).
 """
 
 from __future__ import annotations
