@@ -448,13 +448,10 @@ def open_engine(
     ``adapter`` is; several are held unmerged on one copy of their base (PEFT's
     ``load_adapter``), and :meth:`Engine.using` switches between them by name. Adapters
     trained on different bases are refused. ``hotwords``: faster-whisper's (a CTranslate2
-    model only). ``vad``: the engine's speech filter (``vad.VadOptions``; None: off unless a
-    call asks)."""
+    model only). ``vad``: the engine's speech filter (None: off unless a call asks)."""
     if hotwords and not (model and kind is None and is_ct2_model(model)):
-        raise UserError(
-            "--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), "
-            f"not {model or adapter or 'this model'}"
-        )
+        what = model or adapter or "this model"
+        raise UserError(f"--hotwords is faster-whisper's: it needs a CTranslate2 model (export-ct2), not {what}")
     if adapters and adapter:
         raise ValueError("give adapter or adapters, not both")
     if adapters and len(adapters) > 1:
