@@ -8,8 +8,10 @@ Long files: the corpus's held-out ``unseen`` clips joined with ``report_card.joi
 (low noise between clips), with pauses of ``--pause`` seconds (default 1-8 s: a talk with
 long pauses, where VAD has something to remove). Non-speech: ``nonspeech.nonspeech_clips``
 (silence, room tone, noises, tones, music-like), the report card's generator. Decoding is
-``transcribe``'s default (greedy with openai's fallback and thresholds, no previous-text
-conditioning); VAD's parameters are faster-whisper's defaults. Writes ``vad_effect.json``
+``transcribe``'s default (``--decoding file``: greedy with openai's fallback and thresholds,
+no previous-text conditioning) or plain greedy (``--decoding greedy``: no fallback and no
+no-speech check, so VAD's effect alone shows; far faster where the base loops, as Whisper
+base does on Marathi); VAD's parameters are faster-whisper's defaults. Writes ``vad_effect.json``
 and prints one line per model and setting.
 """
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--base", default="/work/artifacts/whisper-base")
     parser.add_argument("--adapter", default=None, help="a fine-tune to measure beside the base")
     parser.add_argument("--language", default="mr")
+    parser.add_argument("--decoding", choices=("file", "greedy"), default="file")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -80,7 +83,7 @@ def main() -> None:
     clips, references = held_out(Path(args.corpus), args.split, args.clips)
     files = join_clips(clips, references, args.seconds, pause=tuple(args.pause))
     nonspeech = [c.audio for c in nonspeech_clips(args.nonspeech)]
-    decoding = DecodingOptions(**FILE_DECODING)
+    decoding = DecodingOptions(**FILE_DECODING) if args.decoding == "file" else DecodingOptions.greedy()
     rows = []
     for name, adapter in (("base", None), ("fine-tune", args.adapter)):
         if name == "fine-tune" and not adapter:
