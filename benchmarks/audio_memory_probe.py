@@ -47,7 +47,7 @@ def _serve(port: int) -> None:
     class Stub(Engine):
         kind = "stub"
 
-        def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+        def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16, **options):
             time.sleep(1.0)
             return [([], "en") for _ in audios]
 

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import free_port, write_tone
 
@@ -396,12 +397,13 @@ def _post(server, fields: list[tuple[str, str]], clip: Path, timeout: float = 60
         ([("best_of", "5")], "best_of", "best_of 5 is not offered"),
         ([("temperature", "0"), ("temperature", "0.4")], "temperature", "'temperature' was sent 2 times; send it once"),
         ([("temperature", "0,0.2,0.4")], "temperature", "temperature must be a number from 0 to 1"),
-        ([("timestamp_granularities[]", "word")], "timestamp_granularities[]", "word timestamps are not supported"),
+        ([("timestamp_granularities[]", "word")], "timestamp_granularities[]", "needs response_format=verbose_json"),
+        ([("vad_filter", "maybe")], "vad_filter", "'vad_filter' must be true or false, not 'maybe'"),
         ([("timestamp_granularities[]", "char")], "timestamp_granularities[]", "unknown timestamp granularity"),
     ],
 )
 def test_every_numeric_field_is_bounded_and_what_is_not_offered_is_a_400(server, counted, clips, fields, param, says):
-    """beam_size=100000 once tried to allocate 38 GB (HTTP 500); word timestamps were ignored."""
+    """beam_size=100000 once tried to allocate 38 GB (HTTP 500); word timestamps were once ignored."""
     counted.most = 0
     response = _post(server, [("model", MODEL_ID), *fields], clips[0])
     error = response.json()["error"]
@@ -463,7 +465,7 @@ class SlowEngine(Engine):
         super().__init__("slow", None, "transcribe")
         self.seconds, self.calls = seconds, 0
 
-    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16, **options):
         self.calls += 1
         time.sleep(self.seconds)
         return [([], "en") for _ in audios]
@@ -756,3 +758,52 @@ def test_a_stream_whose_client_leaves_stops_decoding(greedy_engine, clips, tmp_p
     assert streams[0].work.exception().status == api.CLIENT_GONE  # stopped by the listener...
     assert spans[1][0] in in_stream and spans[2][0] not in in_stream  # ...before the last window
     assert again.status_code == 200 and spans[2][0] in decoded  # the slot was free again
+
+
+def _inside(words, segments, duration):
+    """Each word inside a segment and the file, in order."""
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and all(0.0 <= w.start <= w.end <= duration + 1e-3 for w in words)
+    for w in words:
+        assert any(s.start <= w.start and w.end <= s.end for s in segments), w
+
+
+def test_verbose_json_gives_words_and_segments(client, clips):
+    """timestamp_granularities[]: word and segment together, or words alone (no segments, as
+    OpenAI's API answers); words need verbose_json."""
+    with open(clips[0], "rb") as f:
+        both = client.audio.transcriptions.create(
+            model=MODEL_ID, file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+        )
+    assert both.segments and both.words
+    _inside(both.words, both.segments, both.duration)
+    assert " ".join(w.word for w in both.words) == " ".join(both.text.split())
+    with open(clips[0], "rb") as f:
+        alone = client.audio.transcriptions.create(
+            model=MODEL_ID, file=f, response_format="verbose_json", timestamp_granularities=["word"]
+        )
+    assert [w.model_dump() for w in alone.words] == [w.model_dump() for w in both.words]
+    assert getattr(alone, "segments", None) is None
+    with open(clips[0], "rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model=MODEL_ID, file=f, timestamp_granularities=["word"])
+    assert "verbose_json" in info.value.message
+
+
+def test_vad_filter_field_keeps_times_on_the_uploads_timeline(client, clips, tmp_path):
+    """vad_filter=true (faster-whisper's name) on an upload with 8 s of silence before the
+    speech: segments and words start after the silence, inside the file."""
+    import soundfile as sf
+
+    audio = load_audio(clips[0])
+    padded = tmp_path / "padded.wav"
+    sf.write(str(padded), np.concatenate([np.zeros(8 * 16000, np.float32), audio]), 16000)
+    with open(padded, "rb") as f:
+        out = client.audio.transcriptions.create(
+            model=MODEL_ID,
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+            extra_body={"vad_filter": "true"},
+        )
+    assert out.segments and out.segments[0].start >= 7.0 and out.segments[-1].end <= out.duration
+    _inside(out.words, out.segments, out.duration)

@@ -123,6 +123,7 @@ SUBCOMMANDS = {
     "make-processor",
     "demo",
     "import-ct2",
+    "align-heads",
 }
 
 

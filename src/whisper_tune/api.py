@@ -39,7 +39,10 @@ Why it is built this way:
   refuses rates above 192 kHz and more than 8 channels from the header (413), and decodes in
   blocks, so memory follows the 16 kHz output (``benchmarks/audio_memory_probe.py``).
 * Every form field is bounded (beam_size 1-10, thresholds in range, each field once) and
-  what is not offered (word timestamps, best_of above 1) is a 400 saying so, never ignored.
+  what is not offered (best_of above 1) is a 400 saying so, never ignored.
+* ``timestamp_granularities[]=word`` (verbose_json) times each word by cross-attention
+  alignment (``inference/words.py``); ``vad_filter`` (faster-whisper's name) switches Silero
+  VAD on or off for a request; the server's default (``--vad``) filters files over 30 s.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the `Request` annotations of the
@@ -88,13 +91,15 @@ def load_engine(
     adapters: dict[str, str] | None = None,
     hotwords: str | None = None,
     merge_busiest: bool = True,
+    vad=None,
 ):
     """The server's engine for ``--model``/``--adapter`` (``inference.open_engine``: a
     CTranslate2 folder runs on faster-whisper, anything else loads with the adapter merged;
     ``adapters``, name -> folder: several on one base, switched by name, the busiest decoded
     from a merged copy where memory allows unless ``merge_busiest`` is off).
     ``decoding`` (``DecodingOptions``) is the server's default decoding (None: that of
-    ``whisper-tune transcribe``, so a request gives what it gives)."""
+    ``whisper-tune transcribe``, so a request gives what it gives); ``vad``
+    (``inference.VadOptions``): the speech filter a request gets unless it sends ``vad_filter``."""
     from .inference import DecodingOptions, open_engine
     from .inference.options import FILE_DECODING
 
@@ -108,6 +113,7 @@ def load_engine(
         adapters=adapters,
         hotwords=hotwords,
         merge_busiest=merge_busiest,
+        vad=vad,
     )
 
 
@@ -276,6 +282,8 @@ class Options:
     prompt: str | None
     decoding: object  # inference.DecodingOptions
     stream: bool = False
+    granularities: tuple[str, ...] = ("segment",)  # verbose_json's timestamp_granularities[]
+    vad_filter: bool | None = None  # faster-whisper's name; None: the server's --vad
 
 
 # Fields beyond OpenAI's (openai/whisper's names): (type, lowest, highest), or bool. The beam
@@ -289,13 +297,14 @@ DECODING_FIELDS = {
     "condition_on_previous_text": (bool, None, None),
 }
 STREAM_FIELD = "stream"  # OpenAI's: true answers with server-sent events
+VAD_FIELD = "vad_filter"  # faster-whisper's: true decodes only the speech, false all of it
 LIST_FIELDS = ("timestamp_granularities[]", "timestamp_granularities", "include[]")  # may repeat
 GRANULARITIES = ("segment", "word")
 
 
 def check_fields(form) -> None:
     """400 for what this server does not do, rather than ignoring it: a field sent twice (which
-    value counts would be a guess), word timestamps, ``best_of`` above 1."""
+    value counts would be a guess), an unknown timestamp granularity, ``best_of`` above 1."""
     counts: dict[str, int] = {}
     for name, _ in form.multi_items():
         counts[name] = counts.get(name, 0) + 1
@@ -306,13 +315,7 @@ def check_fields(form) -> None:
         for value in form.getlist(name):
             value = value.strip() if isinstance(value, str) else value
             if value not in GRANULARITIES:
-                raise ApiError(400, f"unknown timestamp granularity '{value}': use segment", param=name)
-            if value == "word":
-                raise ApiError(
-                    400,
-                    "word timestamps are not supported yet: ask for segments (response_format=verbose_json)",
-                    param=name,
-                )
+                raise ApiError(400, f"unknown timestamp granularity '{value}': use segment or word", param=name)
     best_of = _text_field(form, "best_of")
     if best_of is not None and best_of != "1":
         raise ApiError(
@@ -354,7 +357,20 @@ def parse_options(form, models: Models | str, defaults=None, task: str = "transc
         except UserError as e:
             raise ApiError(400, str(e), param="language") from None
     decoding = _decoding(form, defaults)
-    return Options(model, fmt, language or None, _text_field(form, "prompt") or None, decoding, stream)
+    granularities = _granularities(form, fmt)
+    vad_filter = _typed_field(form, VAD_FIELD, bool)
+    prompt = _text_field(form, "prompt") or None
+    return Options(model, fmt, language or None, prompt, decoding, stream, granularities, vad_filter)
+
+
+def _granularities(form, fmt: str) -> tuple[str, ...]:
+    """``timestamp_granularities[]`` (OpenAI's: word, segment or both; for verbose_json only)."""
+    asked = [v.strip() for name in LIST_FIELDS[:2] for v in form.getlist(name)]
+    if asked and fmt != "verbose_json":
+        raise ApiError(
+            400, "timestamp_granularities needs response_format=verbose_json", param="timestamp_granularities[]"
+        )
+    return tuple(g for g in GRANULARITIES if g in asked) or ("segment",)
 
 
 def _decoding(form, defaults):
@@ -445,17 +461,26 @@ def language_name(code: str | None) -> str | None:
     return LANGUAGES.get(code, code) if code else code
 
 
-def verbose_json(transcript: Transcript, task: str, temperature: float) -> dict:
+def verbose_json(
+    transcript: Transcript, task: str, temperature: float, granularities: tuple[str, ...] = ("segment",)
+) -> dict:
     """OpenAI's verbose_json, with each segment's window scores as the decoder measured them
     (temperature used, avg_logprob, compression_ratio, no_speech_prob); ``tokens`` stays
-    empty, and a score the decoder did not measure reads 0 (``temperature``: the first)."""
-    return {
+    empty, and a score the decoder did not measure reads 0 (``temperature``: the first).
+    ``segments`` and ``words`` as ``granularities`` asks (OpenAI's: words alone leaves the
+    segments out)."""
+    out = {
         "task": task,
         "language": language_name(transcript.language),
         "duration": round(transcript.duration, 3),
         "text": transcript.text,
-        "segments": [_segment(i, s, temperature) for i, s in enumerate(transcript.segments)],
     }
+    if "word" in granularities:
+        words = [w for s in transcript.segments for w in s.words or ()]
+        out["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in words]
+    if "segment" in granularities:
+        out["segments"] = [_segment(i, s, temperature) for i, s in enumerate(transcript.segments)]
+    return out
 
 
 def _segment(index: int, segment: Segment, temperature: float) -> dict:
@@ -480,7 +505,9 @@ def _event(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def render(transcript: Transcript, fmt: str, task: str, temperature: float):
+def render(
+    transcript: Transcript, fmt: str, task: str, temperature: float, granularities: tuple[str, ...] = ("segment",)
+):
     """The response for one response_format; srt/vtt/text come from the file writers, so the
     API and ``whisper-tune transcribe --format`` write the same bytes."""
     from fastapi.responses import JSONResponse, PlainTextResponse
@@ -488,7 +515,7 @@ def render(transcript: Transcript, fmt: str, task: str, temperature: float):
     if fmt == "json":
         return JSONResponse({"text": transcript.text})
     if fmt == "verbose_json":
-        return JSONResponse(verbose_json(transcript, task, temperature))
+        return JSONResponse(verbose_json(transcript, task, temperature, granularities))
     writer = get_writer({"text": "txt"}.get(fmt, fmt))
     return PlainTextResponse(writer.format(transcript), media_type="text/plain; charset=utf-8")
 
@@ -701,12 +728,15 @@ def build_app(
             prompt=options.prompt,
             decoding=options.decoding,
             batch_size=batch_size,
+            vad_filter=options.vad_filter,
+            word_timestamps="word" in options.granularities,
         )
         if options.stream:
             return await stream_response(queue, job, gone)
         transcript = await queue.run(job, gone=gone)
         log.info("%s %.1f s of audio in %.2f s (%s)", task, transcript.duration, transcript.seconds, options.model.id)
-        return render(transcript, options.response_format, task, options.decoding.temperature[0])
+        temperature = options.decoding.temperature[0]
+        return render(transcript, options.response_format, task, temperature, options.granularities)
 
     @v1.post("/audio/transcriptions")
     async def transcriptions(request: Request):
@@ -756,6 +786,7 @@ def serve_api(
     hotwords: str | None = None,
     adapters_dir: str | None = None,
     batch_size: int = 16,
+    vad=None,
 ) -> None:
     """Load the model once, then serve until interrupted; ``decoding`` (``DecodingOptions``)
     is the default a request's fields start from. ``adapter``: one folder, or ``--adapter``
@@ -780,7 +811,7 @@ def serve_api(
             raise UserError(f"--alias {alias} is already the name of an adapter")
         if not SERVED_NAME.match(alias):
             raise UserError(f"--alias {alias}: a name of letters, digits, '.', '_', '-' or ':'")
-    engine = load_engine(model, None, language, decoding=decoding, adapters=adapters, hotwords=hotwords)
+    engine = load_engine(model, None, language, decoding=decoding, adapters=adapters, hotwords=hotwords, vad=vad)
     model_id = model_id or default_model_id(model, None)
     app = build_app(engine, limits or Limits(), api_key, model_id, aliases=tuple(aliases), batch_size=batch_size)
     if host not in LOOPBACK:

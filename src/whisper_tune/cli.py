@@ -413,7 +413,39 @@ def _engine(args, decoding):
         task=args.task,
         decoding=decoding,
         hotwords=getattr(args, "hotwords", None),
+        vad=_vad_options(args),
     )
+
+
+def _add_vad_args(p: argparse.ArgumentParser, default: bool, longer_than: float = 0.0) -> None:
+    """faster-whisper's ``vad_filter`` and ``vad_parameters`` (inference/vad.py)."""
+    when = f"files longer than {longer_than:g} s" if longer_than else "every file"
+    p.add_argument(
+        "--vad",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help=f"decode only the speech Silero VAD finds, times kept on the file's timeline (default: "
+        f"{'on for ' + when if default else 'off'})",
+    )
+    p.add_argument(
+        "--vad-parameters",
+        default=None,
+        metavar="K=V,...",
+        help="faster-whisper's vad_parameters, as threshold=0.5,min_silence_duration_ms=2000,speech_pad_ms=400 "
+        "(also min_speech_duration_ms, max_speech_duration_s; or a JSON object)",
+    )
+    p.set_defaults(vad_longer_than=longer_than)
+
+
+def _vad_options(args):
+    """The engine's ``VadOptions`` from ``--vad``/``--vad-parameters`` (None: off)."""
+    from .inference import VadOptions
+
+    if not getattr(args, "vad", False):
+        if getattr(args, "vad_parameters", None):
+            raise UserError("--vad-parameters tunes the speech filter: add --vad")
+        return None
+    return VadOptions.parse(args.vad_parameters, longer_than_s=args.vad_longer_than)
 
 
 def _add_hotwords_arg(p: argparse.ArgumentParser) -> None:
@@ -442,9 +474,17 @@ def cmd_transcribe(args) -> int:
         return 2
     if args.out:
         check_writable(args.out, "--out")  # before the model loads
+    _vad_options(args)  # a bad --vad-parameters fails before the model loads
     engine = _engine(args, decoding)
     print(f"engine: {engine.describe()}", file=sys.stderr)
-    items = transcribe_files(engine, files, decoding=decoding, batch_size=args.batch_size, prompt=args.initial_prompt)
+    items = transcribe_files(
+        engine,
+        files,
+        decoding=decoding,
+        batch_size=args.batch_size,
+        prompt=args.initial_prompt,
+        word_timestamps=args.word_timestamps,
+    )
     # tqdm.write keeps each line whole while the progress bar is drawn
     failed = write_transcripts(
         items,
@@ -486,6 +526,12 @@ def args_transcribe(p: argparse.ArgumentParser) -> None:
         help="text before the first window, as if it had been said just before (openai/whisper's: spellings, "
         "names, style); prompted files decode window after window, not in batches",
     )
+    p.add_argument(
+        "--word-timestamps",
+        action="store_true",
+        help="time each word (cross-attention alignment; json gets words, srt a cue per word, vtt timed words)",
+    )
+    _add_vad_args(p, default=False)
     _add_hotwords_arg(p)
     _add_decoding_args(p)
 
@@ -715,6 +761,7 @@ def cmd_api(args) -> int:
         hotwords=args.hotwords,
         adapters_dir=args.adapters_dir,
         batch_size=args.batch_size,
+        vad=_vad_options(args),
     )
     return 0
 
@@ -761,6 +808,9 @@ def args_api(p: argparse.ArgumentParser) -> None:
         help="30 s windows of a file decoded together, as in transcribe (default: 16); smaller sends a stream's "
         "first words sooner on a CPU",
     )
+    from .inference.vad import API_VAD_SECONDS
+
+    _add_vad_args(p, default=True, longer_than=API_VAD_SECONDS)
     _add_hotwords_arg(p)
     _add_decoding_args(p)
 
@@ -891,6 +941,36 @@ def args_make_demo_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def cmd_align_heads(args) -> int:
+    """Choose a fine-tune's alignment heads (word time stamps) again on held-out demo clips."""
+    from .align_heads import choose_heads, reference_clips, write_heads
+    from .inference import open_engine
+
+    clips = reference_clips(args.data, args.split, args.clips)  # a bad corpus fails before the model loads
+    engine = open_engine(args.model, args.adapter)  # merged, as transcribe decodes
+    if engine.kind != "transformers" or not engine.language:
+        raise UserError("align-heads needs a transformers adapter that records its language (whisper_tune.json)")
+    choice = choose_heads(engine.model, engine.processor, clips, engine.language, args.adapter, args.split)
+    print(
+        f"median word-start error on {choice.clips} {args.split} clips ({choice.words} words): "
+        f"{choice.previous_error_s * 1000:.1f} ms with the model's {len(choice.previous_heads)} heads, "
+        f"{choice.median_error_s * 1000:.1f} ms with the {len(choice.alignment_heads)} chosen"
+    )
+    if choice.median_error_s < choice.previous_error_s or args.force:
+        print(f"wrote {write_heads(choice, args.adapter)}")
+    else:
+        print("kept the model's heads: the chosen ones do not align better (--force writes them anyway)")
+    return 0
+
+
+def args_align_heads(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p, "base model (default: the adapter's base)", adapter_required=True)
+    p.add_argument("--data", required=True, help="a demo corpus folder (make-demo-data): its clips are spoken again")
+    p.add_argument("--split", default="dev", help="held-out split to choose on (default: dev)")
+    p.add_argument("--clips", type=int, default=40, help="how many of its clips (default: 40)")
+    p.add_argument("--force", action="store_true", help="write the chosen heads even where they are not better")
+
+
 def cmd_make_processor(args) -> int:
     """Write a Whisper processor (tokenizer + feature extractor) built offline."""
     from .processor import build_processor
@@ -992,6 +1072,7 @@ COMMANDS: dict[str, Command] = {
     "make-demo-data": Command(cmd_make_demo_data, args_make_demo_data),
     "make-processor": Command(cmd_make_processor, args_make_processor),
     "build-lm": Command(cmd_build_lm, args_build_lm),
+    "align-heads": Command(cmd_align_heads, args_align_heads),
     "demo": Command(cmd_demo, args_demo),
     "import-ct2": Command(cmd_import_ct2, args_import_ct2),
 }

@@ -237,6 +237,19 @@ def _write_tsv(path: Path, records: list[dict], language: str) -> None:
             )
 
 
+def clip_plan(folder: str | Path) -> list[dict]:
+    """The records a finished corpus was made from (split, sentence, path, voice, speed,
+    pitch), drawn again from its ``demo.json``: how each clip was spoken, for
+    ``speech_timing`` to speak it again with word timing."""
+    marker = Path(folder) / "demo.json"
+    if not marker.is_file():
+        raise UserError(f"{folder} is not a demo corpus (no demo.json): make one with whisper-tune make-demo-data")
+    made = json.loads(marker.read_text(encoding="utf-8"))["made_with"]
+    opts = DemoDataOptions(**made["options"])
+    sentences = demo_sentences(made["language"])[: opts.sentences]
+    return [r | {"language": made["language"]} for r in _plan(split_sentences(sentences, opts), opts, made["language"])]
+
+
 def finished_corpus(folder: str | Path) -> DemoDataResult | None:
     """A corpus folder that :func:`make_demo_data` finished with today's layout, whatever its
     options (a subset made for a quick try or a test), else None."""

@@ -5,6 +5,8 @@ Layers, imported only downward (tests/test_architecture.py holds it):
 * ``files``: the per-file loop and output writing (``whisper-tune transcribe``);
 * ``engine``: :class:`Engine` and :func:`open_engine`, the only place a back-end is chosen;
 * ``longform``: the batched long-form strategy (windows of many files decoded together);
+* ``vad`` (speech found first, times mapped back) and ``words`` (word time stamps by
+  cross-attention alignment), applied by the engine around every back-end;
 * the back-ends: ``greedy`` (the fast decoder), ``generate`` (transformers' ``generate`` with
   robust decoding's fallback), ``ct2`` (faster-whisper), ``ggml`` (whisper.cpp, for checks);
 * ``options`` and ``results``: :class:`DecodingOptions`, :class:`Segment`, :class:`Transcript`
@@ -15,7 +17,8 @@ from .engine import Adapter, CT2Engine, Engine, GGMLEngine, TransformersEngine, 
 from .files import transcribe_files, write_transcripts
 from .longform import segments_as_decoded
 from .options import FALLBACK_TEMPERATURES, MAX_NEW_TOKENS, DecodingOptions, compression_ratio
-from .results import Segment, Transcript, expand_inputs, get_writer, output_names
+from .results import Segment, Transcript, Word, expand_inputs, get_writer, output_names
+from .vad import VadOptions
 
 __all__ = [
     "Adapter",
@@ -28,6 +31,8 @@ __all__ = [
     "Segment",
     "Transcript",
     "TransformersEngine",
+    "VadOptions",
+    "Word",
     "compression_ratio",
     "expand_inputs",
     "get_writer",

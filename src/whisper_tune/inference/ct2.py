@@ -14,7 +14,7 @@ import numpy as np
 from ..audio import check_finite
 from ..errors import UserError
 from .options import DecodingOptions
-from .results import Segment
+from .results import Segment, Word
 
 
 def is_ct2_model(path: str | Path) -> bool:
@@ -42,12 +42,14 @@ def transcribe_audio_ct2(
     prompt: str | None = None,
     decoding: DecodingOptions | None = None,
     hotwords: str | None = None,
+    word_timestamps: bool = False,
 ) -> tuple[list[Segment], str]:
     """``generate.transcribe_audio`` for a faster-whisper model (``load_ct2``): one 16 kHz clip
     -> (segments with their window scores, language), with the same ``decoding`` options.
     ``hotwords`` is faster-whisper's: words put after ``<|startofprev|>`` in every window,
     before any previous text (``prompt``, openai's initial prompt, is that previous text
-    for the first window only)."""
+    for the first window only). ``word_timestamps``: faster-whisper's own (cross-attention
+    DTW on the model's alignment heads, as ``words.py`` does for transformers)."""
     check_finite(audio)
     segments, info = model.transcribe(
         audio,
@@ -55,6 +57,8 @@ def transcribe_audio_ct2(
         task=task,
         initial_prompt=prompt or None,
         hotwords=hotwords or None,
+        word_timestamps=word_timestamps,
+        vad_filter=False,  # VAD runs above the back-ends (vad.py), the same for every engine
         **(decoding or DecodingOptions()).faster_whisper_kwargs(),
     )
     return [_ct2_segment(s) for s in segments], info.language
@@ -75,6 +79,19 @@ def greedy_text_ct2(model, audio: np.ndarray, language: str, task: str, max_new_
 
 
 def _ct2_segment(s) -> Segment:
+    start, end = round(s.start, 3), round(s.end, 3)
+    words = None
+    if s.words is not None:  # inside their segment, as words.py's are
+        words = tuple(
+            Word(
+                min(max(round(w.start, 3), start), end),
+                min(max(round(w.end, 3), start), end),
+                w.word.strip(),
+                round(w.probability, 4),
+            )
+            for w in s.words
+            if w.word.strip()
+        )
     return Segment(
         round(s.start, 3),
         round(s.end, 3),
@@ -83,4 +100,5 @@ def _ct2_segment(s) -> Segment:
         avg_logprob=round(s.avg_logprob, 4),
         compression_ratio=round(s.compression_ratio, 4),
         no_speech_prob=round(s.no_speech_prob, 4),
+        words=words,
     )

@@ -37,6 +37,8 @@ from .longform import transcribe_batched
 from .merged import MergedCopy
 from .options import MAX_NEW_TOKENS, DecodingOptions
 from .results import Segment, Transcript
+from .vad import SpeechMap, VadOptions, speech_spans
+from .words import add_words, alignment_heads
 
 STRATEGIES = ("auto", "batched", "sequential")  # how the transformers engine decodes files of any length
 CLIP_DECODERS = ("auto", "fast", "fast-compiled", "generate")  # ... and clips of at most 30 s (evaluation)
@@ -55,15 +57,26 @@ class Adapter:
 
 class Engine:
     """A loaded model and the ways it decodes. ``language`` None: detected per file;
-    ``decoding``: the options a call that passes none uses."""
+    ``decoding``: the options a call that passes none uses; ``vad``: the speech filter a call
+    that does not say ``vad_filter`` uses (None: none; ``vad.VadOptions.longer_than_s``: only
+    on files longer than that)."""
 
     kind = ""
 
-    def __init__(self, name: str, language: str | None, task: str, decoding: DecodingOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        language: str | None,
+        task: str,
+        decoding: DecodingOptions | None = None,
+        vad: VadOptions | None = None,
+    ):
         self.name, self.language, self.task = name, language, task
         self.decoding = decoding or DecodingOptions()
+        self.vad = vad
         self.created = int(time.time())
         self.adapters: dict[str, Adapter] = {}  # by name, where open_engine was given names
+        self.folder: str | None = None  # the adapter folder decoding now (its alignment heads)
 
     @contextlib.contextmanager
     def using(self, adapter: str | None):
@@ -76,13 +89,13 @@ class Engine:
         if adapter not in self.adapters:
             raise UserError(f"no adapter named {adapter!r}: this engine has {', '.join(self.adapters) or 'none'}")
         chosen = self.adapters[adapter]
-        saved = self.language, self.task
+        saved = self.language, self.task, self.folder
         self._activate(chosen)
-        self.language, self.task = chosen.language, chosen.task
+        self.language, self.task, self.folder = chosen.language, chosen.task, chosen.path
         try:
             yield
         finally:
-            self.language, self.task = saved
+            self.language, self.task, self.folder = saved
 
     def _activate(self, adapter: Adapter) -> None:
         """Switch the weights to ``adapter`` (an engine of one model has nothing to switch)."""
@@ -95,8 +108,39 @@ class Engine:
         prompt: str | None = None,
         decoding: DecodingOptions | None = None,
         batch_size: int = 16,
+        vad_filter: bool | None = None,
+        word_timestamps: bool = False,
     ) -> list[tuple[list[Segment], str]]:
-        """(segments with time stamps, language) per 16 kHz clip of any length."""
+        """(segments with time stamps, language) per 16 kHz clip of any length, on the clip's
+        own timeline. ``vad_filter`` (faster-whisper's name): True decodes only the speech
+        (the engine's ``vad`` parameters, else the defaults), False all of it, None as the
+        engine's ``vad`` says. ``word_timestamps``: each segment's words, timed."""
+        maps = [self._speech_map(a, vad_filter) for a in audios]
+        todo = [i for i, m in enumerate(maps) if m is None or m.spans]  # a file without speech is not decoded
+        decoded = self._decode_files(
+            [maps[i].cut(audios[i]) if maps[i] else audios[i] for i in todo],
+            language,
+            task,
+            prompt,
+            decoding,
+            batch_size,
+            word_timestamps,
+        )
+        out = [([], self._language(language)) for _ in audios]
+        for i, (segments, used) in zip(todo, decoded):
+            out[i] = ([maps[i].segment(s) for s in segments] if maps[i] else segments), used
+        return out
+
+    def _speech_map(self, audio: np.ndarray, vad_filter: bool | None) -> SpeechMap | None:
+        """Where VAD applies to ``audio``: its speech spans (see ``transcribe``)."""
+        if vad_filter is False or (vad_filter is None and not (self.vad and self.vad.applies(audio))):
+            return None
+        return SpeechMap(speech_spans(audio, self.vad or VadOptions()))
+
+    def _decode_files(
+        self, audios, language, task, prompt, decoding, batch_size, word_timestamps
+    ) -> list[tuple[list[Segment], str]]:
+        """The back-end's ``transcribe``, on the audio VAD kept."""
         raise NotImplementedError
 
     def detect_languages(self, audios: list[np.ndarray]) -> list[str]:
@@ -171,8 +215,9 @@ class TransformersEngine(Engine):
         max_new_tokens: int = MAX_NEW_TOKENS,
         loaded=None,
         encoder_window: str = "full",
+        vad: VadOptions | None = None,
     ):
-        super().__init__(name, language, task, decoding)
+        super().__init__(name, language, task, decoding, vad)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
         if clips not in CLIP_DECODERS:
@@ -236,7 +281,7 @@ class TransformersEngine(Engine):
     def batches(self, audio, decoding=None, prompt=None) -> bool:
         return self.batched(self._options(decoding), prompt, len(audio))
 
-    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+    def _decode_files(self, audios, language, task, prompt, decoding, batch_size, word_timestamps):
         decoding, language, task = self._options(decoding), self._language(language), task or self.task
         together = [i for i, a in enumerate(audios) if self.batched(decoding, prompt, len(a))]
         out: list = [None] * len(audios)
@@ -257,6 +302,12 @@ class TransformersEngine(Engine):
             out[i] = transcribe_audio(
                 self.model, self.processor, audios[i], language, task, self.max_new_tokens, prompt, decoding
             )
+        if word_timestamps:
+            heads = alignment_heads(self.model, self.folder)
+            out = [
+                (add_words(self.model, self.processor, a, s, used, task, heads), used)
+                for a, (s, used) in zip(audios, out)
+            ]
         return out
 
     def detect_languages(self, audios):
@@ -353,17 +404,21 @@ class CT2Engine(Engine):
         suppress=True,
         compute_type="default",
         hotwords: str | None = None,
+        vad: VadOptions | None = None,
     ):
-        super().__init__(str(path), language, task, decoding)
+        super().__init__(str(path), language, task, decoding, vad)
         refuse_lm(decoding, "faster-whisper")  # before the model loads
         self.model = load_ct2(path, compute_type)
         self.suppress = suppress  # non-speech tokens suppressed in decode_clips, as a source's generation config does
         self.hotwords = hotwords  # faster-whisper's: put before every window's previous text
 
-    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+    def _decode_files(self, audios, language, task, prompt, decoding, batch_size, word_timestamps):
         language, task, decoding = self._language(language), task or self.task, self._options(decoding)
         refuse_lm(decoding, "faster-whisper")
-        return [transcribe_audio_ct2(self.model, a, language, task, prompt, decoding, self.hotwords) for a in audios]
+        return [
+            transcribe_audio_ct2(self.model, a, language, task, prompt, decoding, self.hotwords, word_timestamps)
+            for a in audios
+        ]
 
     def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
         return [greedy_text_ct2(self.model, a, language, task, max_new_tokens, self.suppress).strip() for a in audios]
@@ -381,7 +436,7 @@ class GGMLEngine(Engine):
         super().__init__(str(path), language, task)
         self.path, self.window, self.suppress = Path(path), window, suppress
 
-    def transcribe(self, audios, language=None, task=None, prompt=None, decoding=None, batch_size=16):
+    def _decode_files(self, audios, language, task, prompt, decoding, batch_size, word_timestamps):
         raise UserError("whisper.cpp files are checked here, not served: run them with whisper.cpp itself")
 
     def decode_clips(self, audios, language, task, max_new_tokens, min_new_tokens=0, decoding=None):
@@ -413,6 +468,7 @@ def open_engine(
     hotwords: str | None = None,
     merge_busiest: bool = False,
     encoder_window: str = "full",
+    vad: VadOptions | None = None,
 ) -> Engine:
     """The engine for ``model`` (+ ``adapter``), the back-end chosen here once: an
     ``export-ct2`` folder runs on faster-whisper, a ggml file (``kind="ggml"``) on
@@ -428,10 +484,11 @@ def open_engine(
     trained on different bases are refused; ``merge_busiest``: the busiest of them decoded from
     a merged copy (``merged.py``). ``hotwords``: faster-whisper's (a CTranslate2 model only).
     ``encoder_window`` "longest": clips decoded in their batch's longest clip instead of 30 s
-    windows (``encoder_window.py``; a transformers model only)."""
+    windows (``encoder_window.py``; a transformers model only). ``vad``: the engine's speech
+    filter (None: off unless a call asks)."""
     _check_engine_options(model, adapter, kind, adapters, hotwords, encoder_window)
     if adapters and len(adapters) > 1:
-        return _open_adapters(model, adapters, device, language, task, decoding, merge_busiest)
+        return _open_adapters(model, adapters, device, language, task, decoding, merge_busiest, vad)
     named = next(iter(adapters)) if adapters else None  # one adapter by name: merged, as adapter is
     adapter = adapters[named] if named else adapter
     if kind is not None:
@@ -444,7 +501,7 @@ def open_engine(
         from ..processor import resolve_language
 
         forced = None if language in (None, "auto") else resolve_language(language)
-        return CT2Engine(model, forced, task or "transcribe", decoding, suppress, hotwords=hotwords)
+        return CT2Engine(model, forced, task or "transcribe", decoding, suppress, hotwords=hotwords, vad=vad)
     from ..modeling import load_for_inference, pick_device
 
     loaded = load_for_inference(
@@ -468,7 +525,9 @@ def open_engine(
         clips=clips,
         loaded=loaded,
         encoder_window=encoder_window,
+        vad=vad,
     )
+    engine.folder = None if adapter is None else str(adapter)
     if named:
         engine.adapters = {named: Adapter(named, str(adapter), engine.language, engine.task)}
     return engine
@@ -491,7 +550,9 @@ def _check_engine_options(model, adapter, kind, adapters, hotwords, encoder_wind
         )
 
 
-def _open_adapters(model, adapters: dict, device, language, task, decoding, merge_busiest) -> TransformersEngine:
+def _open_adapters(
+    model, adapters: dict, device, language, task, decoding, merge_busiest=False, vad=None
+) -> TransformersEngine:
     """Several adapters on one base, unmerged: the first loaded as ``load_for_inference``
     loads it, the others beside it with PEFT's ``load_adapter``."""
     from ..modeling import load_for_inference, pick_device
@@ -529,8 +590,9 @@ def _open_adapters(model, adapters: dict, device, language, task, decoding, merg
         decoding=decoding,
         amp=loaded.autocast_dtype,
         loaded=loaded,
+        vad=vad,
     )
-    engine.peft_names = peft_names
+    engine.peft_names, engine.folder = peft_names, str(adapters[first])
     engine.merged = MergedCopy(loaded.model, peft_names) if merge_busiest else None
     for name, meta in metas.items():
         own = None if language == "auto" else language or meta.language

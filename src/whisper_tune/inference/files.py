@@ -28,6 +28,7 @@ def transcribe_files(
     batch_size: int = 16,
     progress: bool = True,
     prompt: str | None = None,
+    word_timestamps: bool = False,
 ) -> Iterator[Transcript | tuple[str, str]]:
     """Yield a Transcript, or (path, error) for a file that cannot be read, per file.
 
@@ -40,7 +41,14 @@ def transcribe_files(
 
     from .longform import cut_windows
 
-    options = dict(language=language, task=task, prompt=prompt, decoding=decoding, batch_size=batch_size)
+    options = dict(
+        language=language,
+        task=task,
+        prompt=prompt,
+        decoding=decoding,
+        batch_size=batch_size,
+        word_timestamps=word_timestamps,
+    )
     bar = tqdm(total=len(files), desc="transcribe", unit="file", disable=not progress or len(files) < 2)
     group: list[tuple[Path, np.ndarray]] = []
     windows = 0

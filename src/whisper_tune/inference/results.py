@@ -21,6 +21,17 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".we
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a segment, timed by cross-attention alignment (``words.py``) or by
+    faster-whisper's; ``word`` without its leading space."""
+
+    start: float  # seconds, in the file
+    end: float
+    word: str
+    probability: float | None = None  # the mean probability of its tokens
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float  # seconds
     end: float
@@ -30,6 +41,7 @@ class Segment:
     avg_logprob: float | None = None
     compression_ratio: float | None = None
     no_speech_prob: float | None = None
+    words: tuple[Word, ...] | None = None  # where word time stamps were asked for
 
 
 @dataclass
@@ -152,9 +164,13 @@ class WriteSRT(Writer):
     extension = "srt"
 
     def format(self, t: Transcript) -> str:
+        """A cue per segment; with word time stamps, a cue per word (SRT has no timing inside a
+        cue; whisper.cpp's ``--max-len 1`` writes word cues the same way)."""
+        cues = [(w.start, w.end, w.word) for s in t.segments for w in s.words] if _has_words(t) else None
+        cues = cues if cues is not None else [(s.start, s.end, s.text) for s in t.segments]
         blocks = [
-            f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
-            for i, s in enumerate(t.segments, start=1)
+            f"{i}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
+            for i, (start, end, text) in enumerate(cues, start=1)
         ]
         return "\n".join(blocks)
 
@@ -163,9 +179,21 @@ class WriteVTT(Writer):
     extension = "vtt"
 
     def format(self, t: Transcript) -> str:
+        """A cue per segment; with word time stamps, each word after its WebVTT cue timestamp
+        (``<00:00:01.240><c>word</c>``), the karaoke form players highlight word by word."""
+        words = _has_words(t)
         return "WEBVTT\n\n" + "\n".join(
-            f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n" for s in t.segments
+            f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{_timed_words(s) if words else s.text}\n"
+            for s in t.segments
         )
+
+
+def _has_words(t: Transcript) -> bool:
+    return any(s.words is not None for s in t.segments)
+
+
+def _timed_words(s: Segment) -> str:
+    return " ".join(f"<{_clock(w.start, '.')}><c>{w.word}</c>" for w in s.words or ()) or s.text
 
 
 class WriteJSON(Writer):
