@@ -30,5 +30,5 @@ sha256sum /tmp/whisper-base/model.safetensors > "$OUT/weights.sha256"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" > "$OUT/versions.txt"
 STUDY=${STUDY:-gpu_card_study.py}
-case $STUDY in gpu_card_study.py) RESULTS=card-study ;; gpu_encoder_window.py) RESULTS=encoder-window ;; *) RESULTS=${STUDY%.py} ;; esac
+case $STUDY in gpu_card_study.py) RESULTS=card-study ;; gpu_encoder_window.py) RESULTS=encoder-window ;; fusion_study.py) RESULTS=fusion-demo-gpu ;; *) RESULTS=${STUDY%.py} ;; esac
 python3 "benchmarks/$STUDY" --base /tmp/whisper-base --data "$W/corpus/mr" --out "$OUT/$RESULTS" "$@"

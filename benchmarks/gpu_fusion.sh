@@ -8,15 +8,5 @@
 # each call starts with `mkdir -p /tmp/w && cp -r .gpuw*/. /tmp/w/`.
 # There:  bash benchmarks/gpu_fusion.sh [fusion_study.py arguments, e.g. --weights 0 0.2 0.4]
 set -euo pipefail
-OUT=${OUT:-/tmp/out}
-W=/tmp/w
-if [ ! -f /tmp/whisper-base/model.safetensors ]; then
-  mkdir -p /tmp/whisper-base
-  cp "$W"/w/*.json /tmp/whisper-base/
-  cat "$W"/wpart.00 "$W"/wpart.01 "$W"/wpart.02 > /tmp/whisper-base/model.safetensors
-fi
-[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$W"/whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src TRANSFORMERS_VERBOSITY=error WHISPER_TUNE_CACHE=$W/cache
-mkdir -p "$OUT"
-python3 benchmarks/fusion_study.py --base /tmp/whisper-base --adapter "$W/adapter" --data "$W/corpus/mr" \
-  --out "$OUT/fusion-demo-gpu" --work /tmp/fusion-work "$@"
+# gpu_card.sh puts the weights together, installs the wheels and records the GPU and versions
+STUDY=fusion_study.py exec bash "$(dirname "$0")/gpu_card.sh" --adapter /tmp/w/adapter --work /tmp/fusion-work "$@"
