@@ -124,6 +124,7 @@ SUBCOMMANDS = {
     "demo",
     "import-ct2",
     "align-heads",
+    "build-lm",
 }
 
 

@@ -719,18 +719,7 @@ def build_app(
             audio = await decoding.run(decode_upload, upload, limits, gone=gone)
         finally:
             await form.close()
-        job = partial(
-            engine.transcript,
-            audio,
-            adapter=options.model.adapter,
-            language=options.language,
-            task=task,
-            prompt=options.prompt,
-            decoding=options.decoding,
-            batch_size=batch_size,
-            vad_filter=options.vad_filter,
-            word_timestamps="word" in options.granularities,
-        )
+        job = _job(engine, audio, options, task, batch_size)
         if options.stream:
             return await stream_response(queue, job, gone)
         transcript = await queue.run(job, gone=gone)
@@ -763,6 +752,23 @@ def build_app(
         return {"status": "ok", "model": models.default.id, "engine": engine.kind, "waiting": waiting}
 
     return app
+
+
+def _job(engine: Engine, audio, options: Options, task: str, batch_size: int):
+    """One request's work for the inference queue: the engine's transcript of ``audio`` with
+    the request's adapter, language, prompt, decoding, speech filter and granularities."""
+    return partial(
+        engine.transcript,
+        audio,
+        adapter=options.model.adapter,
+        language=options.language,
+        task=task,
+        prompt=options.prompt,
+        decoding=options.decoding,
+        batch_size=batch_size,
+        vad_filter=options.vad_filter,
+        word_timestamps="word" in options.granularities,
+    )
 
 
 def _model_card(model: ServedModel, created: int, alias: str | None = None) -> dict:

@@ -504,14 +504,9 @@ def open_engine(
         return CT2Engine(model, forced, task or "transcribe", decoding, suppress, hotwords=hotwords, vad=vad)
     from ..modeling import load_for_inference, pick_device
 
+    model, adapter = (None if x is None else str(x) for x in (model, adapter))
     loaded = load_for_inference(
-        None if model is None else str(model),
-        None if adapter is None else str(adapter),
-        device or pick_device(),
-        exact=exact,
-        language=language,
-        task=task,
-        merge=merge,
+        model, adapter, device or pick_device(), exact=exact, language=language, task=task, merge=merge
     )
     engine = TransformersEngine(
         loaded.model,
