@@ -108,6 +108,8 @@ def cross_attention(model, features: torch.Tensor, tokens: torch.Tensor, frames:
 def token_starts(weights: torch.Tensor) -> np.ndarray:
     """The frame (s) where each token row of ``weights`` [heads, tokens, frames] starts, and
     the end of the last: openai's normalization, median filter and DTW. Length tokens + 1."""
+    from transformers.models.whisper.generation_whisper import _median_filter  # the filter of its own timestamps
+
     std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
     matrix = _median_filter((weights - mean) / (std + 1e-8), MEDIAN_WIDTH).mean(0).numpy()
     rows, cols = dtw(-matrix.astype(np.float64))
@@ -115,12 +117,6 @@ def token_starts(weights: torch.Tensor) -> np.ndarray:
     starts = cols[jumps] / FRAMES_PER_SECOND
     return np.append(starts, cols[-1] / FRAMES_PER_SECOND + 1 / FRAMES_PER_SECOND)
 
-
-def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
-    if x.shape[-1] <= width // 2:
-        return x
-    padded = torch.nn.functional.pad(x, (width // 2, width // 2), mode="reflect")  # x: [heads, tokens, frames]
-    return padded.unfold(-1, width, 1).median(-1).values
 
 
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
