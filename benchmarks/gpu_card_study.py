@@ -48,6 +48,13 @@ ROWS = {
         "preserve.prompt_share=0.2",
         "train.label_smoothing=0.1",
     ],
+    # issue 28 item 5: short encoder windows in training (the card decodes in 30 s windows, as serving does)
+    "short windows": ["model.encoder_window=longest"],
+    "non-speech 10 %, timestamps 50 %, short windows": [
+        "preserve.nonspeech_share=0.1",
+        "preserve.timestamp_share=0.5",
+        "model.encoder_window=longest",
+    ],
 }
 SPLITS = ("test", "unseen")
 CARD_COLUMNS = (  # card line name (report_card.LINES) -> short column name

@@ -104,3 +104,15 @@ def test_grade_split_grades_the_first_clips_of_a_prepared_split(untrained_adapte
     card = grade_split(None, str(untrained_adapter), "mr", prepared, tmp_path, 2, TINY, "a remark", GREEDY)
     assert card.sizes["target"] == 2
     assert card.remark == "a remark" and "a remark" in (tmp_path / "card.md").read_text(encoding="utf-8")
+
+
+def test_a_small_card_takes_more_clips_for_its_long_file_than_for_its_target():
+    """A CPU card's 40 short clips may not make 2 minutes: the long file takes as many
+    clips as it needs, and never fewer than the target's."""
+    from whisper_tune.grading import _first_seconds
+
+    target = _target((2.0, 3.0, 2.5))
+    assert len(_first_seconds(target, 1, 4.0).audios) == 2  # 2 s + 3 s reach 4 s
+    assert len(_first_seconds(target, 3, 4.0).audios) == 3  # never fewer than the target's clips
+    assert len(_first_seconds(target, 1, 60.0).audios) == 3  # all there is: too short, the lines say n/a
+    assert _first_seconds(target, None, 4.0) is target  # no limit: every clip

@@ -117,13 +117,16 @@ def standard_sets(
     nonspeech: int = NONSPEECH_CLIPS,
     longform_seconds: float = LONGFORM_SECONDS,
     seed: int = 0,
+    longform_from: LabelledSet | None = None,
 ) -> CardSets:
     """Every set of the card from the held-out clips of ``language``: non-speech clips,
-    long files joined from the held-out clips, the English and the language-ID sets. Held-out
-    clips too short in total for one long file leave the long-form lines "n/a" (0 files)."""
-    total = sum(a.size for a in target.audios) / SAMPLE_RATE
+    long files joined from the held-out clips (``longform_from``, default ``target``), the
+    English and the language-ID sets. Held-out clips too short in total for one long file
+    leave the long-form lines "n/a" (0 files)."""
+    joined = longform_from or target
+    total = sum(a.size for a in joined.audios) / SAMPLE_RATE
     longform = (
-        join_clips(target.audios, target.labels, longform_seconds, seed=seed) if total >= longform_seconds else []
+        join_clips(joined.audios, joined.labels, longform_seconds, seed=seed) if total >= longform_seconds else []
     )
     return CardSets(
         language=language,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio import SAMPLE_RATE
 from .card_sets import LONGFORM_SECONDS, NONSPEECH_CLIPS, standard_sets
 from .inference import DecodingOptions, Engine, open_engine
 from .report_card import Card, Decode, LabelledSet, build_card, write_card
@@ -51,8 +52,8 @@ class CardSize:
 
     @classmethod
     def for_cpu(cls) -> CardSize:
-        """Small enough for a 2-core CPU (Whisper base: a few minutes for both columns); 40
-        held-out clips of a few seconds still make one long file."""
+        """Small enough for a 2-core CPU (Whisper base: a few minutes for both columns); the
+        long file takes as many held-out clips as 2 minutes need."""
         return cls(target=40, nonspeech=11, english=20)
 
     @classmethod
@@ -112,6 +113,7 @@ def grade(
         nonspeech=size.nonspeech,
         longform_seconds=size.longform_seconds,
         seed=size.seed,
+        longform_from=_first_seconds(target, size.target, size.longform_seconds),
     )
     sets = replace(
         sets, english=_first(sets.english, size.english), language_id=_first(sets.language_id, size.language_id)
@@ -150,6 +152,20 @@ def _first(labelled: LabelledSet | None, n: int | None) -> LabelledSet | None:
     if labelled is None or n is None:
         return labelled
     return LabelledSet(labelled.audios[:n], labelled.labels[:n])
+
+
+def _first_seconds(labelled: LabelledSet, n: int | None, seconds: float) -> LabelledSet:
+    """The first ``n`` clips, or more of them where ``n`` short clips do not make one long
+    file of ``seconds`` (a small card on a CPU: 40 unseen sentences of 3 s are 2 minutes at
+    most, and the long-form lines would be "n/a")."""
+    if n is None:
+        return labelled
+    samples, total = round(seconds * SAMPLE_RATE), 0
+    for i, audio in enumerate(labelled.audios):
+        total += audio.size
+        if total >= samples:
+            return _first(labelled, max(n, i + 1))
+    return labelled
 
 
 def copy_card(run_folder: Path, adapter_dir: Path) -> None:

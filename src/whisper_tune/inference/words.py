@@ -118,7 +118,6 @@ def token_starts(weights: torch.Tensor) -> np.ndarray:
     return np.append(starts, cols[-1] / FRAMES_PER_SECOND + 1 / FRAMES_PER_SECOND)
 
 
-
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The cheapest monotone path through ``cost`` [rows, cols] from (0, 0) to the last cell,
     moving right, down or diagonally: (row, col) of each step. A row's cells come from one
