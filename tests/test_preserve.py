@@ -288,3 +288,74 @@ def test_the_training_step_reads_the_prompt_and_skips_it_in_the_loss(processor, 
     with torch.no_grad():
         unprompted = model(input_features=batch["input_features"], labels=shifted).loss
     assert not torch.allclose(loss, unprompted, atol=1e-4)
+
+
+# ---- joined timestamp samples ------------------------------------------------------------
+
+
+def _rows(tokenizer, seconds=(2.0, 3.0, 1.5, 2.5)):
+    """Training rows as the collator's Preserver reads them: a tone burst in each clip."""
+    rows = []
+    for i, s in enumerate(seconds):
+        audio = np.zeros(int(s * SR), np.float32)
+        audio[int(0.2 * SR) : int((s - 0.3) * SR)] = 0.3 * np.sin(np.arange(int((s - 0.5) * SR)) / 5.0)
+        rows.append({"audio": audio, "labels": np.asarray(tokenizer(TEXTS[i % len(TEXTS)]).input_ids)})
+    return rows
+
+
+def test_joined_timestamp_samples_give_each_clip_its_segment(processor, mr_tokenizer):
+    """Several clips in one window, each between its own timestamps at its speech: what
+    long-form decoding needs the model to keep writing after the first sentence."""
+    rows = _rows(mr_tokenizer)
+    settings = PreserveSettings(timestamp_share=0.99, timestamp_clips=4)
+    pres = Preserver.from_settings(settings, 3, mr_tokenizer, rows=rows)
+    examples = [dict(rows[i % 4], index=i, epoch=0) for i in range(40)]
+    plans = [pres.plan(e["index"], 0) for e in examples]
+    assert {len(p.joined) for p in plans} == {0, 1, 2, 3}  # 1 to 4 clips per window
+    swapped = pres.swap(examples)
+    for e, plan in zip(swapped, plans):
+        if not plan.timestamps:
+            continue
+        ((_, labels),) = pres.targets([e], [e["audio"]])
+        tokens = _tokens(mr_tokenizer, labels)
+        stamps = [float(t[2:-2]) for t in tokens if re.fullmatch(r"<\|\d+\.\d\d\|>", t)]
+        if not plan.joined:
+            assert len(stamps) == 2 and "spans" not in e
+            continue
+        clips = 1 + len(plan.joined)
+        assert len(stamps) == 2 * clips and stamps == sorted(stamps)  # a segment per clip, time rising
+        assert len(e["audio"]) / SR <= 28.0 and "<|notimestamps|>" not in tokens
+        texts = [TEXTS[plan_row % len(TEXTS)] for plan_row in (e["index"] % 4, *plan.joined)]
+        begin, runs = pres.specials.timestamp_begin, [[]]
+        for t in labels[3:-1]:  # after <|startoftranscript|><|mr|><|transcribe|>, before <|endoftext|>
+            runs.append([]) if t >= begin else runs[-1].append(t)
+        assert [mr_tokenizer.decode(r) for r in runs if r] == texts
+        for (start, end), stamp in zip(e["spans"], zip(stamps[::2], stamps[1::2])):
+            assert abs(stamp[0] - start) <= 0.02 and abs(stamp[1] - end) <= 0.02  # the speech, not the pause
+    assert pres.plan(5, 0) == Preserver.from_settings(settings, 3, mr_tokenizer, rows=rows).plan(5, 0)
+
+
+def test_a_speed_change_moves_the_joined_timestamps_with_the_audio(mr_tokenizer):
+    rows = _rows(mr_tokenizer)
+    pres = Preserver.from_settings(
+        PreserveSettings(timestamp_share=0.99, timestamp_clips=4), 3, mr_tokenizer, rows=rows
+    )
+    i = next(i for i in range(100) if len(pres.plan(i, 0).joined) >= 2)
+    (e,) = pres.swap([dict(rows[0], index=i, epoch=0)])
+    faster = e["audio"][::2]  # twice the speed: every time halves
+    ((_, normal),) = pres.targets([e], [e["audio"]])
+    ((_, quick),) = pres.targets([e], [faster])
+    last = [t for t in _tokens(mr_tokenizer, normal) if t.startswith("<|") and t[2].isdigit()][-1]
+    last_quick = [t for t in _tokens(mr_tokenizer, quick) if t.startswith("<|") and t[2].isdigit()][-1]
+    assert abs(float(last_quick[2:-2]) - float(last[2:-2]) / 2) <= 0.02
+
+
+def test_joining_needs_the_rows_and_leaves_other_plans_as_they_were(mr_tokenizer):
+    settings = PreserveSettings(nonspeech_share=0.2, timestamp_share=0.5, prompt_share=0.2)
+    alone = Preserver.from_settings(settings, 3, mr_tokenizer)  # no rows: each timestamp sample is its clip
+    joined = Preserver.from_settings(settings, 3, mr_tokenizer, rows=_rows(mr_tokenizer))
+    assert all(not alone.plan(i, 0).joined for i in range(200))
+    for i in range(200):  # the joined rows are drawn last: every other choice is the same
+        a, b = alone.plan(i, 0), joined.plan(i, 0)
+        assert (a.swap, a.timestamps, a.prompt_row, a.noise_kind) == (b.swap, b.timestamps, b.prompt_row, b.noise_kind)
+        assert not b.joined or (b.timestamps and b.swap is None and b.prompt_row is None)

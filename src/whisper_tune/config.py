@@ -367,6 +367,9 @@ class AugmentSettings:
 NONSPEECH_TARGETS = ("nospeech", "empty")
 
 
+MAX_JOINED_CLIPS = 8  # clips of a joined timestamp sample; Common Voice clips are ~5 s, a window 30 s
+
+
 @dataclass
 class PreserveSettings:
     """Training that keeps what Whisper could do (``whisper_tune.preserve``): each switch is a
@@ -377,10 +380,17 @@ class PreserveSettings:
     nonspeech_target: str = "nospeech"  # nospeech (<|nospeech|>, or <|nocaptions|>) | empty (no text)
     noise_dir: str | None = None  # a folder of the user's noise recordings: half the non-speech clips
     timestamp_share: float = 0.0  # share of samples with timestamp targets (<|0.00|> text <|end|>)
+    # a timestamp sample joins 1 to this many training clips into one window, each clip its own
+    # segment (<|t0|> text <|t1|><|t2|> text <|t3|>...), as long-form decoding meets speech; 1: the clip alone
+    timestamp_clips: int = 4
     prompt_share: float = 0.0  # share of samples with another clip's text as a <|startofprev|> prompt
 
     def __post_init__(self):
         _shares(self, "preserve", "nonspeech_share", "timestamp_share", "prompt_share")
+        if not isinstance(self.timestamp_clips, int) or not 1 <= self.timestamp_clips <= MAX_JOINED_CLIPS:
+            raise ValueError(
+                f"preserve.timestamp_clips must be a whole number from 1 to {MAX_JOINED_CLIPS}, got {self.timestamp_clips!r}"
+            )
         if self.nonspeech_target not in NONSPEECH_TARGETS:
             raise ValueError(f"preserve.nonspeech_target must be nospeech or empty, got {self.nonspeech_target!r}")
 

@@ -12,7 +12,12 @@ share of each back into the fine-tune's batches:
   target Whisper was trained on: <|startoftranscript|><|nospeech|> (``<|nocaptions|>`` in
   tokenizers converted before v3), or an empty transcript;
 - **timestamps** (``preserve.timestamp_share``): ``<|0.00|> text <|end|>`` instead of
-  <|notimestamps|> text, the end where the clip's speech ends (an energy trim);
+  <|notimestamps|> text, the end where the clip's speech ends (an energy trim); with
+  ``preserve.timestamp_clips`` above 1, up to that many training clips joined into one
+  window with pauses, each clip its own segment. One clip per sample teaches "one segment,
+  then <|endoftext|>", and long-form decoding then writes the first sentence of each 30 s
+  window and drops the rest (measured: long-form WER 91-96 % after single-clip timestamp
+  training on the GPU demo, benchmarks/results/card-study-h100-r3/);
 - **prompts** (``preserve.prompt_share``): another training clip's text after
   <|startofprev|> before the transcript, with no loss on the prompt (as Whisper trained);
 - **replay** (``data.replay``, prepared by ``replay.py``): another language's clip in place
@@ -37,10 +42,14 @@ from .processor import MAX_LABEL_TOKENS, TIME_PRECISION
 SALT = 0x70726573  # "pres": keeps these draws apart from augment's, seeded by (seed, epoch, index) alone
 NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # OpenAI's name (and v3's); HF's v1/v2 conversions'
 MAX_PROMPT_TOKENS = 223  # openai/whisper keeps n_text_ctx // 2 - 1 tokens of previous text
+MAX_TIMESTAMP_STEP = round(30 / TIME_PRECISION)  # <|30.00|>
 TRIM_FRAME = round(TIME_PRECISION * SAMPLE_RATE)  # 320 samples: one timestamp step per energy frame
 TRIM_BELOW_PEAK_DB = 40.0  # frames this far below the loudest frame are not speech
 TRIM_FLOOR_DB = -60.0  # nor are frames under -60 dBFS, however quiet the clip
 MAX_NOISE_CLIPS = 200  # pieces of a noise folder kept in memory (each worker holds them)
+JOINED_SECONDS = 28.0  # a joined sample stays inside one 30 s window, with room for augmentation
+PAUSE_SECONDS = (0.3, 1.2)  # pauses of low noise between joined clips
+PAUSE_NOISE = 1e-3  # their amplitude: a room, not digital silence
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,25 @@ def timestamp_labels(labels, specials: Specials, end_s: float) -> list[int]:
     return labels[: cut - 1] + [start, *text, end, specials.eot]
 
 
+def joined_timestamp_labels(pieces, specials: Specials, spans: list[tuple[float, float]]) -> list[int]:
+    """The timestamp target of clips joined into one window: the first piece's prefix without
+    <|notimestamps|>, then for each clip ``<|start|> text <|end|>`` at its speech ``spans``
+    (seconds in the joined audio, rounded to 0.02 s, kept rising), then <|endoftext|>.
+    ``pieces`` are the clips' label ids (each with its own prefix)."""
+    first = [int(t) for t in pieces[0]]
+    out = first[: prefix_length(first, specials) - 1]
+    last = 0
+    for labels, (start, end) in zip(pieces, spans):
+        labels = [int(t) for t in labels]
+        cut = prefix_length(labels, specials)
+        text = labels[cut:-1] if labels[-1] == specials.eot else labels[cut:]
+        begin = min(max(int(start / TIME_PRECISION), last), MAX_TIMESTAMP_STEP - 1)
+        stop = min(max(round(end / TIME_PRECISION), begin + 1), MAX_TIMESTAMP_STEP)
+        out += [specials.timestamp_begin + begin, *text, specials.timestamp_begin + stop]
+        last = stop
+    return out + [specials.eot]
+
+
 def prompted_rows(prompt: list[int] | None, labels: list[int], ignore: int) -> tuple[list[int], list[int]]:
     """(decoder input, targets) of ``prompt + labels``: the decoder reads everything but the
     last token and predicts everything but the first; the targets of the prompt's tokens and
@@ -145,6 +173,8 @@ class Plan:
     replay_row: int | None = None
     noise_kind: str | None = None  # a nonspeech.KINDS name, or "user" (a piece of noise_dir)
     noise_seed: int = 0
+    joined: tuple[int, ...] = ()  # training rows joined after the clip (a timestamp sample)
+    pause_seed: int = 0
 
 
 @dataclass
@@ -159,17 +189,21 @@ class Preserver:
     nonspeech_share: float = 0.0
     nonspeech_target: str = "nospeech"
     timestamp_share: float = 0.0
+    timestamp_clips: int = 1
     prompt_share: float = 0.0
     replay_share: float = 0.0
     tokenizer: object = None  # encodes the prompts' texts
     texts: list[str] = field(default_factory=list)  # the training split's transcripts, for prompts
     replay: object = None  # the replayed split's rows (audio, labels), numpy-formatted
     noise: list[np.ndarray] = field(default_factory=list)  # pieces of the user's noise folder
+    rows: object = None  # the training split's rows (audio, labels), numpy-formatted: joined timestamp samples
 
     @classmethod
-    def from_settings(cls, settings, seed: int, tokenizer, texts=(), replay=None, replay_share: float = 0.0):
+    def from_settings(cls, settings, seed: int, tokenizer, texts=(), replay=None, replay_share: float = 0.0, rows=None):
         """The Preserver of ``settings`` (a ``config.PreserveSettings``), or None when nothing
-        is switched on. A wrong ``noise_dir`` fails here, named, not later in a worker."""
+        is switched on. A wrong ``noise_dir`` fails here, named, not later in a worker.
+        ``rows``: the training split (audio, labels), for timestamp samples of joined clips
+        (without it, each timestamp sample is its clip alone)."""
         shares = (settings.nonspeech_share, settings.timestamp_share, settings.prompt_share, replay_share)
         if not any(shares):
             return None
@@ -184,12 +218,14 @@ class Preserver:
             nonspeech_share=settings.nonspeech_share,
             nonspeech_target=settings.nonspeech_target,
             timestamp_share=settings.timestamp_share,
+            timestamp_clips=settings.timestamp_clips if rows is not None and len(rows) > 1 else 1,
             prompt_share=settings.prompt_share,
             replay_share=replay_share if replay is not None else 0.0,
             tokenizer=tokenizer if settings.prompt_share else None,
             texts=list(texts) if settings.prompt_share else [],
             replay=replay,
             noise=noise,
+            rows=rows if settings.timestamp_share and settings.timestamp_clips > 1 else None,
         )
 
     def plan(self, index: int, epoch: int) -> Plan:
@@ -199,6 +235,8 @@ class Preserver:
         swap_u, stamp_u, prompt_u, user_u = rng.random(4)
         kind, noise_seed = KINDS[rng.integers(len(KINDS))], int(rng.integers(2**63 - 1))
         replay_at, prompt_at = rng.random(2)
+        extra, pause_seed = rng.random(), int(rng.integers(2**63 - 1))  # drawn last: earlier draws stay as they were
+        others = rng.random(max(self.timestamp_clips - 1, 0))
         swap = None
         if swap_u < self.nonspeech_share:
             swap = "nonspeech"
@@ -211,7 +249,12 @@ class Preserver:
             prompt_row = int(prompt_at * (len(self.texts) - 1))
             prompt_row += prompt_row >= index  # another clip's text, never the clip's own
         replay_row = int(replay_at * len(self.replay)) if swap == "replay" else None
-        return Plan(swap, stamp_u < self.timestamp_share, prompt_row, replay_row)
+        stamped = stamp_u < self.timestamp_share
+        joined = ()
+        if stamped and swap is None and prompt_row is None and self.timestamp_clips > 1:
+            n = int(extra * self.timestamp_clips)  # 0 to timestamp_clips - 1 clips after this one
+            joined = tuple(int(u * len(self.rows)) for u in others[:n])
+        return Plan(swap, stamped, prompt_row, replay_row, joined=joined, pause_seed=pause_seed)
 
     def swap(self, examples: list[dict]) -> list[dict]:
         """The examples with their plan (``"plan"``); a non-speech or replay plan replaces the
@@ -226,8 +269,33 @@ class Preserver:
             elif plan.swap == "replay":
                 row = self.replay[plan.replay_row]
                 e |= {"audio": row["audio"], "labels": row["labels"]}
+            elif plan.joined:
+                e |= self._join(e, plan)
             out.append(e)
         return out
+
+    def _join(self, e: dict, plan: Plan) -> dict:
+        """The clip with ``plan.joined``'s clips after it, pauses of low noise between, as long
+        as the whole stays within ``JOINED_SECONDS`` and its labels within Whisper's 448
+        tokens: the audio, each clip's labels (``"pieces"``) and its speech span in seconds
+        (``"spans"``), for :meth:`targets`."""
+        rng = np.random.default_rng(plan.pause_seed)
+        audio, labels = np.asarray(e["audio"], dtype=np.float32), [int(t) for t in e["labels"]]
+        parts, pieces, spans = [audio], [labels], [speech_bounds(audio)]
+        at, tokens = audio.size, len(labels)
+        for row in plan.joined:
+            clip, more = self.rows[row]["audio"].astype(np.float32), [int(t) for t in self.rows[row]["labels"]]
+            pause = np.float32(PAUSE_NOISE) * rng.standard_normal(round(rng.uniform(*PAUSE_SECONDS) * SAMPLE_RATE))
+            pause = pause.astype(np.float32)
+            if (at + pause.size + clip.size) / SAMPLE_RATE > JOINED_SECONDS or tokens + len(more) > MAX_LABEL_TOKENS:
+                break
+            start, end = speech_bounds(clip)
+            offset = (at + pause.size) / SAMPLE_RATE
+            parts += [pause, clip]
+            pieces.append(more)
+            spans.append((offset + start, offset + end))
+            at, tokens = at + pause.size + clip.size, tokens + len(more)
+        return {"audio": np.concatenate(parts), "pieces": pieces, "spans": spans}
 
     def _noise(self, plan: Plan, n: int) -> np.ndarray:
         seconds = max(n, TRIM_FRAME) / SAMPLE_RATE
@@ -245,7 +313,11 @@ class Preserver:
         rows = []
         for e, audio in zip(examples, audios):
             plan, labels = e.get("plan") or Plan(), [int(t) for t in e["labels"]]
-            if plan.timestamps and len(labels) < MAX_LABEL_TOKENS:  # one token longer: it must still fit
+            if "spans" in e:  # joined clips: times scale with the augmented audio (a speed change)
+                scale = len(audio) / max(len(e["audio"]), 1)
+                spans = [(start * scale, end * scale) for start, end in e["spans"]]
+                labels = joined_timestamp_labels(e["pieces"], self.specials, spans)
+            elif plan.timestamps and len(labels) < MAX_LABEL_TOKENS:  # one token longer: it must still fit
                 labels = timestamp_labels(labels, self.specials, speech_bounds(audio)[1])
             prompt = self.prompt(plan.prompt_row, len(labels)) if plan.prompt_row is not None else None
             rows.append((prompt, labels))

@@ -401,6 +401,7 @@ class TrainingRun:
             texts=train_ds["text"] if cfg.preserve.prompt_share else (),
             replay=replay.select_columns(["audio", "labels"]).with_format("numpy") if replay is not None else None,
             replay_share=cfg.data.replay.share,
+            rows=train_ds.select_columns(["audio", "labels"]).with_format("numpy"),
         )
 
     def _identity(self) -> dict:
