@@ -389,7 +389,8 @@ class PreserveSettings:
         _shares(self, "preserve", "nonspeech_share", "timestamp_share", "prompt_share")
         if not isinstance(self.timestamp_clips, int) or not 1 <= self.timestamp_clips <= MAX_JOINED_CLIPS:
             raise ValueError(
-                f"preserve.timestamp_clips must be a whole number from 1 to {MAX_JOINED_CLIPS}, got {self.timestamp_clips!r}"
+                f"preserve.timestamp_clips must be a whole number from 1 to {MAX_JOINED_CLIPS}, "
+                f"got {self.timestamp_clips!r}"
             )
         if self.nonspeech_target not in NONSPEECH_TARGETS:
             raise ValueError(f"preserve.nonspeech_target must be nospeech or empty, got {self.nonspeech_target!r}")
