@@ -48,6 +48,23 @@ ROWS = {
         "preserve.prompt_share=0.2",
         "train.label_smoothing=0.1",
     ],
+    # round three's third study: the card showed text on every non-speech clip under the forced
+    # <|mr|><|transcribe|> prefix (the <|nospeech|> target sits before it) and long-form lost to
+    # one-segment timestamp targets; these rows train the empty target and joined timestamp samples
+    "non-speech 10 % (empty), joined timestamps 50 %": [
+        "preserve.nonspeech_share=0.1",
+        "preserve.nonspeech_target=empty",
+        "preserve.timestamp_share=0.5",
+        "preserve.timestamp_clips=4",
+    ],
+    "the same, prompts 20 %, label smoothing 0.1": [
+        "preserve.nonspeech_share=0.1",
+        "preserve.nonspeech_target=empty",
+        "preserve.timestamp_share=0.5",
+        "preserve.timestamp_clips=4",
+        "preserve.prompt_share=0.2",
+        "train.label_smoothing=0.1",
+    ],
     # issue 28 item 5: short encoder windows in training (the card decodes in 30 s windows, as serving does)
     "short windows": ["model.encoder_window=longest"],
     "non-speech 10 %, timestamps 50 %, short windows": [
