@@ -104,6 +104,9 @@ def test_grade_split_grades_the_first_clips_of_a_prepared_split(untrained_adapte
     card = grade_split(None, str(untrained_adapter), "mr", prepared, tmp_path, 2, TINY, "a remark", GREEDY)
     assert card.sizes["target"] == 2
     assert card.remark == "a remark" and "a remark" in (tmp_path / "card.md").read_text(encoding="utf-8")
+    # train's card grades its first eval clips: too short for a long file, which takes more of the split
+    one = grade_split(None, str(untrained_adapter), "mr", prepared, tmp_path / "one", 1, TINY, decoding=GREEDY)
+    assert one.sizes["target"] == 1 and one.sizes["longform"] == 1
 
 
 def test_a_small_card_takes_more_clips_for_its_long_file_than_for_its_target():

@@ -115,7 +115,9 @@ def _collate(processor, pres, examples):
 
 
 def test_collated_batch_decodes_to_each_plan(processor, mr_tokenizer):
-    pres = _preserver(mr_tokenizer, nonspeech_share=0.3, timestamp_share=0.4, prompt_share=0.4)
+    pres = _preserver(
+        mr_tokenizer, nonspeech_share=0.3, nonspeech_target="nospeech", timestamp_share=0.4, prompt_share=0.4
+    )
     examples = _examples(mr_tokenizer, n=24)
     plans = [pres.plan(e["index"], e["epoch"]) for e in examples]
     assert {p.swap for p in plans} >= {None, "nonspeech"} and any(p.timestamps for p in plans)

@@ -93,11 +93,12 @@ class DemoDataResult:
 
 
 def demo_sentences(language: str = "mr") -> list[str]:
-    """The project's demo sentences for ``language`` (only Marathi ships today)."""
+    """The project's demo sentences for ``language``: Marathi (the demo corpus) and English
+    (the demo's replay corpus, ``data.replay``: scripts/compose_replay_sentences_en.py)."""
     name = f"demo_sentences_{language}.txt"
     path = resources.files("whisper_tune") / "assets" / name
     if not path.is_file():
-        raise UserError(f"no demo sentences for language {language!r}: only 'mr' ships with whisper-tune")
+        raise UserError(f"no demo sentences for language {language!r}: whisper-tune ships 'mr' and 'en'")
     lines = (s.strip() for s in path.read_text(encoding="utf-8").splitlines())
     return [s for s in lines if s and not s.startswith("#")]
 

@@ -142,10 +142,18 @@ def grade_split(
     """The card on a prepared split's clips (at most ``limit``; this machine's
     :class:`CardSize` unless ``size``): the one way ``train`` (its eval split), ``evaluate
     --card`` (the split it scored) and ``demo`` (the test split) grade, so that their cards
-    measure the same thing."""
+    measure the same thing. ``limit`` bounds the target's clips; the long-form file takes
+    more of the split where those are too short for one (``train``'s 25 eval clips are)."""
     size = size or CardSize.for_this_machine()
-    target = held_out(prepared, limit)
-    return grade(base, adapter, language, target, out, size, remark=remark, decoding=decoding)
+    n = min((k for k in (limit, size.target) if k is not None), default=None)
+    target = held_out(prepared, n)
+    while n is not None and len(target.audios) < len(prepared) and _seconds(target) < size.longform_seconds:
+        target = held_out(prepared, max(2 * len(target.audios), 1))  # more clips for the long file, not for the target
+    return grade(base, adapter, language, target, out, replace(size, target=n), remark=remark, decoding=decoding)
+
+
+def _seconds(labelled: LabelledSet) -> float:
+    return sum(a.size for a in labelled.audios) / SAMPLE_RATE
 
 
 def _first(labelled: LabelledSet | None, n: int | None) -> LabelledSet | None:

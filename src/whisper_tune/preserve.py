@@ -187,7 +187,7 @@ class Preserver:
     seed: int
     specials: Specials
     nonspeech_share: float = 0.0
-    nonspeech_target: str = "nospeech"
+    nonspeech_target: str = "empty"
     timestamp_share: float = 0.0
     timestamp_clips: int = 1
     prompt_share: float = 0.0
