@@ -930,7 +930,7 @@ def args_make_demo_data(p: argparse.ArgumentParser) -> None:
     from .demo_data import DemoDataOptions
 
     p.add_argument("--out", required=True, help="folder to write <language>/ into")
-    p.add_argument("--language", default=DataConfig.language, help="language of the sentences (mr: the demo corpus; en: its replay corpus)")
+    p.add_argument("--language", default=DataConfig.language, help="mr (the demo corpus) or en (replay)")
     p.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
     p.add_argument(
         "--train-repeats",
