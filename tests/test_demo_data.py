@@ -3,6 +3,7 @@ import json
 import random
 from collections import Counter
 from importlib import resources
+from pathlib import Path
 
 import soundfile as sf
 
@@ -111,3 +112,21 @@ def test_unseen_voice_settings_lie_outside_the_training_ranges():
             assert PITCH_RANGE[0] <= seen["pitch"] <= PITCH_RANGE[1]
             assert not SPEED_RANGE[0] <= unseen["speed"] <= SPEED_RANGE[1]
             assert not PITCH_RANGE[0] <= unseen["pitch"] <= PITCH_RANGE[1]
+
+
+def test_the_english_replay_sentences_are_distinct_and_never_the_cards():
+    """The demo's replay corpus (make-demo-data --language en) must not hold a sentence of
+    the card's English set, which measures what replay keeps; the asset is what the
+    composer writes."""
+    import importlib.util
+
+    from whisper_tune.card_sets import card_sentences
+
+    english = demo_sentences("en")
+    assert len(english) == len(set(english)) >= 300
+    assert not {s.lower() for s in english} & {s.lower() for s in card_sentences("en")}
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compose_replay_sentences_en.py"
+    spec = importlib.util.spec_from_file_location("compose_en", path)
+    composer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(composer)
+    assert composer.compose() == english
