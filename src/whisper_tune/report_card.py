@@ -18,6 +18,7 @@ and normalized WER/CER) and loop rule (:func:`whisper_tune.evaluation.has_loop`)
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from .audio import SAMPLE_RATE
 from .errors import UserError
 from .evaluation import GenerationResult, has_loop, summarize
 from .normalizers import normalize
+
+log = logging.getLogger(__name__)
 
 TOLERANCE = 0.5  # percentage points: a smaller difference between the columns is "same"
 WINDOW_SECONDS = 30.0  # one Whisper window: each one holding speech must have a segment starting in it
@@ -366,7 +369,13 @@ def _summary(references: Sequence[str], decoded: list[Decoded]):
 def _longform_values(files: list[LongFile], decoded: list[Decoded]) -> dict[str, float | None]:
     if not decoded:
         return {"longform_wer": None, "timestamps": None}
-    sane = [timestamp_sanity(list(segs), f.seconds, f.spans).ok for f, (_, segs, _) in zip(files, decoded)]
+    checks = [timestamp_sanity(list(segs), f.seconds, f.spans) for f, (_, segs, _) in zip(files, decoded)]
+    for i, check in enumerate(checks):  # which rule broke: the card's line holds the share alone
+        if not check.ok:
+            log.info(
+                "long file %d of %d: timestamps not sane (%s): %s", i + 1, len(files), ",".join(check.failed), check
+            )
+    sane = [check.ok for check in checks]
     return {
         "longform_wer": _summary([f.reference for f in files], decoded).normalized_wer,
         "timestamps": 100 * _share(sane, "files"),
