@@ -126,6 +126,10 @@ def test_timestamps_window_without_a_segment():
     # a window that holds no speech needs no segment
     speech = [(0.0, 25.0), (65.0, 90.0)]
     assert timestamp_sanity(skipped, 95.0, speech).ok
+    # a segment that runs across the grid line into the window serves it
+    across = skipped + [Seg(start=28.0, end=33.0, text="x")]
+    across.sort(key=lambda s: s.start)
+    assert timestamp_sanity(across, 95.0).ok
 
 
 # ---- the card ------------------------------------------------------------------------
