@@ -10,6 +10,7 @@
 #   .gpuw2/  wpart.01 + cache/card-speech (the card's spoken sets: the image has no espeak-ng)
 #   .gpuw3/  wpart.02 + cv61-sample/
 #   .gpuw4/  corpus/mr (whisper-tune make-demo-data)
+#   .gpuw5/  corpus/en (whisper-tune make-demo-data --language en: the replay rows, --replay /tmp/w/corpus/en)
 # There:  bash benchmarks/gpu_card.sh [gpu_card_study.py arguments, e.g. --only "switches off (the GPU demo)"]
 # Another study on the same setup: STUDY=gpu_encoder_window.py bash benchmarks/gpu_card.sh [its arguments]
 # (issue 28 item 5, short encoder windows; its results go to $OUT/encoder-window).

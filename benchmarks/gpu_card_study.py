@@ -29,6 +29,7 @@ from gpu_study import cli, evaluate, slug, train_row  # noqa: E402 - the study s
 
 from whisper_tune.demo import GPU_OVERRIDES  # noqa: E402
 
+REPLAY = ["data.replay.source={replay}", "data.replay.language=en", "data.replay.share=0.2"]
 ROWS = {
     "switches off (the GPU demo)": [],
     "non-speech 10 %": ["preserve.nonspeech_share=0.1"],
@@ -62,6 +63,24 @@ ROWS = {
         "preserve.nonspeech_target=empty",
         "preserve.timestamp_share=0.5",
         "preserve.timestamp_clips=4",
+        "preserve.prompt_share=0.2",
+        "train.label_smoothing=0.1",
+    ],
+    # round three's fourth study: half of the empty non-speech targets in the time-stamp form (transcribe's
+    # decoding), and English replay ({replay}: --replay, a make-demo-data --language en corpus) against forgetting
+    "the same, English replay 20 %": [
+        "preserve.nonspeech_share=0.1",
+        "preserve.nonspeech_target=empty",
+        "preserve.timestamp_share=0.5",
+        "preserve.timestamp_clips=4",
+        *REPLAY,
+    ],
+    "the same, English replay 20 %, prompts 20 %, label smoothing 0.1": [
+        "preserve.nonspeech_share=0.1",
+        "preserve.nonspeech_target=empty",
+        "preserve.timestamp_share=0.5",
+        "preserve.timestamp_clips=4",
+        *REPLAY,
         "preserve.prompt_share=0.2",
         "train.label_smoothing=0.1",
     ],
@@ -183,7 +202,11 @@ def main() -> None:
     ap.add_argument(
         "--extra", nargs="*", default=[], help="overrides appended to every row (a dry run: train.max_steps=2)"
     )
+    ap.add_argument("--replay", default=None, help="the English corpus of the replay rows (make-demo-data --language en)")
     args = ap.parse_args()
+    needs = [n for n in (args.only or list(ROWS)) if any("{replay}" in o for o in ROWS[n])]
+    if needs and not args.replay:
+        ap.error(f"rows {needs} replay English clips: give --replay CORPUS (whisper-tune make-demo-data --language en)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(name, seed) for name in (args.only or list(ROWS)) for seed in args.seeds]
@@ -194,7 +217,8 @@ def main() -> None:
         try:
             if args.phase == "score":
                 return score_row(out / slug(f"{name}-s{seed}"), args.data)
-            return run_row(name, ROWS[name] + args.extra, seed, args.base, args.data, out, args.phase == "all")
+            overrides = [o.replace("{replay}", str(args.replay)) for o in ROWS[name] + args.extra]
+            return run_row(name, overrides, seed, args.base, args.data, out, args.phase == "all")
         except Exception as e:  # noqa: BLE001 - one failed row must not lose the others
             return {"name": name, "seed": seed, "error": str(e)}
 

@@ -73,6 +73,27 @@ def test_no_speech_targets_decode_to_whispers_own(mr_tokenizer):
     assert mr_tokenizer.decode(nospeech) == "<|startoftranscript|><|nospeech|><|endoftext|>"
     empty = no_speech_labels(labels, specials, "empty")
     assert mr_tokenizer.decode(empty) == "<|startoftranscript|><|mr|><|transcribe|><|notimestamps|><|endoftext|>"
+    stamped = _tokens(mr_tokenizer, no_speech_labels(labels, specials, "empty", timestamps=True))
+    assert stamped == ["<|startoftranscript|>", "<|mr|>", "<|transcribe|>", "<|0.00|>", "<|endoftext|>"]
+    assert no_speech_labels(labels, specials, "nospeech", timestamps=True) == nospeech  # Whisper's own has no mode
+
+
+def test_empty_non_speech_targets_come_in_both_decoding_modes(processor, mr_tokenizer):
+    """transcribe decodes with time stamps, evaluate without: silence must end the text in both,
+    whatever timestamp_share says (the time-stamp form is half of them)."""
+    pres = _preserver(mr_tokenizer, nonspeech_share=0.5)
+    examples = _examples(mr_tokenizer, n=40)
+    plans = [pres.plan(e["index"], e["epoch"]) for e in examples]
+    silent = [i for i, p in enumerate(plans) if p.swap == "nonspeech"]
+    forms = {plans[i].timestamps for i in silent}
+    assert forms == {True, False}
+    labels = _collate(processor, pres, examples)["labels"]
+    for i in silent:
+        tokens = _tokens(mr_tokenizer, [int(t) for t in labels[i] if t != IGNORE_INDEX])
+        tail = ["<|0.00|>", "<|endoftext|>"] if plans[i].timestamps else ["<|notimestamps|>", "<|endoftext|>"]
+        assert tokens == ["<|mr|>", "<|transcribe|>", *tail]
+    nospeech = _preserver(mr_tokenizer, nonspeech_share=0.5, nonspeech_target="nospeech")
+    assert not any(p.timestamps for p in (nospeech.plan(i, 0) for i in range(40)) if p.swap == "nonspeech")
 
 
 def test_speech_bounds_trim_the_silence_either_side():

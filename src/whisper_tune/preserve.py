@@ -10,7 +10,11 @@ share of each back into the fine-tune's batches:
 - **non-speech** (``preserve.nonspeech_share``): the clip is swapped for a generated one
   (``nonspeech.py``) or a piece of the user's noise (``preserve.noise_dir``), with the
   target Whisper was trained on: <|startoftranscript|><|nospeech|> (``<|nocaptions|>`` in
-  tokenizers converted before v3), or an empty transcript;
+  tokenizers converted before v3), or an empty transcript. Half of the empty targets take
+  the time-stamp form (the prefix without <|notimestamps|>, then <|0.00|><|endoftext|>):
+  ``transcribe``, the API and the card decode every window with time stamps, and an empty
+  target taught only after <|notimestamps|> left text on every non-speech clip in one seed
+  of three on the GPU demo (benchmarks/results/card-study-h100-r3/);
 - **timestamps** (``preserve.timestamp_share``): ``<|0.00|> text <|end|>`` instead of
   <|notimestamps|> text, the end where the clip's speech ends (an energy trim); with
   ``preserve.timestamp_clips`` above 1, up to that many training clips joined into one
@@ -50,6 +54,7 @@ MAX_NOISE_CLIPS = 200  # pieces of a noise folder kept in memory (each worker ho
 JOINED_SECONDS = 28.0  # a joined sample stays inside one 30 s window, with room for augmentation
 PAUSE_SECONDS = (0.3, 1.2)  # pauses of low noise between joined clips
 PAUSE_NOISE = 1e-3  # their amplitude: a room, not digital silence
+NONSPEECH_TIMESTAMP_SHARE = 0.5  # empty non-speech targets in the time-stamp form (transcribe's)
 
 
 @dataclass(frozen=True)
@@ -95,13 +100,18 @@ def prefix_length(labels, specials: Specials) -> int:
     raise ValueError("labels do not start with the <|startoftranscript|>...<|notimestamps|> prefix")
 
 
-def no_speech_labels(labels, specials: Specials, target: str) -> list[int]:
+def no_speech_labels(labels, specials: Specials, target: str, timestamps: bool = False) -> list[int]:
     """The target of a clip without speech: ``nospeech`` is <|startoftranscript|><|nospeech|>
     <|endoftext|> (what Whisper's no_speech_prob reads, at the <|startoftranscript|> position);
-    ``empty`` is the clip's own prefix and <|endoftext|> (no text at all)."""
+    ``empty`` is the clip's own prefix and <|endoftext|> (no text at all), or with
+    ``timestamps`` the prefix without <|notimestamps|>, then <|0.00|><|endoftext|>: the time-stamp
+    rules make a window's first token a time stamp, and <|endoftext|> may follow it."""
     if target == "nospeech":
         return [specials.sot, specials.nospeech, specials.eot]
-    return [int(t) for t in list(labels)[: prefix_length(labels, specials)]] + [specials.eot]
+    prefix = [int(t) for t in list(labels)[: prefix_length(labels, specials)]]
+    if timestamps:
+        return prefix[:-1] + [specials.timestamp_begin, specials.eot]
+    return prefix + [specials.eot]
 
 
 def speech_bounds(audio: np.ndarray) -> tuple[float, float]:
@@ -242,8 +252,10 @@ class Preserver:
             swap = "nonspeech"
         elif swap_u < self.nonspeech_share + self.replay_share:
             swap = "replay"
-        if swap == "nonspeech":
-            return Plan("nonspeech", noise_kind="user" if self.noise and user_u < 0.5 else kind, noise_seed=noise_seed)
+        if swap == "nonspeech":  # half of the empty targets in the time-stamp form, whatever timestamp_share says
+            stamped = self.nonspeech_target == "empty" and stamp_u < NONSPEECH_TIMESTAMP_SHARE
+            noise_kind = "user" if self.noise and user_u < 0.5 else kind
+            return Plan("nonspeech", stamped, noise_kind=noise_kind, noise_seed=noise_seed)
         prompt_row = None
         if swap is None and prompt_u < self.prompt_share and len(self.texts) > 1:
             prompt_row = int(prompt_at * (len(self.texts) - 1))
@@ -265,7 +277,8 @@ class Preserver:
             e = e | {"plan": plan}
             if plan.swap == "nonspeech":
                 audio = self._noise(plan, len(e["audio"]))
-                e |= {"audio": audio, "labels": no_speech_labels(e["labels"], self.specials, self.nonspeech_target)}
+                labels = no_speech_labels(e["labels"], self.specials, self.nonspeech_target, plan.timestamps)
+                e |= {"audio": audio, "labels": labels}
             elif plan.swap == "replay":
                 row = self.replay[plan.replay_row]
                 e |= {"audio": row["audio"], "labels": row["labels"]}
@@ -317,7 +330,7 @@ class Preserver:
                 scale = len(audio) / max(len(e["audio"]), 1)
                 spans = [(start * scale, end * scale) for start, end in e["spans"]]
                 labels = joined_timestamp_labels(e["pieces"], self.specials, spans)
-            elif plan.timestamps and len(labels) < MAX_LABEL_TOKENS:  # one token longer: it must still fit
+            elif plan.timestamps and plan.swap != "nonspeech" and len(labels) < MAX_LABEL_TOKENS:  # it must still fit
                 labels = timestamp_labels(labels, self.specials, speech_bounds(audio)[1])
             prompt = self.prompt(plan.prompt_row, len(labels)) if plan.prompt_row is not None else None
             rows.append((prompt, labels))
