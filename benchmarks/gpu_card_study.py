@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument(
         "--extra", nargs="*", default=[], help="overrides appended to every row (a dry run: train.max_steps=2)"
     )
-    ap.add_argument("--replay", default=None, help="the English corpus of the replay rows (make-demo-data --language en)")
+    ap.add_argument("--replay", default=None, help="English corpus of the replay rows (make-demo-data --language en)")
     args = ap.parse_args()
     needs = [n for n in (args.only or list(ROWS)) if any("{replay}" in o for o in ROWS[n])]
     if needs and not args.replay:
