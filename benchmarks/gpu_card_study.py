@@ -29,6 +29,12 @@ from gpu_study import cli, evaluate, slug, train_row  # noqa: E402 - the study s
 
 from whisper_tune.demo import GPU_OVERRIDES  # noqa: E402
 
+EMPTY_JOINED = [
+    "preserve.nonspeech_share=0.1",
+    "preserve.nonspeech_target=empty",
+    "preserve.timestamp_share=0.5",
+    "preserve.timestamp_clips=4",
+]
 REPLAY = ["data.replay.source={replay}", "data.replay.language=en", "data.replay.share=0.2"]
 ROWS = {
     "switches off (the GPU demo)": [],
@@ -52,34 +58,20 @@ ROWS = {
     # round three's third study: the card showed text on every non-speech clip under the forced
     # <|mr|><|transcribe|> prefix (the <|nospeech|> target sits before it) and long-form lost to
     # one-segment timestamp targets; these rows train the empty target and joined timestamp samples
-    "non-speech 10 % (empty), joined timestamps 50 %": [
-        "preserve.nonspeech_share=0.1",
-        "preserve.nonspeech_target=empty",
-        "preserve.timestamp_share=0.5",
-        "preserve.timestamp_clips=4",
-    ],
+    "non-speech 10 % (empty), joined timestamps 50 %": EMPTY_JOINED,
     "the same, prompts 20 %, label smoothing 0.1": [
-        "preserve.nonspeech_share=0.1",
-        "preserve.nonspeech_target=empty",
-        "preserve.timestamp_share=0.5",
-        "preserve.timestamp_clips=4",
+        *EMPTY_JOINED,
         "preserve.prompt_share=0.2",
         "train.label_smoothing=0.1",
     ],
     # round three's fourth study: half of the empty non-speech targets in the time-stamp form (transcribe's
     # decoding), and English replay ({replay}: --replay, a make-demo-data --language en corpus) against forgetting
     "the same, English replay 20 %": [
-        "preserve.nonspeech_share=0.1",
-        "preserve.nonspeech_target=empty",
-        "preserve.timestamp_share=0.5",
-        "preserve.timestamp_clips=4",
+        *EMPTY_JOINED,
         *REPLAY,
     ],
     "the same, English replay 20 %, prompts 20 %, label smoothing 0.1": [
-        "preserve.nonspeech_share=0.1",
-        "preserve.nonspeech_target=empty",
-        "preserve.timestamp_share=0.5",
-        "preserve.timestamp_clips=4",
+        *EMPTY_JOINED,
         *REPLAY,
         "preserve.prompt_share=0.2",
         "train.label_smoothing=0.1",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import tone, write_tone
 
-from whisper_tune.audio import SAMPLE_RATE, AudioError, load_audio, resample, rms_db
+from whisper_tune.audio import PAUSE_DB, SAMPLE_RATE, AudioError, join_with_pauses, load_audio, resample, rms_db
 
 
 def test_mp3_48k_resampled_to_16k_keeps_duration(tmp_path):
@@ -192,3 +192,19 @@ def test_a_concatenated_mp3_is_read_whole_not_cut_to_its_first_part(tmp_path, mo
     monkeypatch.setattr(audio.shutil, "which", lambda name: None)
     reason, detail = _reason(joined)
     assert reason == "undecodable" and "far more than 1.0 s of audio needs" in detail and "install ffmpeg" in detail
+
+
+def test_joined_clips_lie_whole_at_their_starts_with_quiet_noise_between():
+    """The card's long files and preserve's joined samples: each clip exact at its start,
+    pauses of noise at PAUSE_DB (a room, not digital zeros), seeded."""
+    clips = [tone(0.5, SAMPLE_RATE), tone(0.25, SAMPLE_RATE, 330.0), tone(0.1, SAMPLE_RATE)]
+    gaps = [0, 4000, 2000]
+    audio, starts = join_with_pauses(clips, gaps, np.random.default_rng(0))
+    assert audio.dtype == np.float32 and audio.size == sum(c.size for c in clips) + 6000
+    assert starts == [0, clips[0].size + 4000, clips[0].size + clips[1].size + 6000]
+    for start, clip in zip(starts, clips):
+        assert np.array_equal(audio[start : start + clip.size], clip.astype(np.float32))
+    pause = audio[clips[0].size : starts[1]]
+    assert np.all(pause != 0) and abs(rms_db(pause) - PAUSE_DB) < 1.0
+    again, _ = join_with_pauses(clips, gaps, np.random.default_rng(0))
+    assert np.array_equal(audio, again)

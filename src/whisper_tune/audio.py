@@ -20,6 +20,7 @@ SAMPLE_RATE = 16000  # Hz, what every Whisper model expects
 CHUNK_SECONDS = 30  # one Whisper input window
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480000 samples in a 30 s window
 SILENCE_DB = -60.0  # RMS below this (dBFS) counts as silence
+PAUSE_DB = -60.0  # RMS dBFS of the low noise in the pauses between joined clips: a quiet room, not digital zeros
 
 AudioSource = str | Path | bytes
 
@@ -286,3 +287,20 @@ def rms_db(samples: np.ndarray) -> float:
 def duration(samples: np.ndarray, sr: int = SAMPLE_RATE) -> float:
     """Length in seconds."""
     return samples.shape[-1] / sr
+
+
+def join_with_pauses(clips, gaps: list[int], rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """``clips`` in order, each after the first preceded by ``gaps[k]`` samples of low noise
+    (``PAUSE_DB``, drawn from ``rng``): the joined float32 audio and each clip's first sample.
+    The one joiner of the report card's long files and of preserve's joined timestamp samples,
+    so that the card tests pauses of the kind the training put in."""
+    parts, starts, at = [], [], 0
+    for k, clip in enumerate(clips):
+        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
+        if k:
+            parts.append((rng.normal(size=gaps[k]) * 10 ** (PAUSE_DB / 20)).astype(np.float32))
+            at += gaps[k]
+        starts.append(at)
+        parts.append(clip)
+        at += clip.size
+    return np.concatenate(parts), starts

@@ -146,14 +146,12 @@ def grade_split(
     more of the split where those are too short for one (``train``'s 25 eval clips are)."""
     size = size or CardSize.for_this_machine()
     n = min((k for k in (limit, size.target) if k is not None), default=None)
-    target = held_out(prepared, n)
-    while n is not None and len(target.audios) < len(prepared) and _seconds(target) < size.longform_seconds:
-        target = held_out(prepared, max(2 * len(target.audios), 1))  # more clips for the long file, not for the target
+    if "duration" in prepared.column_names:  # prepare's column: the clips' lengths without reading their audio
+        seconds_each = prepared["duration"]
+    else:
+        seconds_each = [len(a) / SAMPLE_RATE for a in prepared["audio"]]
+    target = held_out(prepared, _covering(seconds_each, n, size.longform_seconds))  # grade takes n of them
     return grade(base, adapter, language, target, out, replace(size, target=n), remark=remark, decoding=decoding)
-
-
-def _seconds(labelled: LabelledSet) -> float:
-    return sum(a.size for a in labelled.audios) / SAMPLE_RATE
 
 
 def _first(labelled: LabelledSet | None, n: int | None) -> LabelledSet | None:
@@ -162,18 +160,23 @@ def _first(labelled: LabelledSet | None, n: int | None) -> LabelledSet | None:
     return LabelledSet(labelled.audios[:n], labelled.labels[:n])
 
 
-def _first_seconds(labelled: LabelledSet, n: int | None, seconds: float) -> LabelledSet:
-    """The first ``n`` clips, or more of them where ``n`` short clips do not make one long
-    file of ``seconds`` (a small card on a CPU: 40 unseen sentences of 3 s are 2 minutes at
-    most, and the long-form lines would be "n/a")."""
+def _covering(seconds_each, n: int | None, seconds: float) -> int | None:
+    """How many leading clips the card takes: ``n`` for the target, or more where ``n`` short
+    clips do not make one long file of ``seconds`` (a small card on a CPU: 40 unseen sentences
+    of 3 s are 2 minutes at most, and the long-form lines would be "n/a"). None: all of them."""
     if n is None:
-        return labelled
-    samples, total = round(seconds * SAMPLE_RATE), 0
-    for i, audio in enumerate(labelled.audios):
-        total += audio.size
-        if total >= samples:
-            return _first(labelled, max(n, i + 1))
-    return labelled
+        return None
+    total = 0.0
+    for i, clip_seconds in enumerate(seconds_each):
+        total += float(clip_seconds)
+        if total >= seconds:
+            return max(n, i + 1)
+    return None
+
+
+def _first_seconds(labelled: LabelledSet, n: int | None, seconds: float) -> LabelledSet:
+    """The clips :func:`_covering` counts: the long file's source."""
+    return _first(labelled, _covering((a.size / SAMPLE_RATE for a in labelled.audios), n, seconds))
 
 
 def copy_card(run_folder: Path, adapter_dir: Path) -> None:

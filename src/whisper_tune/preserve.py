@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, join_with_pauses
 from .nonspeech import KINDS, nonspeech_clip
 from .processor import MAX_LABEL_TOKENS, TIME_PRECISION
 
@@ -52,8 +52,7 @@ TRIM_BELOW_PEAK_DB = 40.0  # frames this far below the loudest frame are not spe
 TRIM_FLOOR_DB = -60.0  # nor are frames under -60 dBFS, however quiet the clip
 MAX_NOISE_CLIPS = 200  # pieces of a noise folder kept in memory (each worker holds them)
 JOINED_SECONDS = 28.0  # a joined sample stays inside one 30 s window, with room for augmentation
-PAUSE_SECONDS = (0.3, 1.2)  # pauses of low noise between joined clips
-PAUSE_NOISE = 1e-3  # their amplitude: a room, not digital silence
+PAUSE_SECONDS = (0.3, 1.2)  # pauses of low noise (audio.PAUSE_DB) between joined clips
 NONSPEECH_TIMESTAMP_SHARE = 0.5  # empty non-speech targets in the time-stamp form (transcribe's)
 
 
@@ -294,21 +293,23 @@ class Preserver:
         (``"spans"``), for :meth:`targets`."""
         rng = np.random.default_rng(plan.pause_seed)
         audio, labels = np.asarray(e["audio"], dtype=np.float32), [int(t) for t in e["labels"]]
-        parts, pieces, spans = [audio], [labels], [speech_bounds(audio)]
+        clips, gaps, pieces = [audio], [0], [labels]
         at, tokens = audio.size, len(labels)
         for row in plan.joined:
             clip, more = self.rows[row]["audio"].astype(np.float32), [int(t) for t in self.rows[row]["labels"]]
-            pause = np.float32(PAUSE_NOISE) * rng.standard_normal(round(rng.uniform(*PAUSE_SECONDS) * SAMPLE_RATE))
-            pause = pause.astype(np.float32)
-            if (at + pause.size + clip.size) / SAMPLE_RATE > JOINED_SECONDS or tokens + len(more) > MAX_LABEL_TOKENS:
+            gap = round(rng.uniform(*PAUSE_SECONDS) * SAMPLE_RATE)
+            if (at + gap + clip.size) / SAMPLE_RATE > JOINED_SECONDS or tokens + len(more) > MAX_LABEL_TOKENS:
                 break
-            start, end = speech_bounds(clip)
-            offset = (at + pause.size) / SAMPLE_RATE
-            parts += [pause, clip]
+            clips.append(clip)
+            gaps.append(gap)
             pieces.append(more)
-            spans.append((offset + start, offset + end))
-            at, tokens = at + pause.size + clip.size, tokens + len(more)
-        return {"audio": np.concatenate(parts), "pieces": pieces, "spans": spans}
+            at, tokens = at + gap + clip.size, tokens + len(more)
+        joined, starts = join_with_pauses(clips, gaps, rng)
+        spans = []
+        for start, clip in zip(starts, clips):
+            first, last = speech_bounds(clip)
+            spans.append((start / SAMPLE_RATE + first, start / SAMPLE_RATE + last))
+        return {"audio": joined, "pieces": pieces, "spans": spans}
 
     def _noise(self, plan: Plan, n: int) -> np.ndarray:
         seconds = max(n, TRIM_FRAME) / SAMPLE_RATE

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, join_with_pauses
 from .errors import UserError
 from .evaluation import GenerationResult, has_loop, summarize
 from .normalizers import normalize
@@ -36,7 +36,6 @@ TOLERANCE = 0.5  # percentage points: a smaller difference between the columns i
 WINDOW_SECONDS = 30.0  # one Whisper window: each one holding speech must have a segment starting in it
 MIN_SPEECH_IN_WINDOW = 1.0  # seconds of speech inside a window that make it "hold speech"
 TIMESTAMP_SLACK = 1.0  # seconds a last segment may end past the file (timestamps are 20 ms tokens, rounded up)
-PAUSE_DB = -60.0  # RMS dBFS of the low noise in the pauses between joined clips
 LOWER, HIGHER = "lower", "higher"  # which way a line is better
 CARD_BEGIN, CARD_END = "<!-- whisper-tune report card -->", "<!-- /whisper-tune report card -->"
 
@@ -114,15 +113,9 @@ def _groups(sizes: list[int], gaps: list[int], min_samples: int) -> list[list[in
 
 
 def _join(clips: list[np.ndarray], references: list[str], gaps: list[int], rng: np.random.Generator) -> LongFile:
-    parts, spans, at = [], [], 0
-    for k, clip in enumerate(clips):
-        if k:
-            parts.append((rng.normal(size=gaps[k]) * 10 ** (PAUSE_DB / 20)).astype(np.float32))
-            at += gaps[k]
-        parts.append(clip)
-        spans.append((at / SAMPLE_RATE, (at + clip.size) / SAMPLE_RATE))
-        at += clip.size
-    return LongFile(np.concatenate(parts), " ".join(r.strip() for r in references), tuple(spans))
+    audio, starts = join_with_pauses(clips, gaps, rng)
+    spans = tuple((at / SAMPLE_RATE, (at + clip.size) / SAMPLE_RATE) for at, clip in zip(starts, clips))
+    return LongFile(audio, " ".join(r.strip() for r in references), spans)
 
 
 def join_clips(
