@@ -80,14 +80,16 @@ def small_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
-    """A 40-sentence subset of the demo's corpus (42 clips), built once per session. Demo
-    tests copy it into their output folder, where the demo finds a finished corpus and takes
-    it as it is, instead of speaking all 1,732 clips of the default corpus."""
+    """A 40-sentence subset of the demo's corpus (42 clips) and 20 of its English replay
+    sentences, built once per session. Demo tests copy it into their output folder, where the
+    demo finds finished corpora and takes them as they are, instead of speaking all 1,732
+    clips of the default corpus and 400 English ones."""
     need_espeak()
     from whisper_tune.demo_data import DemoDataOptions, make_demo_data
 
     out = tmp_path_factory.mktemp("demo") / "corpus"
     make_demo_data(out, "mr", DemoDataOptions(sentences=40), progress=False)
+    make_demo_data(out, "en", DemoDataOptions(sentences=20), progress=False)  # the replayed English
     return out
 
 

@@ -39,6 +39,10 @@ def test_demo_flow_and_rerun(tiny_model_dir, demo_corpus, tmp_path, monkeypatch)
     assert any(line.startswith("report card: ") for line in lines)
     # the run stops early and keeps best/ on dev, never on a reported split
     assert "eval_split: dev" in (tmp_path / "demo" / "run" / "config.yaml").read_text()
+    # English from the demo's own replay corpus goes into the batches, against forgetting English
+    replayed = json.loads((tmp_path / "demo" / "run" / "run.json").read_text())["replay"]
+    assert replayed["language"] == "en" and replayed["share"] == 0.2 and replayed["clips"] > 0
+    assert replayed["source"] == str(tmp_path / "demo" / "corpus" / "en")
     # A second run reuses the corpus and the adapter instead of training again.
     again = []
     run_demo(tmp_path / "demo", model=str(tiny_model_dir), steps=2, eval_samples=2, progress=False, report=again.append)
