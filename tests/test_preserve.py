@@ -13,6 +13,7 @@ from conftest import tone, write_tone
 from safetensors.torch import load_file
 
 from whisper_tune.config import PreserveSettings, load_train_config
+from whisper_tune.demo import GPU_OVERRIDES
 from whisper_tune.errors import UserError
 from whisper_tune.features import IGNORE_INDEX, SpeechCollator, set_prefix
 from whisper_tune.preserve import (
@@ -44,8 +45,12 @@ def _examples(tokenizer, n=6, epoch=0, seconds=1.0):
     ]
 
 
+OFF = {"nonspeech_share": 0.0, "timestamp_share": 0.0, "prompt_share": 0.0}
+
+
 def _preserver(tokenizer, **shares):
-    settings = PreserveSettings(**shares)
+    """The switches given, every other one off (the defaults turn some on)."""
+    settings = PreserveSettings(**(OFF | shares))
     return Preserver.from_settings(settings, seed=7, tokenizer=tokenizer, texts=TEXTS)
 
 
@@ -185,6 +190,18 @@ def test_all_off_builds_nothing(mr_tokenizer):
     assert _preserver(mr_tokenizer) is None
 
 
+def test_the_defaults_are_the_card_studys_choice():
+    """Non-speech 10 % and joined timestamps 50 % on, prompts off (the reference recipe turns
+    all off: test_shares_are_validated_in_one_line); the demo's CPU recipe leaves timestamps
+    to the GPU."""
+    chosen = PreserveSettings()
+    assert (chosen.nonspeech_share, chosen.nonspeech_target, chosen.timestamp_share) == (0.1, "empty", 0.5)
+    assert chosen.timestamp_clips == 4 and chosen.prompt_share == 0.0
+    demo = load_train_config("demo").preserve
+    assert (demo.nonspeech_share, demo.timestamp_share) == (0.1, 0.0)
+    assert load_train_config("demo", list(GPU_OVERRIDES)).preserve.timestamp_share == 0.5
+
+
 def test_shares_hold_on_average(mr_tokenizer):
     pres = _preserver(mr_tokenizer, nonspeech_share=0.1, timestamp_share=0.3, prompt_share=0.2)
     plans = [pres.plan(i, epoch) for epoch in range(2) for i in range(3000)]
@@ -213,7 +230,7 @@ def test_seeded_batches_are_reproducible(processor, mr_tokenizer):
 def test_noise_dir_clips_stand_in_for_half_the_non_speech(tmp_path, mr_tokenizer):
     (tmp_path / "noise").mkdir()
     write_tone(tmp_path / "noise" / "hum.wav", seconds=6.0)
-    settings = PreserveSettings(nonspeech_share=0.5, noise_dir=str(tmp_path / "noise"))
+    settings = PreserveSettings(**(OFF | {"nonspeech_share": 0.5, "noise_dir": str(tmp_path / "noise")}))
     pres = Preserver.from_settings(settings, 7, mr_tokenizer)
     plans = [pres.plan(i, 0) for i in range(400)]
     users = [p for p in plans if p.noise_kind == "user"]
@@ -240,7 +257,7 @@ def test_shares_are_validated_in_one_line():
     with pytest.raises(UserError, match="must be below 1"):
         load_train_config(None, ["preserve.nonspeech_share=0.6", "data.replay.share=0.5", "data.replay.source=x"])
     cfg = load_train_config("marathi-large-v2-int8")  # the reference recipe preserves nothing
-    assert (cfg.preserve, cfg.data.replay.share) == (PreserveSettings(), 0.0)
+    assert (cfg.preserve, cfg.data.replay.share) == (PreserveSettings(**OFF), 0.0)
 
 
 # ---- exact resume with every switch on -------------------------------------------------
@@ -330,7 +347,7 @@ def test_joined_timestamp_samples_give_each_clip_its_segment(processor, mr_token
     """Several clips in one window, each between its own timestamps at its speech: what
     long-form decoding needs the model to keep writing after the first sentence."""
     rows = _rows(mr_tokenizer)
-    settings = PreserveSettings(timestamp_share=0.99, timestamp_clips=4)
+    settings = PreserveSettings(**(OFF | {"timestamp_share": 0.99}), timestamp_clips=4)
     pres = Preserver.from_settings(settings, 3, mr_tokenizer, rows=rows)
     examples = [dict(rows[i % 4], index=i, epoch=0) for i in range(40)]
     plans = [pres.plan(e["index"], 0) for e in examples]
@@ -361,7 +378,7 @@ def test_joined_timestamp_samples_give_each_clip_its_segment(processor, mr_token
 def test_a_speed_change_moves_the_joined_timestamps_with_the_audio(mr_tokenizer):
     rows = _rows(mr_tokenizer)
     pres = Preserver.from_settings(
-        PreserveSettings(timestamp_share=0.99, timestamp_clips=4), 3, mr_tokenizer, rows=rows
+        PreserveSettings(**(OFF | {"timestamp_share": 0.99}), timestamp_clips=4), 3, mr_tokenizer, rows=rows
     )
     i = next(i for i in range(100) if len(pres.plan(i, 0).joined) >= 2)
     (e,) = pres.swap([dict(rows[0], index=i, epoch=0)])
