@@ -1,9 +1,10 @@
 """The study of issue 24 item 4: each switch of "training that preserves" on and off, with
 every line of the report card, on the GPU machine (Whisper base, real weights).
 
-Each row is the GPU demo (``demo.GPU_OVERRIDES`` on ``recipes/demo.yaml``) plus its
-switch; early stopping and the best checkpoint use the dev split (sentences not in
-training); the run writes its report card at the end (``eval.card``, on by default on a
+Each row is the GPU demo (``demo.GPU_OVERRIDES`` on ``recipes/demo.yaml``) with every
+preserving switch off (the defaults turn some on since the fourth set), plus its switches;
+early stopping and the best checkpoint use the dev split (sentences not in training); the
+run writes its report card at the end (``eval.card``, on by default on a
 GPU) on the dev split's clips; test and unseen are scored with ``evaluate``. Rows run side
 by side on one card (Whisper base leaves most of it idle), so wall times are not speeds.
 
@@ -35,6 +36,7 @@ EMPTY_JOINED = [
     "preserve.timestamp_share=0.5",
     "preserve.timestamp_clips=4",
 ]
+ALL_OFF = ["preserve.nonspeech_share=0", "preserve.timestamp_share=0", "preserve.prompt_share=0"]  # before each row
 REPLAY = ["data.replay.source={replay}", "data.replay.language=en", "data.replay.share=0.2"]
 ROWS = {
     "switches off (the GPU demo)": [],
@@ -102,7 +104,7 @@ def run_row(name: str, overrides: list[str], seed: int, base: str, data: str, ou
     start = time.time()
     folder, log = train_row(
         f"{name}-s{seed}", base, data, out, f"train.seed={seed}", f"eval.card={str(card).lower()}", *GPU_OVERRIDES,
-        *overrides, eval_split="dev",
+        *ALL_OFF, *overrides, eval_split="dev",
     )  # fmt: skip
     record = json.loads((folder / "run" / "run.json").read_text())
     adapter = folder / "run" / ("best" if (folder / "run" / "best").is_dir() else "adapter")
