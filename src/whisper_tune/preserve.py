@@ -268,16 +268,15 @@ class Preserver:
         return Plan(swap, stamped, prompt_row, replay_row, joined=joined, pause_seed=pause_seed)
 
     def swap(self, examples: list[dict]) -> list[dict]:
-        """The examples with their plan (``"plan"``); a non-speech or replay plan replaces the
-        audio and labels (the non-speech clip is as long as the clip it replaces)."""
+        """The examples with their plan (``"plan"``); a replay plan replaces the audio and
+        labels, a non-speech plan the audio (as long as the clip it replaces; :meth:`targets`
+        writes every target, the no-speech one included)."""
         out = []
         for e in examples:
             plan = self.plan(e["index"], e["epoch"])
             e = e | {"plan": plan}
             if plan.swap == "nonspeech":
-                audio = self._noise(plan, len(e["audio"]))
-                labels = no_speech_labels(e["labels"], self.specials, self.nonspeech_target, plan.timestamps)
-                e |= {"audio": audio, "labels": labels}
+                e |= {"audio": self._noise(plan, len(e["audio"]))}  # its target: targets()
             elif plan.swap == "replay":
                 row = self.replay[plan.replay_row]
                 e |= {"audio": row["audio"], "labels": row["labels"]}
@@ -327,11 +326,13 @@ class Preserver:
         rows = []
         for e, audio in zip(examples, audios):
             plan, labels = e.get("plan") or Plan(), [int(t) for t in e["labels"]]
-            if "spans" in e:  # joined clips: times scale with the augmented audio (a speed change)
+            if plan.swap == "nonspeech":
+                labels = no_speech_labels(labels, self.specials, self.nonspeech_target, plan.timestamps)
+            elif "spans" in e:  # joined clips: times scale with the augmented audio (a speed change)
                 scale = len(audio) / max(len(e["audio"]), 1)
                 spans = [(start * scale, end * scale) for start, end in e["spans"]]
                 labels = joined_timestamp_labels(e["pieces"], self.specials, spans)
-            elif plan.timestamps and plan.swap != "nonspeech" and len(labels) < MAX_LABEL_TOKENS:  # it must still fit
+            elif plan.timestamps and len(labels) < MAX_LABEL_TOKENS:  # one token longer: it must still fit
                 labels = timestamp_labels(labels, self.specials, speech_bounds(audio)[1])
             prompt = self.prompt(plan.prompt_row, len(labels)) if plan.prompt_row is not None else None
             rows.append((prompt, labels))
